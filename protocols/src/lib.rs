@@ -1,0 +1,31 @@
+//! Wire types of the project: the kata agent API (generated from `protos/`)
+//! and, with the `containerd` feature, containerd's task and event API.
+#![allow(clippy::all, unused_qualifications, unreachable_pub)]
+
+macro_rules! generated {
+    ($name:ident, $file:literal) => {
+        #[allow(missing_docs, clippy::all, unknown_lints, unused_mut, unused_imports, unused_attributes, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_qualifications)]
+        #[rustfmt::skip]
+        pub mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
+}
+
+generated!(agent, "agent.rs");
+generated!(agent_ttrpc, "agent_ttrpc.rs");
+generated!(health, "health.rs");
+generated!(health_ttrpc, "health_ttrpc.rs");
+generated!(oci, "oci.rs");
+generated!(types, "types.rs");
+
+pub use protobuf;
+pub use ttrpc;
+
+#[cfg(feature = "containerd")]
+pub use containerd_shim_protos as containerd;
+
+/// Upstream's agent vsock port.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Upstream's conventional agent log port.
+pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
