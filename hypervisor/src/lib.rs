@@ -1,1 +1,120 @@
-//! placeholder
+//! The `Hypervisor` seam and its QEMU implementation: one VM per sandbox,
+//! described by a typed [`VmConfig`], launched with its helper daemons
+//! (vhost-device-vsock, virtiofsd), controlled over QMP, watched, torn down.
+//! Knows nothing about containers or OCI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Errors of this crate; the shim maps them to ttrpc codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("{what} did not start within {timeout:?}; console tail:\n{console}")]
+    StartTimeout {
+        what: String,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("VM has exited")]
+    Exited,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineType {
+    Q35,
+    Microvm,
+}
+
+/// Accelerator choice; `Auto` resolves to KVM only where KVM can boot a standard guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// How the agent's vsock reaches the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VsockKind {
+    /// Kernel vhost-vsock where `/dev/vhost-vsock` exists, else vhost-user.
+    Auto,
+    /// `vhost-vsock-pci` with a guest CID (needs `/dev/vhost-vsock`).
+    Vhost,
+    /// `vhost-user-vsock-pci` backed by `vhost-device-vsock`: hybrid vsock on a unix socket.
+    VhostUser,
+}
+
+/// Everything needed to launch one sandbox VM. Validated before anything starts.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Sandbox id, used for names and log fields.
+    pub id: String,
+    /// Per-VM run directory: every socket, pid file and the state file live here.
+    pub run_dir: PathBuf,
+    pub qemu_path: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel parameters appended after the defaults.
+    pub kernel_params: String,
+    pub machine: MachineType,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub vsock: VsockKind,
+    pub vhost_device_vsock_path: PathBuf,
+    /// Host directory exported to the guest over virtio-fs with tag `kataShared`.
+    pub shared_dir: PathBuf,
+    pub virtiofsd_path: PathBuf,
+    /// How long QEMU and its helpers may take to come up.
+    pub start_timeout: Duration,
+}
+
+/// Where the guest's vsock listeners are reachable from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockEndpoint {
+    /// Kernel vsock: connect to (cid, port).
+    Kernel { cid: u32 },
+    /// Hybrid vsock: a unix socket; write `CONNECT <port>\n`, expect `OK`.
+    Hybrid { uds_path: PathBuf },
+}
+
+/// A running VM.
+#[async_trait]
+pub trait Vm: Send + Sync {
+    fn vsock(&self) -> VsockEndpoint;
+    /// Last lines the guest printed on its console (for error messages).
+    fn console_tail(&self) -> String;
+    /// Pids of QEMU and its helper daemons.
+    fn pids(&self) -> Vec<u32>;
+    /// Resolves once QEMU or a helper has exited (whatever the cause).
+    async fn wait_exit(&self);
+    /// Stops QEMU and every helper, removes the run directory. Idempotent.
+    async fn stop(&self) -> Result<()>;
+}
+
+/// The seam the shim launches VMs through.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>>;
+}
+
+/// Cleans up after a VM whose owner died: kills the processes recorded in
+/// `run_dir`'s state file and removes the directory. Missing dir is fine.
+pub async fn cleanup_run_dir(_run_dir: &std::path::Path) -> Result<()> {
+    Err(Error::InvalidConfig("not implemented yet".into()))
+}

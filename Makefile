@@ -1,0 +1,51 @@
+# One entry point for set-up, build, guest image, demo, tests and benchmarks.
+# Everything runs as root on Debian 12; `make deps` installs what is missing.
+
+PREFIX      ?= /usr/local
+BUILD       ?= $(CURDIR)/build
+GUEST_OUT   ?= $(BUILD)/guest
+CARGO       ?= cargo
+SHIM        := target/release/containerd-shim-kata-v2
+
+.PHONY: all deps build image demo test unit-test integration-test install lint bench clean
+
+all: build image
+
+deps:
+	scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release -p containerd-shim-kata-v2
+
+# Kernel + initramfs with the project's guest agent as PID 1.
+image: deps
+	GUEST_OUT=$(GUEST_OUT) guest/image/build.sh
+
+# Runs a container in a VM through a private containerd and prints its output.
+demo: build image
+	BUILD=$(BUILD) tests/scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-test: deps
+	$(CARGO) test --workspace --exclude integration-tests
+
+# VM-booting tests against real containerd and QEMU (root).
+integration-test: build image
+	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests -- --test-threads=1
+
+test: unit-test integration-test
+
+install: build image
+	install -D -m 0755 $(SHIM) $(PREFIX)/bin/containerd-shim-kata-v2
+	install -D -m 0644 $(GUEST_OUT)/vmlinux $(PREFIX)/share/kata-shim/vmlinux
+	install -D -m 0644 $(GUEST_OUT)/initrd.img $(PREFIX)/share/kata-shim/initrd.img
+	install -d /etc/kata-containers
+	[ -e /etc/kata-containers/configuration.toml ] || \
+	  sed -e 's|@ASSETS@|$(PREFIX)/share/kata-shim|g' -e 's|@BINDIR@|$(PREFIX)/bin|g' \
+	    shim/configuration.toml.in > /etc/kata-containers/configuration.toml
+
+clean:
+	rm -rf $(BUILD)

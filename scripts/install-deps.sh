@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a Debian 12 host, skipping what is there.
+# Debian packages with apt-get; helper daemons with `cargo install --locked` at pinned versions.
+set -euo pipefail
+
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+VIRTIOFSD_VERSION=1.14.0
+PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
+      libseccomp-dev libcap-ng-dev pkg-config iproute2)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+have_version() { # binary version
+  command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -q "$2"
+}
+if ! have_version /usr/local/bin/vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION"; then
+  cargo install --locked --root /usr/local vhost-device-vsock --version "$VHOST_DEVICE_VSOCK_VERSION"
+fi
+if ! have_version /usr/local/bin/virtiofsd "$VIRTIOFSD_VERSION"; then
+  cargo install --locked --root /usr/local virtiofsd --version "$VIRTIOFSD_VERSION"
+fi
