@@ -23,7 +23,7 @@ image: deps
 
 # Runs a container in a VM through a private containerd and prints its output.
 demo: build image
-	BUILD=$(BUILD) tests/scripts/demo.sh
+	BUILD=$(BUILD) $(CARGO) run --release -q -p integration-tests --bin kata-demo
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,1 +1,54 @@
-fn main() {}
+//! `containerd-shim-kata-v2`: containerd's runtime `io.containerd.kata.v2`,
+//! running each pod's containers in a QEMU VM through the kata agent.
+
+mod cli;
+mod config;
+mod error;
+mod events;
+mod io;
+mod persist;
+mod process;
+mod rootfs;
+mod sandbox;
+mod service;
+mod spec;
+
+use std::io::Write;
+
+use anyhow::Context;
+use protocols::containerd::protobuf::Message;
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("containerd-shim-kata-v2: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = containerd_shim::parse(&args[1..]).context("parsing arguments")?;
+    if flags.version {
+        println!("containerd-shim-kata-v2:");
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    if flags.info {
+        let info = protocols::containerd::types::introspection::RuntimeInfo {
+            name: "io.containerd.kata.v2".into(),
+            ..Default::default()
+        };
+        let mut out = std::io::stdout();
+        out.write_all(&info.write_to_bytes()?)?;
+        return Ok(out.flush()?);
+    }
+    match flags.action.as_str() {
+        "start" => cli::start::run(&flags),
+        "delete" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(cli::delete::run(&flags)),
+        "" => cli::daemon::run(flags),
+        other => anyhow::bail!("unknown action {other:?} (start, delete)"),
+    }
+}

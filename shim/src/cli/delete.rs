@@ -1,0 +1,54 @@
+//! `delete`: containerd's clean-up call after the daemon is gone. Removes
+//! whatever the dead daemon left (VM, helpers, mounts, directories) and
+//! prints a DeleteResponse.
+
+use std::io::Write;
+use std::path::Path;
+
+use containerd_shim::Flags;
+use protocols::containerd::api::DeleteResponse;
+use protocols::protobuf::well_known_types::timestamp::Timestamp;
+use protocols::protobuf::{Message, MessageField};
+
+use crate::persist::{SandboxPaths, RUN_ROOT};
+use crate::{rootfs, sandbox};
+
+pub async fn run(flags: &Flags) -> anyhow::Result<()> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir()?
+    } else {
+        flags.bundle.clone().into()
+    };
+    let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
+    cleanup(Path::new(RUN_ROOT), &sandbox_id, &flags.id).await?;
+    if flags.id == sandbox_id {
+        let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+        let path = address.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let resp = DeleteResponse {
+        pid: 0,
+        exit_status: 128 + 9,
+        exited_at: MessageField::some(Timestamp::now()),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout();
+    out.write_all(&resp.write_to_bytes()?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Cleans up container `id` of sandbox `sandbox_id`; the whole sandbox when
+/// `id` is the sandbox itself.
+pub async fn cleanup(root: &Path, sandbox_id: &str, id: &str) -> anyhow::Result<()> {
+    let paths = SandboxPaths::new(root, sandbox_id);
+    if id == sandbox_id {
+        hypervisor::cleanup_run_dir(&paths.vm).await?;
+        sandbox::cleanup_dirs(&paths).await?;
+    } else {
+        rootfs::unmount_rootfs(paths.container_dir(id)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `start`: print the address of the daemon serving this container's
+//! sandbox, forking one if none runs yet. Runs before any async runtime
+//! exists, so forking is safe.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use containerd_shim::Flags;
+
+/// The daemon finds its listening socket at this descriptor.
+pub const LISTENER_FD: i32 = 3;
+
+pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    // Runtime options (containerd ≤ 2.2) or bootstrap params (2.3+) may be
+    // on stdin; the daemon gets its options from Create, so read and drop them.
+    let mut ignored = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut ignored);
+
+    let bundle = std::env::current_dir().context("bundle directory")?;
+    let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+    let path = address.strip_prefix("unix://").unwrap_or(&address).to_owned();
+
+    if UnixStream::connect(&path).is_err() {
+        spawn_daemon(flags, &sandbox_id, &address, &path)?;
+    }
+    std::fs::write(bundle.join("address"), &address).context("writing address file")?;
+    let reply = reply_for(&address, std::env::var("MAX_SHIM_VERSION").ok().as_deref());
+    let mut out = std::io::stdout();
+    out.write_all(reply.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// containerd 1.6 reads a plain address; newer ones announce the highest
+/// task API they speak in MAX_SHIM_VERSION and accept the JSON form. The
+/// daemon serves both task.v2 and task.v3.
+fn reply_for(address: &str, max_shim_version: Option<&str>) -> String {
+    match max_shim_version.and_then(|v| v.trim().parse::<u32>().ok()) {
+        Some(v) if v >= 2 => serde_json::json!({
+            "version": v.min(3),
+            "address": address,
+            "protocol": "ttrpc",
+        })
+        .to_string(),
+        _ => address.to_owned(),
+    }
+}
+
+fn spawn_daemon(flags: &Flags, sandbox_id: &str, address: &str, path: &str) -> anyhow::Result<()> {
+    let p = Path::new(path);
+    if p.exists() {
+        std::fs::remove_file(p).with_context(|| format!("removing stale socket {path}"))?;
+    }
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(p).with_context(|| format!("binding {path}"))?;
+    let fd = listener.as_raw_fd();
+    let exe = std::env::current_exe().context("locating own binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["-namespace", &flags.namespace, "-id", sandbox_id, "-address", &flags.address])
+        .args(["-publish-binary", &flags.publish_binary, "-socket", address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) run between
+    // fork and exec; this process is single-threaded at this point.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session of its own: the daemon outlives containerd's start call.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd == LISTENER_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, LISTENER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("spawning shim daemon")?;
+    drop(listener);
+    if child.id() == 0 {
+        bail!("daemon has no pid");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_matches_containerd_version() {
+        assert_eq!(reply_for("unix:///s", None), "unix:///s");
+        assert_eq!(reply_for("unix:///s", Some("junk")), "unix:///s");
+        let v: serde_json::Value = serde_json::from_str(&reply_for("unix:///s", Some("3"))).expect("json");
+        assert_eq!(v["version"], 3);
+        assert_eq!(v["protocol"], "ttrpc");
+        let v: serde_json::Value = serde_json::from_str(&reply_for("unix:///s", Some("9"))).expect("json");
+        assert_eq!(v["version"], 3);
+    }
+}

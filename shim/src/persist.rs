@@ -1,0 +1,96 @@
+//! Per-sandbox directory and the small state file that lets `delete` clean
+//! up after a daemon that died.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Root of every sandbox's directory on the host.
+pub const RUN_ROOT: &str = "/run/kata-shim";
+
+/// Paths of one sandbox. The directory name is a hash of the sandbox id, so
+/// socket paths stay under the 108-byte limit whatever the id's length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPaths {
+    pub base: PathBuf,
+    /// The hypervisor's run directory (sockets, its own state file).
+    pub vm: PathBuf,
+    /// Exported to the guest over virtio-fs; `<cid>/rootfs` per container.
+    pub shared: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn new(root: &Path, sandbox_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(sandbox_id.as_bytes());
+        let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let base = root.join(name);
+        Self {
+            vm: base.join("vm"),
+            shared: base.join("shared"),
+            base,
+        }
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.base.join("state.json")
+    }
+
+    pub fn container_dir(&self, cid: &str) -> PathBuf {
+        self.shared.join(cid)
+    }
+}
+
+/// What the state file records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxState {
+    pub sandbox_id: String,
+    pub paths: SandboxPaths,
+    /// Pid of the shim daemon that owns the sandbox.
+    pub shim_pid: u32,
+}
+
+pub async fn write(state: &SandboxState) -> Result<()> {
+    let path = state.paths.state_file();
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::io("encoding state", std::io::Error::other(e)))?;
+    tokio::fs::write(&tmp, data)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| Error::io(format!("renaming {}", path.display()), e))
+}
+
+pub async fn read(paths: &SandboxPaths) -> Result<Option<SandboxState>> {
+    match tokio::fs::read(paths.state_file()).await {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| Error::io("decoding state", std::io::Error::other(e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading state", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trips_and_keeps_socket_paths_short() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let long_id = "f".repeat(76);
+        let paths = SandboxPaths::new(dir.path(), &long_id);
+        assert!(paths.vm.join("vhost-vsock.sock").to_string_lossy().len() < 108 || dir.path().to_string_lossy().len() > 40);
+        assert_eq!(SandboxPaths::new(Path::new(RUN_ROOT), &long_id).vm.to_string_lossy().len(), "/run/kata-shim/".len() + 16 + 3);
+        tokio::fs::create_dir_all(&paths.base).await.expect("mkdir");
+        let st = SandboxState { sandbox_id: long_id.clone(), paths: paths.clone(), shim_pid: 42 };
+        write(&st).await.expect("write");
+        assert_eq!(read(&paths).await.expect("read"), Some(st));
+        let other = SandboxPaths::new(dir.path(), "other");
+        assert_eq!(read(&other).await.expect("read missing"), None);
+    }
+}

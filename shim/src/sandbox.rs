@@ -1,0 +1,171 @@
+//! The sandbox: one VM, its agent connection, and the shared directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_client::{Address, Agent};
+use async_trait::async_trait;
+use hypervisor::{Hypervisor, Vm, VmConfig, VsockEndpoint};
+use protocols::agent::{CreateSandboxRequest, Storage};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::persist::{self, SandboxPaths, SandboxState};
+use crate::spec::GUEST_SHARED_DIR;
+
+/// Dials the guest agent; a seam so the service can run on fakes.
+#[async_trait]
+pub trait AgentDialer: Send + Sync {
+    async fn dial(
+        &self,
+        addr: &Address,
+        timeout: Duration,
+        console_tail: &(dyn Fn() -> String + Send + Sync),
+    ) -> agent_client::Result<Box<dyn Agent>>;
+}
+
+/// The real dialer (`agent_client::connect`).
+pub struct VsockDialer;
+
+#[async_trait]
+impl AgentDialer for VsockDialer {
+    async fn dial(
+        &self,
+        addr: &Address,
+        timeout: Duration,
+        console_tail: &(dyn Fn() -> String + Send + Sync),
+    ) -> agent_client::Result<Box<dyn Agent>> {
+        agent_client::connect(addr, timeout, console_tail).await
+    }
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub paths: SandboxPaths,
+    pub vm: Box<dyn Vm>,
+    pub agent: Arc<dyn Agent>,
+}
+
+impl Sandbox {
+    /// Boots the VM, connects to the agent and creates the sandbox in the
+    /// guest. On failure everything started so far is torn down.
+    pub async fn boot(
+        id: &str,
+        root: &Path,
+        config: &Config,
+        hypervisor: &dyn Hypervisor,
+        dialer: &dyn AgentDialer,
+    ) -> Result<Sandbox> {
+        let paths = SandboxPaths::new(root, id);
+        tokio::fs::create_dir_all(&paths.shared)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", paths.shared.display()), e))?;
+        let result = Self::boot_in(id, &paths, config, hypervisor, dialer).await;
+        if result.is_err() {
+            let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
+        }
+        result
+    }
+
+    async fn boot_in(
+        id: &str,
+        paths: &SandboxPaths,
+        config: &Config,
+        hypervisor: &dyn Hypervisor,
+        dialer: &dyn AgentDialer,
+    ) -> Result<Sandbox> {
+        persist::write(&SandboxState {
+            sandbox_id: id.to_owned(),
+            paths: paths.clone(),
+            shim_pid: std::process::id(),
+        })
+        .await?;
+        let q = &config.qemu;
+        let vm = hypervisor
+            .launch(VmConfig {
+                id: id.to_owned(),
+                run_dir: paths.vm.clone(),
+                qemu_path: q.path.clone(),
+                kernel: q.kernel.clone(),
+                initrd: q.initrd.clone(),
+                kernel_params: q.kernel_params.clone(),
+                machine: q.machine,
+                accel: q.accel,
+                vcpus: q.vcpus,
+                memory_mib: q.memory_mib,
+                vsock: q.vsock,
+                vhost_device_vsock_path: q.vhost_user_vsock_daemon.clone(),
+                shared_dir: paths.shared.clone(),
+                virtiofsd_path: q.virtiofsd.clone(),
+                start_timeout: Duration::from_secs(10),
+            })
+            .await?;
+        let addr = match vm.vsock() {
+            VsockEndpoint::Kernel { cid } => Address::Vsock {
+                cid,
+                port: protocols::AGENT_VSOCK_PORT,
+            },
+            VsockEndpoint::Hybrid { uds_path } => Address::Hybrid {
+                uds_path,
+                port: protocols::AGENT_VSOCK_PORT,
+            },
+        };
+        let agent: Arc<dyn Agent> =
+            match dialer.dial(&addr, config.agent_dial_timeout, &|| vm.console_tail()).await {
+                Ok(a) => Arc::from(a),
+                Err(e) => {
+                    let _ = vm.stop().await;
+                    return Err(e.into());
+                }
+            };
+        let req = CreateSandboxRequest {
+            sandbox_id: id.to_owned(),
+            storages: vec![Storage {
+                driver: "virtio-fs".into(),
+                source: "kataShared".into(),
+                fstype: "virtiofs".into(),
+                mount_point: format!("{GUEST_SHARED_DIR}/"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        if let Err(e) = agent.create_sandbox(req).await {
+            let _ = vm.stop().await;
+            return Err(e.into());
+        }
+        tracing::info!(sandbox = id, "sandbox ready");
+        Ok(Sandbox {
+            id: id.to_owned(),
+            paths: paths.clone(),
+            vm,
+            agent,
+        })
+    }
+
+    /// Destroys the guest side, stops the VM and removes the sandbox's directory.
+    pub async fn shutdown(&self) -> Result<()> {
+        if tokio::time::timeout(Duration::from_secs(5), self.agent.destroy_sandbox())
+            .await
+            .is_err()
+        {
+            tracing::warn!(sandbox = %self.id, "DestroySandbox timed out");
+        }
+        self.vm.stop().await?;
+        cleanup_dirs(&self.paths).await
+    }
+}
+
+/// Unmounts every container rootfs left on the share and removes the
+/// sandbox directory.
+pub async fn cleanup_dirs(paths: &SandboxPaths) -> Result<()> {
+    if let Ok(mut entries) = tokio::fs::read_dir(&paths.shared).await {
+        while let Ok(Some(e)) = entries.next_entry().await {
+            crate::rootfs::unmount_rootfs(e.path()).await?;
+        }
+    }
+    let base = paths.base.clone();
+    tokio::task::spawn_blocking(move || crate::rootfs::remove_tree_if_unmounted(&base))
+        .await
+        .map_err(|e| Error::io("cleanup task", std::io::Error::other(e)))?
+}

@@ -1,0 +1,201 @@
+//! Task.Create: boots the sandbox for the first container, then creates the
+//! container in the guest.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protocols::agent::CreateContainerRequest;
+use tracing::Instrument;
+use protocols::containerd::api;
+use protocols::containerd::events::task::{TaskCreate, TaskIO};
+use protocols::protobuf::well_known_types::any::Any;
+use protocols::protobuf::{CodedInputStream, MessageField};
+
+use super::{Container, TaskService};
+use crate::error::{Error, Result};
+use crate::process::{Process, Stdio};
+use crate::rootfs::{self, RootfsMount};
+use crate::sandbox::Sandbox;
+use crate::{config, spec};
+
+/// CRI annotations that tie a container to its pod.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// `config_path` (field 2) of containerd's `runtimeoptions.v1.Options`, the
+/// runtime option Kata's users set `ConfigPath` with.
+pub fn config_path_option(options: Option<&Any>) -> Option<String> {
+    let any = options?;
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        return None;
+    }
+    let mut input = CodedInputStream::from_bytes(&any.value);
+    let mut found = None;
+    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
+        let (field, wire) = (tag >> 3, tag & 7);
+        if wire == 2 {
+            let value = input.read_string().ok()?;
+            if field == 2 {
+                found = Some(value);
+            }
+        } else if input.skip_field(protocols::protobuf::rt::WireType::new(wire)?).is_err() {
+            break;
+        }
+    }
+    found
+}
+
+impl TaskService {
+    pub(super) async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        let cid = req.id.clone();
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Err(Error::InvalidArgument(format!("invalid container id {cid:?}")));
+        }
+        if self.containers().contains_key(&cid) {
+            return Err(Error::AlreadyExists(format!("container {cid:?} already exists")));
+        }
+        let spec = spec::load(Path::new(&req.bundle)).await?;
+        let agent_spec = spec::to_agent_spec(&spec, &cid)?;
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                typ: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        rootfs::validate(&mounts)?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+
+        let mut guard = self.sandbox.lock().await;
+        let (sandbox, booted_here) = match guard.as_ref() {
+            Some(s) => (s.clone(), false),
+            None => {
+                if annotations.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) == Some("container") {
+                    let sid = annotations.get(SANDBOX_ID_ANNOTATION).cloned().unwrap_or_default();
+                    return Err(Error::FailedPrecondition(format!(
+                        "sandbox {sid:?} of container {cid:?} is not running in this shim"
+                    )));
+                }
+                let path = config::locate(config_path_option(req.options.as_ref()).as_deref())?;
+                let cfg = config::load(&path)?;
+                let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
+                let sb = Arc::new(
+                    Sandbox::boot(&cid, &self.run_root, &cfg, self.hypervisor.as_ref(), self.dialer.as_ref())
+                        .instrument(span)
+                        .await?,
+                );
+                self.watch_vm(sb.clone());
+                (sb, true)
+            }
+        };
+
+        let result = self.create_in_sandbox(&sandbox, &cid, mounts, &req.bundle, agent_spec).await;
+        match result {
+            Ok(()) => {
+                if booted_here {
+                    *guard = Some(sandbox.clone());
+                }
+            }
+            Err(e) => {
+                if booted_here {
+                    if let Err(se) = sandbox.shutdown().await {
+                        tracing::warn!(sandbox = %cid, error = %se, "tearing down after failed create");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        drop(guard);
+
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let container = Arc::new(Container {
+            id: cid.clone(),
+            bundle: req.bundle.clone(),
+            init: Arc::new(Process::new(&cid, "", stdio)),
+        });
+        self.containers().insert(cid.clone(), container);
+        let pid = Self::task_pid(&sandbox);
+        tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
+        self.events
+            .publish(
+                protocols::containerd::topics::TASK_CREATE_EVENT_TOPIC,
+                Box::new(TaskCreate {
+                    container_id: cid,
+                    bundle: req.bundle,
+                    rootfs: req.rootfs,
+                    io: MessageField::some(TaskIO {
+                        stdin: req.stdin,
+                        stdout: req.stdout,
+                        stderr: req.stderr,
+                        terminal: req.terminal,
+                        ..Default::default()
+                    }),
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn create_in_sandbox(
+        &self,
+        sandbox: &Sandbox,
+        cid: &str,
+        mounts: Vec<RootfsMount>,
+        bundle: &str,
+        agent_spec: protocols::oci::Spec,
+    ) -> Result<()> {
+        let dir = sandbox.paths.container_dir(cid);
+        rootfs::mount_rootfs(mounts, bundle.into(), dir.join("rootfs")).await?;
+        let req = CreateContainerRequest {
+            container_id: cid.to_owned(),
+            exec_id: cid.to_owned(),
+            OCI: MessageField::some(agent_spec),
+            ..Default::default()
+        };
+        if let Err(e) = sandbox.agent.create_container(req).await {
+            let _ = rootfs::unmount_rootfs(dir).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::protobuf::Message;
+
+    #[test]
+    fn reads_config_path_from_runtime_options() {
+        // runtimeoptions.v1.Options { type_url = "x", config_path = "/etc/k.toml" }
+        let mut value = Vec::new();
+        {
+            let mut os = protocols::protobuf::CodedOutputStream::vec(&mut value);
+            os.write_string(1, "x").expect("write");
+            os.write_string(2, "/etc/k.toml").expect("write");
+            os.flush().expect("flush");
+        }
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(config_path_option(Some(&any)).as_deref(), Some("/etc/k.toml"));
+        let other = Any { type_url: "containerd.runc.v1.Options".into(), ..Default::default() };
+        assert_eq!(config_path_option(Some(&other)), None);
+        assert_eq!(config_path_option(None), None);
+        let _ = any.compute_size();
+    }
+}

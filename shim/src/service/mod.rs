@@ -1,0 +1,174 @@
+//! containerd's Task service (`containerd.task.v2.Task` and `.v3.Task`,
+//! same messages). One file per RPC family; this file holds the shared
+//! state and the dispatch.
+
+pub mod create;
+mod lifecycle;
+mod query;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use hypervisor::Hypervisor;
+use protocols::containerd::api;
+use protocols::containerd::shim_async::Task;
+use protocols::containerd::ttrpc::r#async::TtrpcContext;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::process::Process;
+use crate::sandbox::{AgentDialer, Sandbox};
+
+type TtrpcResult<T> = protocols::containerd::ttrpc::Result<T>;
+
+/// A container the shim manages: its bundle and init process.
+pub struct Container {
+    pub id: String,
+    pub bundle: String,
+    pub init: Arc<Process>,
+}
+
+/// Shared state of the daemon: one sandbox, its containers.
+pub struct TaskService {
+    pub namespace: String,
+    /// Where sandbox directories live (`persist::RUN_ROOT` in production).
+    run_root: PathBuf,
+    hypervisor: Arc<dyn Hypervisor>,
+    dialer: Arc<dyn AgentDialer>,
+    events: Arc<dyn EventSink>,
+    /// Serialises sandbox boot/teardown; `None` until the first Create.
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+    /// Signalled when the daemon should exit (Shutdown with nothing left).
+    pub exit: Arc<Notify>,
+}
+
+impl TaskService {
+    pub fn new(
+        namespace: &str,
+        run_root: PathBuf,
+        hypervisor: Arc<dyn Hypervisor>,
+        dialer: Arc<dyn AgentDialer>,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            run_root,
+            hypervisor,
+            dialer,
+            events,
+            sandbox: tokio::sync::Mutex::new(None),
+            containers: Arc::new(Mutex::new(HashMap::new())),
+            exit: Arc::new(Notify::new()),
+        }
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        // A poisoned lock only means a panic elsewhere; the map is still consistent.
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    /// The process `exec_id` of container `id` (init when empty).
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() || exec_id == id {
+            let p = c.init.clone();
+            return Ok((c, p));
+        }
+        Err(Error::NotFound(format!("exec {exec_id:?} of container {id:?} not found")))
+    }
+
+    async fn running_sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.lock().await.clone()
+    }
+
+    /// QEMU's pid stands for the container on the host: nothing else there runs it.
+    fn task_pid(sandbox: &Sandbox) -> u32 {
+        sandbox.vm.pids().first().copied().unwrap_or(0)
+    }
+}
+
+fn unimplemented<T>(what: &str) -> TtrpcResult<T> {
+    Err(Error::Unimplemented(format!("{what} is not implemented by this shim yet")).into())
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        Ok(self.do_create(req).await?)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        Ok(self.do_start(req).await?)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        Ok(self.do_delete(req).await?)
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        Ok(self.do_state(req).await?)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        Ok(self.do_kill(req).await?)
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        Ok(self.do_wait(req).await?)
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        Ok(self.do_connect(req).await?)
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        Ok(self.do_shutdown(req).await?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, _req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        unimplemented("Pids")
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("Pause")
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("Resume")
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("Checkpoint")
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("Exec")
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("ResizePty")
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        unimplemented("CloseIO")
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("Update")
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, _req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        unimplemented("Stats")
+    }
+}

@@ -1,0 +1,265 @@
+//! Converts the bundle's OCI spec (config.json) into the agent's protobuf spec.
+//!
+//! Host paths mean nothing in the guest: the rootfs becomes the container's
+//! directory on the virtio-fs share, the network namespace is the VM's own,
+//! and kernel filesystems are created by the agent, not shared.
+
+use std::path::Path;
+
+use oci_spec::runtime::{self as oci, LinuxNamespaceType};
+use protocols::oci as grpc;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Where the guest mounts the sandbox share (upstream kata's path).
+pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+
+/// The rootfs of container `cid` as the guest sees it.
+pub fn guest_rootfs(cid: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{cid}/rootfs")
+}
+
+/// Filesystem types the guest creates itself; everything else must be shared.
+const KERNEL_FS: [&str; 7] = ["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"];
+
+/// Reads and parses `<bundle>/config.json`.
+pub async fn load(bundle: &Path) -> Result<oci::Spec> {
+    let path = bundle.join("config.json");
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{} is not a valid OCI spec: {e}", path.display())))
+}
+
+/// Serializes a value to the string form the OCI JSON uses (e.g. "CAP_CHOWN").
+fn json_strings<T: Serialize>(v: &T) -> Vec<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        Ok(serde_json::Value::String(s)) => vec![s],
+        _ => Vec::new(),
+    }
+}
+
+pub fn process(p: &oci::Process) -> Result<grpc::Process> {
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(Error::InvalidArgument("process.args is empty".into()));
+    }
+    let cwd = p.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(Error::InvalidArgument(format!("process.cwd {cwd:?} is not absolute")));
+    }
+    let user = p.user();
+    let mut out = grpc::Process {
+        Terminal: p.terminal().unwrap_or(false),
+        Args: args,
+        Env: p.env().clone().unwrap_or_default(),
+        Cwd: cwd,
+        NoNewPrivileges: p.no_new_privileges().unwrap_or(false),
+        OOMScoreAdj: i64::from(p.oom_score_adj().unwrap_or(0)),
+        ApparmorProfile: p.apparmor_profile().clone().unwrap_or_default(),
+        SelinuxLabel: p.selinux_label().clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    out.User = protocols::protobuf::MessageField::some(grpc::User {
+        UID: user.uid(),
+        GID: user.gid(),
+        AdditionalGids: user.additional_gids().clone().unwrap_or_default(),
+        Username: user.username().clone().unwrap_or_default(),
+        ..Default::default()
+    });
+    if let Some(size) = p.console_size() {
+        out.ConsoleSize = protocols::protobuf::MessageField::some(grpc::Box {
+            Height: u32::try_from(size.height()).unwrap_or(u32::MAX),
+            Width: u32::try_from(size.width()).unwrap_or(u32::MAX),
+            ..Default::default()
+        });
+    }
+    if let Some(caps) = p.capabilities() {
+        out.Capabilities = protocols::protobuf::MessageField::some(grpc::LinuxCapabilities {
+            Bounding: caps.bounding().as_ref().map(json_strings).unwrap_or_default(),
+            Effective: caps.effective().as_ref().map(json_strings).unwrap_or_default(),
+            Inheritable: caps.inheritable().as_ref().map(json_strings).unwrap_or_default(),
+            Permitted: caps.permitted().as_ref().map(json_strings).unwrap_or_default(),
+            Ambient: caps.ambient().as_ref().map(json_strings).unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    for r in p.rlimits().iter().flatten() {
+        out.Rlimits.push(grpc::POSIXRlimit {
+            Type: json_strings(&r.typ()).pop().unwrap_or_default(),
+            Hard: r.hard(),
+            Soft: r.soft(),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+fn namespace_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+fn resources(r: &oci::LinuxResources) -> grpc::LinuxResources {
+    let mut out = grpc::LinuxResources::default();
+    if let Some(m) = r.memory() {
+        out.Memory = protocols::protobuf::MessageField::some(grpc::LinuxMemory {
+            Limit: m.limit().unwrap_or(0),
+            Reservation: m.reservation().unwrap_or(0),
+            Swap: m.swap().unwrap_or(0),
+            ..Default::default()
+        });
+    }
+    if let Some(c) = r.cpu() {
+        out.CPU = protocols::protobuf::MessageField::some(grpc::LinuxCPU {
+            Shares: c.shares().unwrap_or(0),
+            Quota: c.quota().unwrap_or(0),
+            Period: c.period().unwrap_or(0),
+            Cpus: c.cpus().clone().unwrap_or_default(),
+            Mems: c.mems().clone().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    if let Some(p) = r.pids() {
+        out.Pids = protocols::protobuf::MessageField::some(grpc::LinuxPids {
+            Limit: p.limit(),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The agent's spec for container `cid`, whose rootfs is on the share.
+pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("OCI spec has no process".into()))?;
+    let mut out = grpc::Spec {
+        Version: spec.version().clone(),
+        Hostname: spec.hostname().clone().unwrap_or_default(),
+        Annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        ..Default::default()
+    };
+    out.Process = protocols::protobuf::MessageField::some(self::process(process)?);
+    out.Root = protocols::protobuf::MessageField::some(grpc::Root {
+        Path: guest_rootfs(cid),
+        Readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        ..Default::default()
+    });
+    for m in spec.mounts().iter().flatten() {
+        let typ = m.typ().clone().unwrap_or_default();
+        if !KERNEL_FS.contains(&typ.as_str()) {
+            // Host binds (volumes, /etc/hosts, ...) need the share; not yet carried.
+            tracing::warn!(
+                container = cid,
+                destination = %m.destination().display(),
+                "mount of type {typ:?} is not shared with the guest yet; skipped"
+            );
+            continue;
+        }
+        out.Mounts.push(grpc::Mount {
+            destination: m.destination().to_string_lossy().into_owned(),
+            source: m
+                .source()
+                .as_ref()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| typ.clone()),
+            type_: typ,
+            options: m.options().clone().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    if let Some(linux) = spec.linux() {
+        let mut l = grpc::Linux {
+            CgroupsPath: linux.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
+            ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
+            Sysctl: linux.sysctl().clone().unwrap_or_default().into_iter().collect(),
+            RootfsPropagation: linux.rootfs_propagation().clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        for ns in linux.namespaces().iter().flatten() {
+            // The container lives in the VM's network namespace; host
+            // namespace paths do not exist in the guest.
+            if ns.typ() == LinuxNamespaceType::Network {
+                continue;
+            }
+            l.Namespaces.push(grpc::LinuxNamespace {
+                Type: namespace_name(ns.typ()).into(),
+                Path: String::new(),
+                ..Default::default()
+            });
+        }
+        if let Some(r) = linux.resources() {
+            l.Resources = protocols::protobuf::MessageField::some(resources(r));
+        }
+        out.Linux = protocols::protobuf::MessageField::some(l);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> oci::Spec {
+        serde_json::from_value(json).expect("valid spec")
+    }
+
+    #[test]
+    fn converts_process_root_and_kernel_mounts() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh", "-c", "echo hi"], "cwd": "/work", "env": ["A=1"],
+                        "user": {"uid": 1000, "gid": 100},
+                        "capabilities": {"bounding": ["CAP_CHOWN"]}},
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "box",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind"]}
+            ],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "mount"}],
+                      "resources": {"memory": {"limit": 33554432}}}
+        }));
+        let g = to_agent_spec(&s, "c1").expect("converts");
+        let p = g.Process.as_ref().expect("process");
+        assert_eq!(p.Args, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(p.Cwd, "/work");
+        assert_eq!(p.User.UID, 1000);
+        assert_eq!(p.Capabilities.Bounding, vec!["CAP_CHOWN"]);
+        assert_eq!(g.Root.Path, "/run/kata-containers/shared/containers/c1/rootfs");
+        assert!(g.Root.Readonly);
+        assert_eq!(g.Hostname, "box");
+        assert_eq!(g.Mounts.len(), 1, "host bind is not passed as-is");
+        assert_eq!(g.Mounts[0].type_, "proc");
+        let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
+        assert_eq!(ns, vec!["pid", "mount"]);
+        assert_eq!(g.Linux.Resources.Memory.Limit, 33554432);
+    }
+
+    #[test]
+    fn rejects_spec_without_process_or_with_relative_cwd() {
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}));
+        assert!(matches!(to_agent_spec(&s, "c"), Err(Error::InvalidArgument(_))));
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "rel", "user": {"uid": 0, "gid": 0}}}));
+        let err = to_agent_spec(&s, "c").unwrap_err();
+        assert!(err.to_string().contains("cwd"), "{err}");
+    }
+}
