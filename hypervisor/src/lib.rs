@@ -8,6 +8,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod accel;
+pub mod cmdline;
+pub mod config;
+pub mod console;
+pub mod fake;
+pub mod helpers;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod state;
+
+pub use accel::HostProbe;
+pub use fake::{FakeHypervisor, FakeVm, FakeVmHandle};
+pub use qemu::{Qemu, QemuVm};
+
 /// Errors of this crate; the shim maps them to ttrpc codes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,6 +44,9 @@ pub enum Error {
     },
     #[error("VM has exited")]
     Exited,
+    /// QEMU or a helper exited while the VM was being started.
+    #[error("{what}; output:\n{output}")]
+    ProcessExited { what: String, output: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -105,6 +123,22 @@ pub trait Vm: Send + Sync {
     async fn wait_exit(&self);
     /// Stops QEMU and every helper, removes the run directory. Idempotent.
     async fn stop(&self) -> Result<()>;
+    /// Why the VM ended, once [`Vm::wait_exit`] has resolved.
+    fn exit_reason(&self) -> Option<String> {
+        None
+    }
+    /// Pauses every vCPU (QMP `stop`): sandbox pause. The agent cannot answer meanwhile.
+    async fn pause(&self) -> Result<()> {
+        Err(Error::Qmp("pause not supported".into()))
+    }
+    /// Resumes the vCPUs (QMP `cont`).
+    async fn resume(&self) -> Result<()> {
+        Err(Error::Qmp("resume not supported".into()))
+    }
+    /// Health of the VM process itself: QMP answers and the VM is running or paused.
+    async fn check(&self) -> Result<()> {
+        Err(Error::Qmp("check not supported".into()))
+    }
 }
 
 /// The seam the shim launches VMs through.
@@ -115,6 +149,7 @@ pub trait Hypervisor: Send + Sync {
 
 /// Cleans up after a VM whose owner died: kills the processes recorded in
 /// `run_dir`'s state file and removes the directory. Missing dir is fine.
-pub async fn cleanup_run_dir(_run_dir: &std::path::Path) -> Result<()> {
-    Err(Error::InvalidConfig("not implemented yet".into()))
+/// Only processes whose pid *and* start time match the record are killed.
+pub async fn cleanup_run_dir(run_dir: &std::path::Path) -> Result<()> {
+    state::cleanup_run_dir(run_dir).await
 }

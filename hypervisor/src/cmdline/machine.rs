@@ -1,0 +1,105 @@
+//! Machine type, accelerator, CPU model and count, guest memory.
+
+use super::{QemuArgs, Transport};
+use crate::accel::ResolvedAccel;
+use crate::MachineType;
+
+/// `-machine`: the board, with RAM from a named memory backend.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub kind: MachineType,
+    /// Id of the [`Memory`] backend object.
+    pub memory_backend: String,
+}
+
+impl Machine {
+    /// Virtio transport the board offers.
+    pub fn transport_of(kind: MachineType) -> Transport {
+        match kind {
+            MachineType::Q35 => Transport::Pci,
+            MachineType::Microvm => Transport::Mmio,
+        }
+    }
+}
+
+impl QemuArgs for Machine {
+    fn append_to(&self, args: &mut Vec<String>) {
+        let board = match self.kind {
+            MachineType::Q35 => "q35".to_string(),
+            // Legacy serial for the console, no option ROMs, PCIe off: devices are virtio-mmio.
+            MachineType::Microvm => "microvm,isa-serial=on,x-option-roms=off,pcie=off".to_string(),
+        };
+        args.push("-machine".into());
+        args.push(format!(
+            "{board},memory-backend={}",
+            super::escape(&self.memory_backend)
+        ));
+    }
+}
+
+/// `-accel`.
+#[derive(Debug, Clone, Copy)]
+pub struct AccelArg(pub ResolvedAccel);
+
+impl QemuArgs for AccelArg {
+    fn append_to(&self, args: &mut Vec<String>) {
+        args.push("-accel".into());
+        args.push(
+            match self.0 {
+                ResolvedAccel::Kvm => "kvm",
+                ResolvedAccel::Tcg => "tcg,thread=multi",
+            }
+            .into(),
+        );
+    }
+}
+
+/// `-cpu`: the host's model under KVM, everything TCG can emulate otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu(pub ResolvedAccel);
+
+impl QemuArgs for Cpu {
+    fn append_to(&self, args: &mut Vec<String>) {
+        args.push("-cpu".into());
+        args.push(
+            match self.0 {
+                ResolvedAccel::Kvm => "host",
+                ResolvedAccel::Tcg => "max",
+            }
+            .into(),
+        );
+    }
+}
+
+/// `-smp`.
+#[derive(Debug, Clone, Copy)]
+pub struct Smp {
+    pub cpus: u32,
+}
+
+impl QemuArgs for Smp {
+    fn append_to(&self, args: &mut Vec<String>) {
+        args.push("-smp".into());
+        args.push(self.cpus.to_string());
+    }
+}
+
+/// Guest RAM: a shared memfd backend (vhost-user daemons map guest memory) and `-m`.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub id: String,
+    pub size_mib: u32,
+}
+
+impl QemuArgs for Memory {
+    fn append_to(&self, args: &mut Vec<String>) {
+        args.push("-object".into());
+        args.push(format!(
+            "memory-backend-memfd,id={},size={}M,share=on",
+            super::escape(&self.id),
+            self.size_mib
+        ));
+        args.push("-m".into());
+        args.push(format!("{}M", self.size_mib));
+    }
+}

@@ -1,0 +1,277 @@
+//! A scripted [`Hypervisor`] for the shim's unit tests: records every call,
+//! answers as told, and lets the test make the VM "exit".
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{Error, Hypervisor, Result, Vm, VmConfig, VsockEndpoint};
+
+/// A call made on the fake, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Launch { id: String },
+    Pause { id: String },
+    Resume { id: String },
+    Check { id: String },
+    Stop { id: String },
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    calls: Vec<Call>,
+    /// Answers for the next launches; empty = success.
+    launch_results: VecDeque<Result<()>>,
+    configs: Vec<VmConfig>,
+}
+
+/// A hypervisor whose VMs are plain in-memory objects.
+#[derive(Debug, Clone)]
+pub struct FakeHypervisor {
+    shared: Arc<Mutex<Shared>>,
+    endpoint: VsockEndpoint,
+    vms: Arc<Mutex<Vec<FakeVmHandle>>>,
+}
+
+impl Default for FakeHypervisor {
+    fn default() -> Self {
+        Self::new(VsockEndpoint::Kernel { cid: 3 })
+    }
+}
+
+impl FakeHypervisor {
+    /// Every launched VM reports `endpoint` as its vsock.
+    pub fn new(endpoint: VsockEndpoint) -> Self {
+        Self {
+            shared: Arc::default(),
+            endpoint,
+            vms: Arc::default(),
+        }
+    }
+
+    /// Makes the next launch fail with `err` (queued, one per launch).
+    pub fn fail_next_launch(&self, err: Error) {
+        self.lock().launch_results.push_back(Err(err));
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Configs passed to `launch`, in order.
+    pub fn configs(&self) -> Vec<VmConfig> {
+        self.lock().configs.clone()
+    }
+
+    /// Handles of the VMs launched so far (to make them exit, look at their state).
+    pub fn vms(&self) -> Vec<FakeVmHandle> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for FakeHypervisor {
+    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
+        let result = {
+            let mut s = self.lock();
+            s.calls.push(Call::Launch {
+                id: config.id.clone(),
+            });
+            s.configs.push(config.clone());
+            s.launch_results.pop_front().unwrap_or(Ok(()))
+        };
+        result?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let handle = FakeVmHandle {
+            exit: Arc::new(exit_tx),
+            state: Arc::new(Mutex::new(FakeVmState {
+                console: "fake console".into(),
+                ..Default::default()
+            })),
+        };
+        self.vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle.clone());
+        Ok(Box::new(FakeVm {
+            id: config.id,
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+            handle,
+            exit_rx,
+        }))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeVmState {
+    pub paused: bool,
+    pub stopped: bool,
+    pub console: String,
+}
+
+/// The test's side of a fake VM.
+#[derive(Debug, Clone)]
+pub struct FakeVmHandle {
+    exit: Arc<watch::Sender<Option<String>>>,
+    state: Arc<Mutex<FakeVmState>>,
+}
+
+impl FakeVmHandle {
+    /// Simulates QEMU dying: `wait_exit` resolves.
+    pub fn exit(&self, reason: &str) {
+        self.exit.send_replace(Some(reason.to_string()));
+    }
+
+    pub fn state(&self) -> FakeVmState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_console(&self, text: &str) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).console = text.to_string();
+    }
+}
+
+/// A VM of [`FakeHypervisor`].
+#[derive(Debug)]
+pub struct FakeVm {
+    id: String,
+    endpoint: VsockEndpoint,
+    shared: Arc<Mutex<Shared>>,
+    handle: FakeVmHandle,
+    exit_rx: watch::Receiver<Option<String>>,
+}
+
+impl FakeVm {
+    fn record(&self, call: Call) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .push(call);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeVmState> {
+        self.handle.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exited(&self) -> bool {
+        self.exit_rx.borrow().is_some()
+    }
+}
+
+#[async_trait]
+impl Vm for FakeVm {
+    fn vsock(&self) -> VsockEndpoint {
+        self.endpoint.clone()
+    }
+
+    fn console_tail(&self) -> String {
+        self.state().console.clone()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![]
+    }
+
+    async fn wait_exit(&self) {
+        let mut rx = self.exit_rx.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    fn exit_reason(&self) -> Option<String> {
+        self.exit_rx.borrow().clone()
+    }
+
+    async fn pause(&self) -> Result<()> {
+        self.record(Call::Pause {
+            id: self.id.clone(),
+        });
+        if self.exited() {
+            return Err(Error::Exited);
+        }
+        self.state().paused = true;
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.record(Call::Resume {
+            id: self.id.clone(),
+        });
+        if self.exited() {
+            return Err(Error::Exited);
+        }
+        self.state().paused = false;
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.record(Call::Check {
+            id: self.id.clone(),
+        });
+        if self.exited() {
+            Err(Error::Exited)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.record(Call::Stop {
+            id: self.id.clone(),
+        });
+        self.state().stopped = true;
+        self.handle.exit.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some("stopped".into());
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_records_and_exits() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let hv = FakeHypervisor::default();
+        let cfg = crate::config::tests::valid_config(d.path());
+        hv.fail_next_launch(Error::InvalidConfig("scripted".into()));
+        assert!(hv.launch(cfg.clone()).await.is_err());
+        let vm = hv.launch(cfg).await.expect("launch");
+        assert_eq!(vm.vsock(), VsockEndpoint::Kernel { cid: 3 });
+        vm.pause().await.expect("pause");
+        assert!(hv.vms()[0].state().paused);
+        vm.resume().await.expect("resume");
+        hv.vms()[0].exit("killed");
+        tokio::time::timeout(Duration::from_secs(1), vm.wait_exit())
+            .await
+            .expect("exit seen");
+        assert_eq!(vm.exit_reason().as_deref(), Some("killed"));
+        vm.stop().await.expect("stop");
+        assert_eq!(
+            hv.calls(),
+            vec![
+                Call::Launch { id: "sb1".into() },
+                Call::Launch { id: "sb1".into() },
+                Call::Pause { id: "sb1".into() },
+                Call::Resume { id: "sb1".into() },
+                Call::Stop { id: "sb1".into() },
+            ]
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The helper daemons QEMU's vhost-user devices talk to: `virtiofsd` (shared
+//! file system) and `vhost-device-vsock` (hybrid vsock).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use crate::console::{spawn_reader, Ring, Source};
+use crate::process::Supervised;
+use crate::{Error, Result, VmConfig};
+
+pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
+pub const VHOST_USER_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+pub const HYBRID_VSOCK_SOCKET: &str = "vsock.sock";
+/// The CID vhost-device-vsock gives the guest (the guest never needs to know it).
+pub const VHOST_USER_GUEST_CID: u32 = 3;
+
+/// How to start one helper and which socket says it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSpec {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Appears once the helper listens.
+    pub ready_socket: PathBuf,
+}
+
+pub fn virtiofsd(config: &VmConfig) -> HelperSpec {
+    let socket = config.run_dir.join(VIRTIOFSD_SOCKET);
+    HelperSpec {
+        name: "virtiofsd",
+        program: config.virtiofsd_path.clone(),
+        args: vec![
+            "--socket-path".into(),
+            socket.to_string_lossy().into_owned(),
+            "--shared-dir".into(),
+            config.shared_dir.to_string_lossy().into_owned(),
+            "--sandbox".into(),
+            "none".into(),
+            "--cache".into(),
+            "auto".into(),
+        ],
+        ready_socket: socket,
+    }
+}
+
+pub fn vhost_device_vsock(config: &VmConfig) -> HelperSpec {
+    let socket = config.run_dir.join(VHOST_USER_VSOCK_SOCKET);
+    HelperSpec {
+        name: "vhost-device-vsock",
+        program: config.vhost_device_vsock_path.clone(),
+        args: vec![
+            "--guest-cid".into(),
+            VHOST_USER_GUEST_CID.to_string(),
+            "--socket".into(),
+            socket.to_string_lossy().into_owned(),
+            "--uds-path".into(),
+            config
+                .run_dir
+                .join(HYBRID_VSOCK_SOCKET)
+                .to_string_lossy()
+                .into_owned(),
+        ],
+        ready_socket: socket,
+    }
+}
+
+/// Spawns a process with stdin closed and its output logged into `ring`. It is
+/// put in its own process group so a terminal's signals do not reach it; it does
+/// not die with its parent: cleanup is explicit (stop / cleanup_run_dir).
+pub fn spawn(
+    name: &'static str,
+    program: &Path,
+    args: &[String],
+    sandbox: &str,
+    ring: &Ring,
+) -> Result<(Supervised, Option<tokio::process::ChildStdout>)> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    tracing::debug!(sandbox, process = name, program = %program.display(), ?args, "spawning");
+    let mut child = cmd.spawn().map_err(|e| Error::Io {
+        what: format!("spawning {name} ({})", program.display()),
+        source: e,
+    })?;
+    let stdout = child.stdout.take();
+    if let Some(stderr) = child.stderr.take() {
+        spawn_reader(
+            stderr,
+            ring.clone(),
+            sandbox.to_string(),
+            Source::Diagnostics(name),
+        );
+    }
+    let sup = Supervised::new(name, child, sandbox.to_string());
+    tracing::info!(sandbox, process = name, pid = sup.pid, "started");
+    Ok((sup, stdout))
+}
+
+/// Spawns a helper; its stdout is logged like its stderr.
+pub fn spawn_helper(spec: &HelperSpec, sandbox: &str, ring: &Ring) -> Result<Supervised> {
+    let (sup, stdout) = spawn(spec.name, &spec.program, &spec.args, sandbox, ring)?;
+    if let Some(out) = stdout {
+        spawn_reader(
+            out,
+            ring.clone(),
+            sandbox.to_string(),
+            Source::Diagnostics(spec.name),
+        );
+    }
+    Ok(sup)
+}
+
+/// Waits until `socket` exists, failing early if `proc` exits.
+pub async fn wait_for_socket(
+    socket: &Path,
+    proc: &Supervised,
+    deadline: Instant,
+    timeout: Duration,
+    ring: &Ring,
+) -> Result<()> {
+    loop {
+        if tokio::fs::try_exists(socket).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if proc.has_exited() {
+            // Let the output readers catch up before reporting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Err(Error::ProcessExited {
+                what: proc.wait().await,
+                output: ring.tail(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::StartTimeout {
+                what: format!("{} (socket {})", proc.name, socket.display()),
+                timeout,
+                console: ring.tail(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_command_lines() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        c.run_dir = PathBuf::from("/run/vc/sb1");
+        c.shared_dir = PathBuf::from("/run/shared/sb1");
+        let fs = virtiofsd(&c);
+        assert_eq!(
+            fs.args.join(" "),
+            "--socket-path /run/vc/sb1/virtiofsd.sock --shared-dir /run/shared/sb1 --sandbox none --cache auto"
+        );
+        assert_eq!(fs.ready_socket, PathBuf::from("/run/vc/sb1/virtiofsd.sock"));
+        let vs = vhost_device_vsock(&c);
+        assert_eq!(
+            vs.args.join(" "),
+            "--guest-cid 3 --socket /run/vc/sb1/vhost-vsock.sock --uds-path /run/vc/sb1/vsock.sock"
+        );
+    }
+
+    #[tokio::test]
+    async fn early_exit_and_timeout_are_reported() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let ring = Ring::default();
+        let args = vec!["-c".to_string(), "echo failing >&2; exit 3".to_string()];
+        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = wait_for_socket(
+            &d.path().join("never"),
+            &p,
+            deadline,
+            Duration::from_secs(5),
+            &ring,
+        )
+        .await
+        .expect_err("exited");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("exit status: 3") && msg.contains("[sh] failing"),
+            "{msg}"
+        );
+
+        let args = vec!["-c".to_string(), "sleep 30".to_string()];
+        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring).expect("spawn");
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let e = wait_for_socket(
+            &d.path().join("never"),
+            &p,
+            deadline,
+            Duration::from_millis(100),
+            &ring,
+        )
+        .await
+        .expect_err("timeout");
+        assert!(matches!(e, Error::StartTimeout { .. }), "{e}");
+        p.kill_and_wait().await;
+    }
+}

@@ -1,0 +1,607 @@
+//! The QEMU implementation of [`Hypervisor`]: validates, starts the helper
+//! daemons, launches QEMU, connects QMP, supervises, stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+
+use crate::accel::{
+    host_cpus, resolve_accel, resolve_vsock, HostProbe, ResolvedAccel, ResolvedVsock,
+};
+use crate::cmdline::{boot, console, fs, machine, vsock, CommandLine};
+use crate::console::{spawn_reader, Ring, Source};
+use crate::helpers::{self, HelperSpec};
+use crate::process::Supervised;
+use crate::qmp::Qmp;
+use crate::state::{self, ProcessRecord, StateFile};
+use crate::{config, Error, Hypervisor, Result, Vm, VmConfig, VsockEndpoint};
+
+/// Each QMP exchange is bounded by this.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `stop` waits for QMP `quit` before killing QEMU.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `stop` waits for QEMU to exit after `quit` before killing it.
+const EXIT_AFTER_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Guest CIDs tried before giving up (kernel vhost-vsock only).
+const MAX_CID_ATTEMPTS: u32 = 32;
+pub const QMP_SOCKET: &str = "qmp.sock";
+pub const SHARED_FS_TAG: &str = "kataShared";
+
+/// Next guest CID to try; 0-2 are reserved.
+static NEXT_CID: AtomicU32 = AtomicU32::new(3);
+
+fn next_cid() -> u32 {
+    loop {
+        let cid = NEXT_CID.fetch_add(1, Ordering::Relaxed);
+        if cid >= 3 && cid != u32::MAX {
+            return cid;
+        }
+        NEXT_CID.store(3, Ordering::Relaxed);
+    }
+}
+
+/// Launches QEMU VMs.
+#[derive(Debug, Clone, Default)]
+pub struct Qemu {
+    probe: HostProbe,
+}
+
+impl Qemu {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With other host paths for the KVM / PVM / vhost-vsock probes.
+    pub fn with_probe(probe: HostProbe) -> Self {
+        Self { probe }
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
+        Ok(Box::new(QemuVm::launch(config, &self.probe).await?))
+    }
+}
+
+/// Builds the QEMU command line for a validated config.
+pub fn command_line(
+    config: &VmConfig,
+    accel: ResolvedAccel,
+    vsock_dev: vsock::VsockDevice,
+) -> CommandLine {
+    let transport = machine::Machine::transport_of(config.machine);
+    CommandLine {
+        name: format!("sandbox-{}", config.id),
+        machine: machine::Machine {
+            kind: config.machine,
+            memory_backend: "mem".into(),
+        },
+        accel: machine::AccelArg(accel),
+        cpu: machine::Cpu(accel),
+        smp: machine::Smp { cpus: config.vcpus },
+        memory: machine::Memory {
+            id: "mem".into(),
+            size_mib: config.memory_mib,
+        },
+        boot: boot::DirectKernel {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            extra_params: config.kernel_params.clone(),
+        },
+        console: console::SerialConsole,
+        qmp: console::QmpSocket {
+            path: config.run_dir.join(QMP_SOCKET),
+        },
+        vsock: vsock_dev.with_transport(transport),
+        fs: fs::VirtioFs {
+            socket: config.run_dir.join(helpers::VIRTIOFSD_SOCKET),
+            tag: SHARED_FS_TAG.into(),
+            transport,
+        },
+    }
+}
+
+/// A running QEMU VM with its helpers.
+#[derive(Debug)]
+pub struct QemuVm {
+    id: String,
+    run_dir: PathBuf,
+    endpoint: VsockEndpoint,
+    console: Ring,
+    qemu: Supervised,
+    helpers: Vec<Supervised>,
+    any_exit: watch::Receiver<Option<String>>,
+    qmp: Mutex<Option<Qmp>>,
+    stopped: Mutex<bool>,
+}
+
+/// The processes started so far, killed if the launch fails.
+struct Launching {
+    sandbox: String,
+    run_dir: PathBuf,
+    helpers: Vec<Supervised>,
+    qemu: Option<Supervised>,
+}
+
+impl Launching {
+    async fn write_state(&self) -> Result<()> {
+        let processes = self
+            .helpers
+            .iter()
+            .chain(self.qemu.iter())
+            .filter_map(|p| {
+                p.start_time.map(|start_time| ProcessRecord {
+                    name: p.name.to_string(),
+                    pid: p.pid,
+                    start_time,
+                })
+            })
+            .collect();
+        state::write(
+            &self.run_dir,
+            &StateFile {
+                sandbox_id: self.sandbox.clone(),
+                processes,
+            },
+        )
+        .await
+    }
+
+    async fn abort(self) {
+        if let Some(q) = &self.qemu {
+            q.kill_and_wait().await;
+        }
+        for h in &self.helpers {
+            h.kill_and_wait().await;
+        }
+        if let Err(e) = state::remove_run_dir(&self.run_dir).await {
+            tracing::warn!(sandbox = %self.sandbox, "{e}");
+        }
+    }
+}
+
+impl QemuVm {
+    pub async fn launch(config: VmConfig, probe: &HostProbe) -> Result<Self> {
+        let sandbox = config.id.clone();
+        let (accel, reason) = resolve_accel(config.accel, probe)?;
+        let vsock_kind = resolve_vsock(config.vsock, probe)?;
+        config::validate(&config, host_cpus(), vsock_kind)?;
+        tracing::info!(sandbox = %sandbox, accel = ?accel, vsock = ?vsock_kind, "accelerator: {reason}");
+
+        let started = Instant::now();
+        let deadline = started + config.start_timeout;
+        // A run dir left by an earlier owner: kill what it recorded, start afresh.
+        state::cleanup_run_dir(&config.run_dir).await?;
+        tokio::fs::create_dir_all(&config.run_dir)
+            .await
+            .map_err(|e| Error::Io {
+                what: format!("creating {}", config.run_dir.display()),
+                source: e,
+            })?;
+
+        let ring = Ring::default();
+        let mut launching = Launching {
+            sandbox: sandbox.clone(),
+            run_dir: config.run_dir.clone(),
+            helpers: Vec::new(),
+            qemu: None,
+        };
+        match Self::start(&config, accel, vsock_kind, deadline, &ring, &mut launching).await {
+            Ok((qmp, endpoint)) => {
+                let Launching { helpers, qemu, .. } = launching;
+                let Some(qemu) = qemu else {
+                    return Err(Error::Qmp("internal: QEMU missing after launch".into()));
+                };
+                let any_exit = watch_any_exit(
+                    qemu.exit_watch(),
+                    helpers.iter().map(Supervised::exit_watch),
+                );
+                tracing::info!(sandbox = %sandbox, elapsed = ?started.elapsed(), "VM launched");
+                Ok(QemuVm {
+                    id: sandbox,
+                    run_dir: config.run_dir,
+                    endpoint,
+                    console: ring,
+                    qemu,
+                    helpers,
+                    any_exit,
+                    qmp: Mutex::new(Some(qmp)),
+                    stopped: Mutex::new(false),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %sandbox, "launch failed: {e}");
+                launching.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(
+        config: &VmConfig,
+        accel: ResolvedAccel,
+        vsock_kind: ResolvedVsock,
+        deadline: Instant,
+        ring: &Ring,
+        launching: &mut Launching,
+    ) -> Result<(Qmp, VsockEndpoint)> {
+        let sandbox = config.id.as_str();
+        let mut specs: Vec<HelperSpec> = vec![helpers::virtiofsd(config)];
+        if vsock_kind == ResolvedVsock::VhostUser {
+            specs.push(helpers::vhost_device_vsock(config));
+        }
+        for spec in &specs {
+            launching
+                .helpers
+                .push(helpers::spawn_helper(spec, sandbox, ring)?);
+        }
+        launching.write_state().await?;
+        for (spec, proc) in specs.iter().zip(&launching.helpers) {
+            helpers::wait_for_socket(
+                &spec.ready_socket,
+                proc,
+                deadline,
+                config.start_timeout,
+                ring,
+            )
+            .await?;
+        }
+
+        let attempts = if vsock_kind == ResolvedVsock::Vhost {
+            MAX_CID_ATTEMPTS
+        } else {
+            1
+        };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let (device, endpoint) = match vsock_kind {
+                ResolvedVsock::Vhost => {
+                    let cid = next_cid();
+                    (
+                        vsock::VsockDevice::Vhost {
+                            cid,
+                            transport: crate::cmdline::Transport::Pci,
+                        },
+                        VsockEndpoint::Kernel { cid },
+                    )
+                }
+                ResolvedVsock::VhostUser => (
+                    vsock::VsockDevice::VhostUser {
+                        socket: config.run_dir.join(helpers::VHOST_USER_VSOCK_SOCKET),
+                        transport: crate::cmdline::Transport::Pci,
+                    },
+                    VsockEndpoint::Hybrid {
+                        uds_path: config.run_dir.join(helpers::HYBRID_VSOCK_SOCKET),
+                    },
+                ),
+            };
+            let args = command_line(config, accel, device).args();
+            let (qemu, stdout) = helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring)?;
+            if let Some(out) = stdout {
+                spawn_reader(out, ring.clone(), sandbox.to_string(), Source::Console);
+            }
+            launching.qemu = Some(qemu);
+            launching.write_state().await?;
+            let Some(qemu) = launching.qemu.as_ref() else {
+                continue;
+            };
+            match connect_qmp(
+                &config.run_dir.join(QMP_SOCKET),
+                qemu,
+                deadline,
+                config.start_timeout,
+                ring,
+            )
+            .await
+            {
+                Ok(mut qmp) => {
+                    let status = qmp.query_status().await?;
+                    tracing::info!(sandbox, pid = qemu.pid, status = %status.status, "QEMU up");
+                    return Ok((qmp, endpoint));
+                }
+                Err(Error::ProcessExited { what, output })
+                    if vsock_kind == ResolvedVsock::Vhost
+                        && output.contains("Address already in use") =>
+                {
+                    tracing::info!(sandbox, ?endpoint, "guest CID in use, trying the next one");
+                    last_err = Some(Error::ProcessExited { what, output });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Qmp("no QEMU attempt made".into())))
+    }
+
+    /// Runs `f` on the QMP session, reconnecting once if it was lost.
+    async fn with_qmp<T>(
+        &self,
+        f: impl for<'a> FnOnce(
+            &'a mut Qmp,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>,
+        >,
+    ) -> Result<T> {
+        if self.qemu.has_exited() {
+            return Err(Error::Exited);
+        }
+        let mut guard = self.qmp.lock().await;
+        if guard.is_none() {
+            *guard = Some(Qmp::connect(&self.run_dir.join(QMP_SOCKET), QMP_TIMEOUT).await?);
+        }
+        let Some(qmp) = guard.as_mut() else {
+            return Err(Error::Qmp("no QMP session".into()));
+        };
+        let result = f(qmp).await;
+        if matches!(result, Err(Error::Io { .. }))
+            || matches!(&result, Err(Error::Qmp(m)) if m.contains("closed"))
+        {
+            *guard = None;
+        }
+        result
+    }
+
+    /// The QEMU process id.
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.pid
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+}
+
+/// A receiver that turns `Some` with the first exit among the given processes.
+fn watch_any_exit(
+    first: watch::Receiver<Option<String>>,
+    rest: impl Iterator<Item = watch::Receiver<Option<String>>>,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    let tx = Arc::new(tx);
+    for mut w in std::iter::once(first).chain(rest) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let desc = match w.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => return,
+            };
+            tx.send_if_modified(|cur| {
+                if cur.is_none() {
+                    *cur = Some(desc);
+                    true
+                } else {
+                    false
+                }
+            });
+        });
+    }
+    rx
+}
+
+async fn connect_qmp(
+    socket: &Path,
+    qemu: &Supervised,
+    deadline: Instant,
+    timeout: Duration,
+    ring: &Ring,
+) -> Result<Qmp> {
+    let mut last_err = String::from("socket not created");
+    loop {
+        if qemu.has_exited() {
+            // Let the output readers catch up before reporting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Err(Error::ProcessExited {
+                what: qemu.wait().await,
+                output: ring.tail(),
+            });
+        }
+        if tokio::fs::try_exists(socket).await.unwrap_or(false) {
+            match Qmp::connect(socket, QMP_TIMEOUT.min(timeout)).await {
+                Ok(q) => return Ok(q),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::StartTimeout {
+                what: format!("QEMU QMP ({last_err})"),
+                timeout,
+                console: ring.tail(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn vsock(&self) -> VsockEndpoint {
+        self.endpoint.clone()
+    }
+
+    fn console_tail(&self) -> String {
+        self.console.tail()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.qemu.pid)
+            .chain(self.helpers.iter().map(|h| h.pid))
+            .collect()
+    }
+
+    async fn wait_exit(&self) {
+        let mut rx = self.any_exit.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    fn exit_reason(&self) -> Option<String> {
+        self.any_exit.borrow().clone()
+    }
+
+    async fn pause(&self) -> Result<()> {
+        self.with_qmp(|q| Box::pin(q.stop())).await
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.with_qmp(|q| Box::pin(q.cont())).await
+    }
+
+    async fn check(&self) -> Result<()> {
+        let status = self.with_qmp(|q| Box::pin(q.query_status())).await?;
+        match status.status.as_str() {
+            "running" | "paused" => Ok(()),
+            other => Err(Error::Qmp(format!("VM status is {other}"))),
+        }
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let mut stopped = self.stopped.lock().await;
+        if *stopped {
+            return Ok(());
+        }
+        let sandbox = self.id.as_str();
+        if !self.qemu.has_exited() {
+            let quit = async {
+                let mut guard = self.qmp.lock().await;
+                if guard.is_none() {
+                    *guard =
+                        Some(Qmp::connect(&self.run_dir.join(QMP_SOCKET), QUIT_TIMEOUT).await?);
+                }
+                match guard.as_mut() {
+                    Some(q) => q.quit().await,
+                    None => Err(Error::Qmp("no QMP session".into())),
+                }
+            };
+            match tokio::time::timeout(QUIT_TIMEOUT, quit).await {
+                Ok(Ok(())) => {
+                    if tokio::time::timeout(EXIT_AFTER_QUIT_TIMEOUT, self.qemu.wait())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(sandbox, "QEMU did not exit after quit; killing it");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(sandbox, "QMP quit failed ({e}); killing QEMU"),
+                Err(_) => tracing::warn!(
+                    sandbox,
+                    "QMP quit not answered within {QUIT_TIMEOUT:?}; killing QEMU"
+                ),
+            }
+        }
+        self.qemu.kill_and_wait().await;
+        for h in &self.helpers {
+            h.kill_and_wait().await;
+        }
+        *self.qmp.lock().await = None;
+        state::remove_run_dir(&self.run_dir).await?;
+        tracing::info!(sandbox, "VM stopped");
+        *stopped = true;
+        Ok(())
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        // Dropped without stop(): do not leak processes (the run dir stays for
+        // cleanup_run_dir; its recorded processes are gone by then).
+        let stopped = self.stopped.try_lock().map(|s| *s).unwrap_or(true);
+        if !stopped {
+            self.qemu.kill();
+            for h in &self.helpers {
+                h.kill();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cids_start_at_three_and_increase() {
+        let a = next_cid();
+        let b = next_cid();
+        assert!(a >= 3 && b > a);
+    }
+
+    #[test]
+    fn command_line_from_config() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        c.run_dir = PathBuf::from("/run/vc/sb1");
+        c.vcpus = 2;
+        let dev = vsock::VsockDevice::VhostUser {
+            socket: c.run_dir.join(helpers::VHOST_USER_VSOCK_SOCKET),
+            transport: crate::cmdline::Transport::Pci,
+        };
+        let s = command_line(&c, ResolvedAccel::Tcg, dev).args().join(" ");
+        assert!(
+            s.starts_with(
+                "-name sandbox-sb1 -machine q35,memory-backend=mem -accel tcg,thread=multi"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("-qmp unix:/run/vc/sb1/qmp.sock,server=on,wait=off"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-append console=ttyS0 panic=-1 reboot=k quiet"),
+            "{s}"
+        );
+        assert!(s.contains("-smp 2"), "{s}");
+        assert!(s.contains("path=/run/vc/sb1/virtiofsd.sock"), "{s}");
+    }
+
+    #[tokio::test]
+    async fn invalid_config_spawns_nothing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        c.memory_mib = 64;
+        let e = Qemu::new()
+            .launch(c.clone())
+            .await
+            .map(|_| ())
+            .expect_err("invalid");
+        assert!(
+            matches!(e, Error::InvalidConfig(ref m) if m.contains("memory_mib")),
+            "{e}"
+        );
+        assert!(!c.run_dir.exists(), "run dir must not be created");
+    }
+
+    /// A "QEMU" that exits at once: launch fails with its output and leaves nothing.
+    #[tokio::test]
+    async fn qemu_exiting_early_is_reported_and_cleaned_up() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        let script = |name: &str, body: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("script");
+            std::fs::set_permissions(
+                &p,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+            )
+            .expect("chmod");
+            p
+        };
+        // Helpers: create the socket path they are told about, then stay up.
+        c.virtiofsd_path = script("virtiofsd", "touch \"$2\"; exec sleep 30");
+        c.vhost_device_vsock_path = script("vdv", "touch \"$4\"; exec sleep 30");
+        c.qemu_path = script("qemu", "echo 'qemu: bad option' >&2; exit 1");
+        let e = Qemu::new()
+            .launch(c.clone())
+            .await
+            .map(|_| ())
+            .expect_err("qemu fails");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::ProcessExited { .. }), "{msg}");
+        assert!(msg.contains("bad option"), "{msg}");
+        assert!(!c.run_dir.exists(), "run dir removed");
+    }
+}
