@@ -1,1 +1,105 @@
-fn main() {}
+//! `kata-agent`: the guest agent, PID 1 of the sandbox VM. Serves the kata
+//! agent API (ttrpc over vsock port 1024) and runs containers.
+//!
+//! Also runs outside a VM for development: not being PID 1, it skips the
+//! system setup and power-off, and `KATA_AGENT_SERVER_ADDR` may name another
+//! address (e.g. `unix:///tmp/agent.sock`).
+mod cgroups;
+mod container;
+mod error;
+mod init;
+mod mounts;
+mod process;
+mod reaper;
+mod runtime;
+mod sandbox;
+mod server;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_ADDR: &str = "vsock://-1:1024";
+const BIND_ATTEMPTS: u32 = 500;
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some(runtime::HELPER_ARG) {
+        runtime::helper_main();
+    }
+    let pid1 = std::process::id() == 1;
+    let problems = if pid1 {
+        init::early_setup()
+    } else {
+        Vec::new()
+    };
+    let filter =
+        EnvFilter::try_from_env("KATA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
+    for p in problems {
+        tracing::warn!("early setup: {p}");
+    }
+    tracing::info!(version = server::AGENT_VERSION, pid1, "kata-agent starting");
+    if pid1 {
+        init::load_modules();
+        init::loopback_up();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => {
+            if let Err(e) = rt.block_on(serve(pid1)) {
+                tracing::error!(error = %e, "agent failed");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "building the tokio runtime"),
+    }
+    if pid1 {
+        // PID 1 must not exit (kernel panic); without the agent the VM is useless.
+        init::power_off();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    std::process::exit(1);
+}
+
+async fn serve(pid1: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let reaper = reaper::Reaper::start()?;
+    let addr = std::env::var("KATA_AGENT_SERVER_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string());
+    let sandbox = Arc::new(sandbox::Sandbox::new(reaper));
+    let agent = Arc::new(server::Agent {
+        sandbox,
+        power_off: pid1,
+    });
+    let mut attempt = 0;
+    let server = loop {
+        // The vsock transport may still be probing right after module load.
+        match ttrpc::r#async::Server::new().bind(&addr) {
+            Ok(s) => break s,
+            Err(e) if attempt < BIND_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(error = %e, "bind {addr}, retrying");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(format!("bind {addr}: {e}").into()),
+        }
+    };
+    let mut server = server
+        .register_service(protocols::agent_ttrpc::create_agent_service(agent))
+        .register_service(protocols::health_ttrpc::create_health(Arc::new(
+            server::HealthService,
+        )));
+    server.start().await?;
+    tracing::info!(%addr, "agent ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! One cgroup v2 directory per container under /sys/fs/cgroup, with the
+//! memory, cpu and pids limits of the spec's `Linux.Resources`.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocols::oci::LinuxResources;
+
+use crate::error::{Error, Result};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: &str = "+cpu +memory +pids +io +cpuset";
+
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+/// The cgroup directory for a container: the spec's CgroupsPath when it is a
+/// plain path, else `kata/<container id>` (systemd `slice:prefix:name` paths
+/// have no systemd to talk to in the guest).
+pub fn cgroup_path(cgroups_path: &str, container_id: &str) -> PathBuf {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.contains(':') || rel.split('/').any(|c| c == "..") {
+        Path::new(ROOT).join("kata").join(container_id)
+    } else {
+        Path::new(ROOT).join(rel)
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value)
+        .map_err(|e| Error::io(format!("writing {value:?} to {}", path.display()), e))
+}
+
+impl Cgroup {
+    /// Creates the directory (enabling controllers along the way) and applies limits.
+    pub fn create(path: PathBuf, resources: Option<&LinuxResources>) -> Result<Cgroup> {
+        let rel = path
+            .strip_prefix(ROOT)
+            .map_err(|_| Error::InvalidArgument(format!("cgroup {}", path.display())))?;
+        let mut dir = PathBuf::from(ROOT);
+        for comp in rel.components() {
+            // Controllers must be enabled in every ancestor's subtree_control.
+            let _ = fs::write(dir.join("cgroup.subtree_control"), CONTROLLERS)
+                .or_else(|_| fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory +pids"));
+            dir.push(comp);
+            if !dir.exists() {
+                fs::create_dir(&dir)
+                    .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+            }
+        }
+        let cg = Cgroup { path };
+        if let Some(r) = resources {
+            cg.apply(r)?;
+        }
+        Ok(cg)
+    }
+
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        if let Some(mem) = r.Memory.as_ref() {
+            if mem.Limit > 0 {
+                write(&self.path.join("memory.max"), &mem.Limit.to_string())?;
+            }
+            if mem.Swap > 0 && mem.Limit > 0 && mem.Swap >= mem.Limit {
+                // OCI's swap is memory+swap; v2's swap.max is swap alone.
+                let _ = write(
+                    &self.path.join("memory.swap.max"),
+                    &(mem.Swap - mem.Limit).to_string(),
+                );
+            }
+        }
+        if let Some(cpu) = r.CPU.as_ref() {
+            if cpu.Quota != 0 || cpu.Period != 0 {
+                let period = if cpu.Period == 0 { 100_000 } else { cpu.Period };
+                let quota = if cpu.Quota > 0 {
+                    cpu.Quota.to_string()
+                } else {
+                    "max".to_string()
+                };
+                write(&self.path.join("cpu.max"), &format!("{quota} {period}"))?;
+            }
+            if cpu.Shares > 0 {
+                write(
+                    &self.path.join("cpu.weight"),
+                    &shares_to_weight(cpu.Shares).to_string(),
+                )?;
+            }
+        }
+        if let Some(pids) = r.Pids.as_ref() {
+            if pids.Limit != 0 {
+                let v = if pids.Limit > 0 {
+                    pids.Limit.to_string()
+                } else {
+                    "max".to_string()
+                };
+                write(&self.path.join("pids.max"), &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, pid: i32) -> Result<()> {
+        write(&self.path.join("cgroup.procs"), &pid.to_string())
+    }
+
+    /// SIGKILLs every process in the cgroup (cgroup.kill, Linux 5.14+).
+    pub fn kill(&self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+    }
+
+    /// Removes the directory; its processes must be gone (retried briefly).
+    pub async fn remove(&self) {
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        tracing::warn!(path = %self.path.display(), "cgroup not removed");
+    }
+}
+
+/// cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000] (as runc does).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_weights() {
+        assert_eq!(
+            cgroup_path("/kubepods/pod1/c1", "c1"),
+            PathBuf::from("/sys/fs/cgroup/kubepods/pod1/c1")
+        );
+        assert_eq!(
+            cgroup_path("", "c1"),
+            PathBuf::from("/sys/fs/cgroup/kata/c1")
+        );
+        assert_eq!(
+            cgroup_path("system.slice:kata:c1", "c1"),
+            PathBuf::from("/sys/fs/cgroup/kata/c1")
+        );
+        assert_eq!(
+            cgroup_path("/../x", "c1"),
+            PathBuf::from("/sys/fs/cgroup/kata/c1")
+        );
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+}

@@ -1,0 +1,269 @@
+//! A container: its spec, init process, exec'd processes, cgroup and the
+//! storages mounted for it.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use protocols::oci::{LinuxNamespace, Spec};
+
+use crate::cgroups::Cgroup;
+use crate::error::{Error, Result};
+use crate::mounts::Mounted;
+use crate::process::{Process, SpawnRequest};
+use crate::reaper::Reaper;
+use crate::runtime::namespace_flag;
+use crate::sync::{MODE_CREATE, MODE_EXEC};
+
+/// Namespaces an exec joins (from the init process's /proc/<pid>/ns).
+const EXEC_NAMESPACES: [(&str, &str); 5] = [
+    ("pid", "pid"),
+    ("ipc", "ipc"),
+    ("uts", "uts"),
+    ("cgroup", "cgroup"),
+    ("mount", "mnt"),
+];
+
+pub struct Container {
+    pub id: String,
+    spec: Spec,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    cgroup: Option<Cgroup>,
+    storages: Vec<Mounted>,
+}
+
+/// Rejects what the runtime cannot run (INVALID_ARGUMENT).
+pub fn validate_process(p: Option<&protocols::oci::Process>) -> Result<()> {
+    let p = p.ok_or_else(|| Error::InvalidArgument("spec has no process".into()))?;
+    if p.Args.is_empty() {
+        return Err(Error::InvalidArgument("process has no args".into()));
+    }
+    if !p.Cwd.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "process cwd {:?} is not absolute",
+            p.Cwd
+        )));
+    }
+    if p.Terminal {
+        tracing::warn!("terminal requested: not supported yet, using pipes");
+    }
+    Ok(())
+}
+
+pub fn validate_spec(spec: &Spec) -> Result<()> {
+    validate_process(spec.Process.as_ref())?;
+    let root = spec
+        .Root
+        .as_ref()
+        .map(|r| r.Path.as_str())
+        .unwrap_or_default();
+    if !root.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "root path {root:?} is not absolute"
+        )));
+    }
+    if !Path::new(root).is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "root path {root} is not a directory in the guest"
+        )));
+    }
+    for ns in spec
+        .Linux
+        .as_ref()
+        .map(|l| l.Namespaces.as_slice())
+        .unwrap_or_default()
+    {
+        if namespace_flag(&ns.Type).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "unknown namespace type {:?}",
+                ns.Type
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Container {
+    /// Creates the container: its init process is set up and waits for `start`.
+    pub async fn create(
+        id: &str,
+        spec: Spec,
+        storages: Vec<Mounted>,
+        reaper: &Reaper,
+    ) -> Result<Container> {
+        let linux = spec.Linux.as_ref();
+        let path = crate::cgroups::cgroup_path(
+            linux.map(|l| l.CgroupsPath.as_str()).unwrap_or_default(),
+            id,
+        );
+        let cgroup = match Cgroup::create(path, linux.and_then(|l| l.Resources.as_ref())) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                for m in &storages {
+                    m.unmount();
+                }
+                return Err(e);
+            }
+        };
+        let req = SpawnRequest {
+            mode: MODE_CREATE,
+            init_pid: 0,
+            spec: spec.clone(),
+            cgroup: cgroup.clone(),
+            log_id: id.into(),
+        };
+        match Process::spawn(id.to_string(), req, reaper).await {
+            Ok(init) => Ok(Container {
+                id: id.to_string(),
+                spec,
+                init: Arc::new(init),
+                execs: Mutex::default(),
+                cgroup,
+                storages,
+            }),
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove().await;
+                }
+                for m in &storages {
+                    m.unmount();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn start(&self) -> Result<()> {
+        if self.init.started() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} already started",
+                self.id
+            )));
+        }
+        self.init.start().await
+    }
+
+    /// Runs a new process in the container's namespaces and cgroup.
+    pub async fn exec(
+        &self,
+        exec_id: &str,
+        process: protocols::oci::Process,
+        reaper: &Reaper,
+    ) -> Result<()> {
+        validate_process(Some(&process))?;
+        if !self.init.started() || self.init.exited().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        if exec_id.is_empty() || exec_id == self.id || self.lock_execs().contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {exec_id:?} in container {}",
+                self.id
+            )));
+        }
+        let mut spec = self.spec.clone();
+        spec.Process = Some(process).into();
+        spec.Mounts.clear();
+        let linux = spec.Linux.mut_or_insert_default();
+        linux.Namespaces = EXEC_NAMESPACES
+            .iter()
+            .map(|(kind, file)| LinuxNamespace {
+                Type: kind.to_string(),
+                Path: format!("/proc/{}/ns/{file}", self.init.pid),
+                ..Default::default()
+            })
+            .collect();
+        let req = SpawnRequest {
+            mode: MODE_EXEC,
+            init_pid: self.init.pid as u32,
+            spec,
+            cgroup: self.cgroup.clone(),
+            log_id: format!("{}/{exec_id}", self.id),
+        };
+        let p = Arc::new(Process::spawn(exec_id.to_string(), req, reaper).await?);
+        {
+            let mut execs = self.lock_execs();
+            if execs.contains_key(exec_id) {
+                let _ = p.signal(Signal::SIGKILL);
+                return Err(Error::AlreadyExists(format!(
+                    "exec {exec_id:?} in container {}",
+                    self.id
+                )));
+            }
+            execs.insert(exec_id.to_string(), p.clone());
+        }
+        if let Err(e) = p.start().await {
+            self.lock_execs().remove(exec_id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn lock_execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Empty or equal to the container id: the init process (upstream semantics).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() || exec_id == self.id {
+            return Ok(self.init.clone());
+        }
+        self.lock_execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::ProcessNotFound {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+
+    fn all_processes(&self) -> Vec<Arc<Process>> {
+        let mut all = vec![self.init.clone()];
+        all.extend(self.lock_execs().values().cloned());
+        all
+    }
+
+    /// Empty exec id: every process of the container; else that process.
+    pub fn signal(&self, exec_id: &str, sig: Signal) -> Result<()> {
+        if !exec_id.is_empty() {
+            return self.process(exec_id)?.signal(sig);
+        }
+        for p in self.all_processes() {
+            p.signal(sig)?;
+        }
+        if sig == Signal::SIGKILL {
+            if let Some(cg) = &self.cgroup {
+                cg.kill();
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills what remains, waits for it (up to `timeout`, None = no limit),
+    /// removes the cgroup and unmounts the container's storages.
+    pub async fn destroy(&self, timeout: Option<Duration>) -> Result<()> {
+        self.signal("", Signal::SIGKILL)?;
+        let wait_all = async {
+            for p in self.all_processes() {
+                p.wait().await;
+            }
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, wait_all).await.map_err(|_| {
+                Error::Timeout(format!("processes of container {} did not exit", self.id))
+            })?,
+            None => wait_all.await,
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove().await;
+        }
+        for m in &self.storages {
+            m.unmount();
+        }
+        Ok(())
+    }
+}

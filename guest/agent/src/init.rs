@@ -1,0 +1,181 @@
+//! PID 1 duties: the base filesystems, the console, kernel modules, the
+//! loopback interface and power-off.
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use nix::fcntl::{open, OFlag};
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::dup2;
+
+/// Module files in load order (dependencies first), written by the image builder.
+pub const MODULE_LIST: &str = "/lib/modules/load-order";
+
+struct BaseMount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+const BASE_MOUNTS: [BaseMount; 7] = [
+    BaseMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    BaseMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    BaseMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("gid=5,mode=0620,ptmxmode=0666"),
+    },
+    BaseMount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: Some("mode=1777"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+];
+
+/// Mounts the base filesystems and points stdio at /dev/console.
+/// Runs before logging exists, so failures are collected and returned.
+pub fn early_setup() -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in &BASE_MOUNTS {
+        if let Err(e) = fs::create_dir_all(m.target) {
+            problems.push(format!("mkdir {}: {e}", m.target));
+        }
+        if let Err(e) = mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+            if e != nix::Error::EBUSY {
+                problems.push(format!("mount {} on {}: {e}", m.fstype, m.target));
+            }
+        }
+    }
+    match open(
+        "/dev/console",
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            for target in 0..3 {
+                let _ = dup2(fd, target);
+            }
+            if fd > 2 {
+                let _ = nix::unistd::close(fd);
+            }
+        }
+        Err(e) => problems.push(format!("open /dev/console: {e}")),
+    }
+    let _ = fs::create_dir_all("/run/kata-containers/shared/containers");
+    problems
+}
+
+fn load_module_file(path: &str, params: &str) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let params = CString::new(params).map_err(|e| e.to_string())?;
+    match finit_module(&file, &params, ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+/// Loads the image's modules in the listed order.
+pub fn load_modules() {
+    let Ok(list) = fs::read_to_string(MODULE_LIST) else {
+        tracing::info!("no module list at {MODULE_LIST}");
+        return;
+    };
+    let t0 = Instant::now();
+    let mut n = 0;
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match load_module_file(path, "") {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!("loading module {e}"),
+        }
+    }
+    tracing::info!(
+        modules = n,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "kernel modules loaded"
+    );
+}
+
+/// Loads a module the shim asked for by name, from the image's module directory.
+pub fn load_module_by_name(name: &str, params: &str) {
+    let path = format!("/lib/modules/{}.ko", name.replace('-', "_"));
+    if let Err(e) = load_module_file(&path, params) {
+        tracing::warn!(module = name, "loading module {e}");
+    }
+}
+
+/// Brings `lo` up (containers share the VM's network namespace).
+pub fn loopback_up() {
+    // SAFETY: plain socket/ioctl calls on a zeroed, NUL-terminated ifreq; the
+    // socket fd is fresh and owned only by the OwnedFd.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            tracing::warn!("socket for lo: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let sock = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+                tracing::warn!("bringing lo up: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
+/// Syncs and powers the VM off; QEMU (run with -no-reboot) then exits.
+pub fn power_off() {
+    tracing::info!("powering off");
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    tracing::error!(error = %e, "power off failed");
+}

@@ -1,0 +1,300 @@
+//! The container runtime, run in a helper process: the agent re-executes
+//! itself as `kata-agent __kata-container-init` for every container process.
+//!
+//! Why our own small runtime instead of libcontainer (youki): the guest needs
+//! only namespaces, a handful of mounts, a cgroup v2 directory and exec; a
+//! few hundred lines on `nix` build in seconds, add no dependency tree to the
+//! static binary and are easy to follow. Why a re-executed helper instead of
+//! fork() in the agent: the agent is multi-threaded (tokio), and between fork
+//! and exec only async-signal-safe code may run there; the helper is
+//! single-threaded, so it may allocate, log over the socket, `setns` into a
+//! mount namespace and `unshare` freely.
+//!
+//! Shape: the helper joins/creates the namespaces, forks the container
+//! process (which, after `unshare(CLONE_NEWPID)`, is PID 1 of the new pid
+//! namespace), reports its pid, then waits for it and exits with its status
+//! (the exit code, or 128 + signal). The agent therefore waits on the helper
+//! (its own child) and signals the container process directly. See `sync`
+//! for the handshake.
+mod rootfs;
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    chdir, chroot, dup2, execve, fchdir, fork, setgid, setgroups, sethostname, setuid,
+};
+use nix::unistd::{ForkResult, Gid, Uid};
+use protocols::oci::Spec;
+use protocols::protobuf::Message;
+
+use crate::sync::{self, read_frame, write_frame};
+
+/// argv[1] that turns the agent binary into the helper.
+pub const HELPER_ARG: &str = "__kata-container-init";
+/// The helper's end of the sync socket.
+pub const SYNC_FD: RawFd = 3;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+type Res<T> = std::result::Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Maps an OCI namespace type to its clone flag; None for unknown types.
+pub fn namespace_flag(kind: &str) -> Option<CloneFlags> {
+    Some(match kind {
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "network" | "net" => CloneFlags::CLONE_NEWNET,
+        "mount" | "mnt" => CloneFlags::CLONE_NEWNS,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        _ => return None,
+    })
+}
+
+/// Entry point of the helper process; never returns.
+pub fn helper_main() -> ! {
+    // SAFETY: the agent dup2'ed its socketpair end onto SYNC_FD for us and
+    // nothing else in this fresh process owns that descriptor.
+    let mut sock = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
+    // Close-on-exec, so the container's exec closes it and the agent sees EOF.
+    let _ = fcntl(SYNC_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    let code = match helper(&mut sock) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = write_frame(&mut sock, sync::ERROR, e.as_bytes());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+struct Config {
+    mode: u8,
+    init_pid: u32,
+    spec: Spec,
+}
+
+/// Encodes a config frame payload: mode, init pid (exec), the spec.
+pub fn encode_config(mode: u8, init_pid: u32, spec: &Spec) -> Vec<u8> {
+    let mut out = vec![mode];
+    out.extend_from_slice(&init_pid.to_le_bytes());
+    out.extend_from_slice(&spec.write_to_bytes().unwrap_or_default());
+    out
+}
+
+fn read_config(sock: &mut UnixStream) -> Res<Config> {
+    match read_frame(sock).map_err(err("reading config"))? {
+        Some((sync::CONFIG, p)) if p.len() >= 5 => Ok(Config {
+            mode: p[0],
+            init_pid: u32::from_le_bytes([p[1], p[2], p[3], p[4]]),
+            spec: Spec::parse_from_bytes(&p[5..]).map_err(err("decoding spec"))?,
+        }),
+        _ => Err("expected a config frame".into()),
+    }
+}
+
+fn expect(sock: &mut UnixStream, tag: u8) -> Res<()> {
+    match read_frame(sock).map_err(err("sync socket"))? {
+        Some((t, _)) if t == tag => Ok(()),
+        Some((t, _)) => Err(format!("unexpected frame {:?}", t as char)),
+        // The agent gave up on this process.
+        None => std::process::exit(1),
+    }
+}
+
+fn helper(sock: &mut UnixStream) -> Res<i32> {
+    let cfg = read_config(sock)?;
+    umask(Mode::empty());
+    // Exec: the container's root, opened before we enter its mount namespace.
+    let root = if cfg.mode == sync::MODE_EXEC {
+        let path = format!("/proc/{}/root", cfg.init_pid);
+        Some(
+            open(
+                path.as_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(err(&path))?,
+        )
+    } else {
+        None
+    };
+    let mut joins = Vec::new();
+    let mut create = CloneFlags::empty();
+    let mut new_cgroup = false;
+    for ns in cfg.spec.Linux.Namespaces.iter() {
+        let flag =
+            namespace_flag(&ns.Type).ok_or_else(|| format!("unknown namespace {:?}", ns.Type))?;
+        if !ns.Path.is_empty() {
+            joins.push((flag, File::open(&ns.Path).map_err(err(&ns.Path))?));
+        } else if flag == CloneFlags::CLONE_NEWCGROUP {
+            new_cgroup = true; // after the agent moved us into the cgroup
+        } else if flag != CloneFlags::CLONE_NEWNET && flag != CloneFlags::CLONE_NEWUSER {
+            // The network namespace stays the VM's; user namespaces are not supported.
+            create |= flag;
+        }
+    }
+    // The mount namespace last: it changes our root.
+    joins.sort_by_key(|(flag, _)| *flag == CloneFlags::CLONE_NEWNS);
+    for (flag, file) in &joins {
+        setns(file, *flag).map_err(err(format!("setns {flag:?}")))?;
+    }
+    unshare(create).map_err(err("unshare"))?;
+    if create.contains(CloneFlags::CLONE_NEWNS) {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(err("making / rslave"))?;
+    }
+    if let Some(root) = root {
+        fchdir(root).map_err(err("fchdir container root"))?;
+        chroot(".").map_err(err("chroot container root"))?;
+        chdir("/").map_err(err("chdir /"))?;
+    }
+    // SAFETY: the helper is single-threaded, so the child may run any code.
+    match unsafe { fork() }.map_err(err("fork"))? {
+        ForkResult::Child => {
+            let e = match container_process(sock, &cfg, new_cgroup) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            let _ = write_frame(sock, sync::ERROR, e.as_bytes());
+            std::process::exit(1)
+        }
+        ForkResult::Parent { child } => {
+            write_frame(sock, sync::PID, &(child.as_raw() as u32).to_le_bytes())
+                .map_err(err("sending pid"))?;
+            // Drop our copies of the socket and the stdio pipes: the agent must see
+            // EOF on them when the container process closes or execs.
+            if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+                for fd in [0, 1, 2, SYNC_FD] {
+                    let _ = dup2(null, fd);
+                }
+            }
+            for sig in [
+                Signal::SIGTERM,
+                Signal::SIGINT,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+                Signal::SIGPIPE,
+            ] {
+                // SAFETY: SIG_IGN installs no handler code.
+                let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) | Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(format!("waitpid: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// The container process: waits for the agent, sets itself up, waits for
+/// start, then execs the user's program.
+fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> Res<Infallible> {
+    expect(sock, sync::GO)?;
+    if new_cgroup {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(err("unshare cgroup"))?;
+    }
+    let spec = &cfg.spec;
+    if cfg.mode == sync::MODE_CREATE {
+        let mut warn = |msg: String| {
+            let _ = write_frame(&mut *sock, sync::WARN, msg.as_bytes());
+        };
+        rootfs::setup(spec, &mut warn)?;
+        if !spec.Hostname.is_empty() {
+            sethostname(&spec.Hostname).map_err(err("sethostname"))?;
+        }
+    }
+    let process = spec.Process.as_ref().ok_or("spec has no process")?;
+    let args = cstrings(&process.Args)?;
+    let env = cstrings(&process.Env)?;
+    let path_var = process
+        .Env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    write_frame(sock, sync::READY, b"").map_err(err("sending ready"))?;
+    expect(sock, sync::START)?;
+
+    if process.NoNewPrivileges {
+        // SAFETY: plain prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    }
+    if process.OOMScoreAdj != 0 {
+        if let Ok(mut f) = File::create("/proc/self/oom_score_adj") {
+            let _ = write!(f, "{}", process.OOMScoreAdj);
+        }
+    }
+    let user = process.User.as_ref();
+    let (uid, gid) = user.map(|u| (u.UID, u.GID)).unwrap_or((0, 0));
+    let groups: Vec<Gid> = user
+        .map(|u| u.AdditionalGids.iter().map(|g| Gid::from_raw(*g)).collect())
+        .unwrap_or_default();
+    setgroups(&groups).map_err(err("setgroups"))?;
+    setgid(Gid::from_raw(gid)).map_err(err("setgid"))?;
+    setuid(Uid::from_raw(uid)).map_err(err("setuid"))?;
+    let cwd = if process.Cwd.is_empty() {
+        "/"
+    } else {
+        process.Cwd.as_str()
+    };
+    chdir(cwd).map_err(err(format!("chdir {cwd}")))?;
+    umask(Mode::from_bits_truncate(0o022));
+    let prog = process.Args.first().ok_or("process has no args")?;
+    let path = lookup(prog, path_var).ok_or_else(|| format!("exec {prog}: not found in PATH"))?;
+    let path = CString::new(path).map_err(err("exec path"))?;
+    let e = match execve(&path, &args, &env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    Err(format!("exec {prog}: {e}"))
+}
+
+fn cstrings(v: &[String]) -> Res<Vec<CString>> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(err("NUL in string")))
+        .collect()
+}
+
+/// Finds a program like execvp(3), with the container's PATH.
+fn lookup(prog: &str, path_var: &str) -> Option<String> {
+    if prog.contains('/') {
+        return Some(prog.to_string());
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{prog}"))
+        .find(|p| {
+            let c = match CString::new(p.as_str()) {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            // SAFETY: access(2) with a valid NUL-terminated path.
+            unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+        })
+}

@@ -1,0 +1,161 @@
+//! The sandbox: every container of the VM, the sandbox storages, and the
+//! operations the RPCs map onto.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use protocols::agent::{CreateContainerRequest, CreateSandboxRequest};
+
+use crate::container::{validate_spec, Container};
+use crate::error::{Error, Result};
+use crate::mounts::{mount_storage, Mounted};
+use crate::process::Process;
+use crate::reaper::Reaper;
+
+/// How long DestroySandbox waits for each container's processes to die.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Arc<Container>>,
+    /// Ids being created (so a duplicate is refused while the first is in flight).
+    creating: HashSet<String>,
+    storages: Vec<Mounted>,
+    created: bool,
+}
+
+pub struct Sandbox {
+    reaper: Reaper,
+    state: Mutex<State>,
+}
+
+fn unmount_all(mounts: &[Mounted]) {
+    for m in mounts.iter().rev() {
+        m.unmount();
+    }
+}
+
+fn mount_all(storages: &[protocols::agent::Storage]) -> Result<Vec<Mounted>> {
+    let mut done = Vec::new();
+    for s in storages {
+        match mount_storage(s) {
+            Ok(Some(m)) => done.push(m),
+            Ok(None) => {}
+            Err(e) => {
+                unmount_all(&done);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+impl Sandbox {
+    pub fn new(reaper: Reaper) -> Sandbox {
+        Sandbox {
+            reaper,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn reaper(&self) -> Reaper {
+        self.reaper.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<()> {
+        if self.lock().created {
+            return Err(Error::FailedPrecondition("sandbox already created".into()));
+        }
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
+        }
+        for m in &req.kernel_modules {
+            crate::init::load_module_by_name(&m.name, &m.parameters.join(" "));
+        }
+        let mounted = mount_all(&req.storages)?;
+        let mut st = self.lock();
+        st.storages.extend(mounted);
+        st.created = true;
+        tracing::info!(sandbox = %req.sandbox_id, hostname = %req.hostname, "sandbox created");
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.lock()
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    pub fn process(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.container(container_id)?.process(exec_id)
+    }
+
+    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<()> {
+        let id = req.container_id.clone();
+        if id.is_empty() || id.contains('/') {
+            return Err(Error::InvalidArgument(format!("container id {id:?}")));
+        }
+        let spec = req
+            .OCI
+            .into_option()
+            .ok_or_else(|| Error::InvalidArgument("no OCI spec".into()))?;
+        {
+            let mut st = self.lock();
+            if st.containers.contains_key(&id) || !st.creating.insert(id.clone()) {
+                return Err(Error::AlreadyExists(format!("container {id}")));
+            }
+        }
+        let result = async {
+            // Storages first: the rootfs may live on one of them.
+            let mounted = mount_all(&req.storages)?;
+            if let Err(e) = validate_spec(&spec) {
+                unmount_all(&mounted);
+                return Err(e);
+            }
+            Container::create(&id, spec, mounted, &self.reaper).await
+        }
+        .await;
+        let mut st = self.lock();
+        st.creating.remove(&id);
+        let c = result?;
+        st.containers.insert(id.clone(), Arc::new(c));
+        tracing::info!(container = %id, "container created");
+        Ok(())
+    }
+
+    pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
+        let c = self.container(id)?;
+        c.destroy(timeout).await?;
+        self.lock().containers.remove(id);
+        tracing::info!(container = %id, "container removed");
+        Ok(())
+    }
+
+    pub fn signal(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| Error::InvalidArgument(format!("signal {signal}")))?;
+        self.container(container_id)?.signal(exec_id, sig)
+    }
+
+    /// Kills every container and unmounts the sandbox storages.
+    pub async fn destroy(&self) {
+        let containers: Vec<_> = self.lock().containers.drain().map(|(_, c)| c).collect();
+        for c in containers {
+            if let Err(e) = c.destroy(Some(DESTROY_TIMEOUT)).await {
+                tracing::warn!(container = %c.id, error = %e, "destroying container");
+            }
+        }
+        let storages = std::mem::take(&mut self.lock().storages);
+        unmount_all(&storages);
+        nix::unistd::sync();
+    }
+}

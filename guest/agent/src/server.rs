@@ -1,0 +1,224 @@
+//! The ttrpc services: `grpc.AgentService` and `grpc.Health`, mapped onto
+//! the sandbox. Every error becomes a ttrpc status with a proper code; the
+//! server keeps serving after any of them.
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protocols::agent::*;
+use protocols::agent_ttrpc::AgentService;
+use protocols::health::{
+    health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionCheckResponse,
+};
+use protocols::health_ttrpc::Health;
+use protocols::protobuf::well_known_types::empty::Empty;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::Error;
+use crate::sandbox::Sandbox;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Delay between answering DestroySandbox and powering off, so the answer leaves.
+const POWER_OFF_DELAY: Duration = Duration::from_millis(100);
+
+pub struct Agent {
+    pub sandbox: Arc<Sandbox>,
+    /// Power the VM off after DestroySandbox (only as PID 1).
+    pub power_off: bool,
+}
+
+type R<T> = ttrpc::Result<T>;
+
+fn log_err<T>(rpc: &str, r: Result<T, Error>) -> R<T> {
+    r.map_err(|e| {
+        tracing::warn!(rpc, error = %e, "request failed");
+        e.into()
+    })
+}
+
+#[async_trait]
+impl AgentService for Agent {
+    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> R<Empty> {
+        log_err(
+            "CreateSandbox",
+            self.sandbox.create_sandbox(&req).map(|_| Empty::new()),
+        )
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> R<Empty> {
+        tracing::info!("destroying sandbox");
+        self.sandbox.destroy().await;
+        if self.power_off {
+            tokio::spawn(async {
+                tokio::time::sleep(POWER_OFF_DELAY).await;
+                crate::init::power_off();
+            });
+        }
+        Ok(Empty::new())
+    }
+
+    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, exec = %req.exec_id, "CreateContainer");
+        log_err(
+            "CreateContainer",
+            self.sandbox
+                .create_container(req)
+                .await
+                .map(|_| Empty::new()),
+        )
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, "StartContainer");
+        let r = async { self.sandbox.container(&req.container_id)?.start().await }.await;
+        log_err("StartContainer", r.map(|_| Empty::new()))
+    }
+
+    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, timeout = req.timeout, "RemoveContainer");
+        let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+        log_err(
+            "RemoveContainer",
+            self.sandbox
+                .remove_container(&req.container_id, timeout)
+                .await
+                .map(|_| Empty::new()),
+        )
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, exec = %req.exec_id, "ExecProcess");
+        let r = async {
+            let process = req
+                .process
+                .into_option()
+                .ok_or_else(|| Error::InvalidArgument("no process".into()))?;
+            let c = self.sandbox.container(&req.container_id)?;
+            c.exec(&req.exec_id, process, &self.sandbox_reaper()).await
+        }
+        .await;
+        log_err("ExecProcess", r.map(|_| Empty::new()))
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, exec = %req.exec_id, signal = req.signal, "SignalProcess");
+        log_err(
+            "SignalProcess",
+            self.sandbox
+                .signal(&req.container_id, &req.exec_id, req.signal)
+                .map(|_| Empty::new()),
+        )
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> R<WaitProcessResponse> {
+        let p = log_err(
+            "WaitProcess",
+            self.sandbox.process(&req.container_id, &req.exec_id),
+        )?;
+        let status = p.wait().await;
+        tracing::info!(container = %req.container_id, exec = %req.exec_id, status, "process exited");
+        Ok(WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> R<ReadStreamResponse> {
+        let p = log_err(
+            "ReadStdout",
+            self.sandbox.process(&req.container_id, &req.exec_id),
+        )?;
+        let data = p.read_stdout(req.len).await?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stderr(&self, _: &TtrpcContext, req: ReadStreamRequest) -> R<ReadStreamResponse> {
+        let p = log_err(
+            "ReadStderr",
+            self.sandbox.process(&req.container_id, &req.exec_id),
+        )?;
+        let data = p.read_stderr(req.len).await?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> R<WriteStreamResponse> {
+        let r = async {
+            self.sandbox
+                .process(&req.container_id, &req.exec_id)?
+                .write_stdin(&req.data)
+                .await
+        }
+        .await;
+        let len = log_err("WriteStdin", r)?;
+        Ok(WriteStreamResponse {
+            len,
+            ..Default::default()
+        })
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> R<Empty> {
+        let p = log_err(
+            "CloseStdin",
+            self.sandbox.process(&req.container_id, &req.exec_id),
+        )?;
+        p.close_stdin().await;
+        Ok(Empty::new())
+    }
+
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        _: GuestDetailsRequest,
+    ) -> R<GuestDetailsResponse> {
+        let details = AgentDetails {
+            version: AGENT_VERSION.to_string(),
+            init_daemon: self.power_off,
+            storage_handlers: vec!["virtio-fs".into(), "ephemeral".into(), "local".into()],
+            ..Default::default()
+        };
+        Ok(GuestDetailsResponse {
+            agent_details: Some(details).into(),
+            ..Default::default()
+        })
+    }
+}
+
+impl Agent {
+    fn sandbox_reaper(&self) -> crate::reaper::Reaper {
+        self.sandbox.reaper()
+    }
+}
+
+pub struct HealthService;
+
+#[async_trait]
+impl Health for HealthService {
+    async fn check(&self, _: &TtrpcContext, _: CheckRequest) -> R<HealthCheckResponse> {
+        Ok(HealthCheckResponse {
+            status: ServingStatus::SERVING.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn version(&self, _: &TtrpcContext, _: CheckRequest) -> R<VersionCheckResponse> {
+        Ok(VersionCheckResponse {
+            agent_version: AGENT_VERSION.to_string(),
+            grpc_version: "ttrpc-0.8".to_string(),
+            ..Default::default()
+        })
+    }
+}

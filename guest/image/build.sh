@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Builds the guest image: Debian's kernel (vmlinuz + extracted vmlinux) and an
+# initramfs whose /init is the project's static guest agent.
+#
+# Outputs in $GUEST_OUT: vmlinuz, vmlinux, kernel-release, initrd.img.
+# Reproducible: same kernel package + same agent binary = same initrd bytes.
+# Skips work whose outputs are newer than their inputs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+GUEST_OUT=${GUEST_OUT:-$ROOT/build/guest}
+CACHE=${GUEST_CACHE:-$ROOT/build/cache/guest}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_GUEST:-$ROOT/target/guest}
+TARGET=x86_64-unknown-linux-gnu
+AGENT=$CARGO_TARGET_DIR/$TARGET/release/kata-agent
+# Modules the agent needs; their dependencies are added by resolving modules.dep.
+MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
+         fuse virtiofs overlay)
+# Directories the agent mounts on or writes to.
+DIRS=(dev proc sys run tmp etc lib/modules)
+# Fixed timestamp for every initrd entry (reproducibility).
+EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+
+log() { echo "guest-image: $*" >&2; }
+mkdir -p "$GUEST_OUT" "$CACHE"
+
+# 1. The static agent (cargo itself decides whether anything changed).
+log "building static kata-agent"
+(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --quiet --release -p kata-agent --target "$TARGET")
+file -b "$AGENT" 2>/dev/null | grep -q "static" || {
+  # `file` may be missing; ldd says "not a dynamic executable" for static ones.
+  ldd "$AGENT" 2>&1 | grep -qE "not a dynamic|statically linked" || { log "agent is not static"; exit 1; }
+}
+
+# 2. The kernel package: the one linux-image-amd64 depends on.
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+if [ -z "$kpkg" ]; then
+  apt-get update -qq
+  kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+fi
+[ -n "$kpkg" ] || { log "cannot resolve the kernel package"; exit 1; }
+release=${kpkg#linux-image-}
+deb=$(ls "$CACHE"/"${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+  log "downloading $kpkg"
+  (cd "$CACHE" && { apt-get download "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download "$kpkg"; }; })
+  deb=$(ls "$CACHE"/"${kpkg}"_*.deb | head -n1)
+fi
+tree=$CACHE/tree-$release
+if [ ! -e "$tree/.done" ] || [ "$deb" -nt "$tree/.done" ]; then
+  log "extracting $(basename "$deb")"
+  rm -rf "$tree" && mkdir -p "$tree"
+  dpkg-deb -x "$deb" "$tree"
+  depmod -b "$tree" "$release"
+  touch "$tree/.done"
+fi
+moddir=$tree/lib/modules/$release
+
+# 3. vmlinuz, vmlinux (ELF from the XZ payload: boots via PVH, ~2x faster under TCG).
+if [ ! -e "$GUEST_OUT/vmlinuz" ] || [ "$tree/.done" -nt "$GUEST_OUT/vmlinuz" ]; then
+  install -m 0644 "$tree/boot/vmlinuz-$release" "$GUEST_OUT/vmlinuz"
+fi
+if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ]; then
+  log "extracting vmlinux"
+  off=$(LC_ALL=C grep -obUaP '\xFD\x37\x7A\x58\x5A\x00' "$GUEST_OUT/vmlinuz" | head -n1 | cut -d: -f1)
+  [ -n "$off" ] || { log "no XZ payload in vmlinuz"; exit 1; }
+  tail -c +"$((off + 1))" "$GUEST_OUT/vmlinuz" | xz -dc 2>/dev/null >"$GUEST_OUT/vmlinux.tmp" || true
+  [ "$(head -c4 "$GUEST_OUT/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = "7f454c46" ] ||
+    { log "extracted payload is not an ELF"; rm -f "$GUEST_OUT/vmlinux.tmp"; exit 1; }
+  mv "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
+fi
+echo "$release" >"$GUEST_OUT/kernel-release.tmp"
+cmp -s "$GUEST_OUT/kernel-release.tmp" "$GUEST_OUT/kernel-release" 2>/dev/null &&
+  rm "$GUEST_OUT/kernel-release.tmp" || mv "$GUEST_OUT/kernel-release.tmp" "$GUEST_OUT/kernel-release"
+
+# 4. The initramfs.
+initrd=$GUEST_OUT/initrd.img
+if [ -e "$initrd" ] && [ "$initrd" -nt "$AGENT" ] && [ "$initrd" -nt "$tree/.done" ] &&
+   [ "$initrd" -nt "$0" ]; then
+  log "initrd.img up to date ($(stat -c %s "$initrd") bytes)"
+  exit 0
+fi
+
+# Resolve the module set in dependency order (dependencies first) from modules.dep.
+declare -A seen=()
+order=()
+resolve() { # name
+  local name=$1 path deps d
+  path=$(modinfo -b "$tree" -k "$release" -F filename "$name" 2>/dev/null | head -n1) ||
+    { log "module $name not found"; exit 1; }
+  [ -n "$path" ] || { log "module $name not found"; exit 1; }
+  case $path in (builtin*) return ;; esac
+  [ -z "${seen[$path]:-}" ] || return 0
+  seen[$path]=1
+  deps=$(modinfo -b "$tree" -k "$release" -F depends "$name" | tr ',' ' ')
+  for d in $deps; do resolve "$d"; done
+  order+=("$path")
+}
+for m in "${MODULES[@]}"; do resolve "$m"; done
+
+stage=$(mktemp -d "$CACHE/stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+for d in "${DIRS[@]}"; do mkdir -p "$stage/$d"; done
+install -m 0755 "$AGENT" "$stage/init"
+: >"$stage/lib/modules/load-order"
+for p in "${order[@]}"; do
+  base=$(basename "$p")
+  case $base in
+    (*.ko.xz) xz -dc "$p" >"$stage/lib/modules/${base%.xz}"; base=${base%.xz} ;;
+    (*.ko.zst) zstd -qdc "$p" >"$stage/lib/modules/${base%.zst}"; base=${base%.zst} ;;
+    (*) cp "$p" "$stage/lib/modules/$base" ;;
+  esac
+  echo "/lib/modules/$base" >>"$stage/lib/modules/load-order"
+done
+echo "$release" >"$stage/etc/kernel-release"
+chmod -R u=rwX,go=rX "$stage"
+find "$stage" -exec touch -h -d "@$EPOCH" {} +
+
+# Uncompressed: under TCG, gunzip in the guest costs more than copying a few
+# more MiB into guest RAM (see guest/image/README note in the report).
+(cd "$stage" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+  cpio --quiet -o -H newc --reproducible -R 0:0) >"$initrd.tmp"
+if [ "${GUEST_INITRD_GZIP:-0}" = 1 ]; then
+  gzip -n -9 <"$initrd.tmp" >"$initrd.tmp.gz" && mv "$initrd.tmp.gz" "$initrd.tmp"
+fi
+mv "$initrd.tmp" "$initrd"
+log "modules: $(sed 's|.*/||' "$stage/lib/modules/load-order" | tr '\n' ' ')"
+log "initrd.img: $(stat -c %s "$initrd") bytes"
