@@ -59,16 +59,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_round_trip() {
+    fn frames_round_trip() -> io::Result<()> {
         let mut buf = Vec::new();
-        write_frame(&mut buf, PID, &42u32.to_le_bytes()).unwrap();
-        write_frame(&mut buf, READY, b"").unwrap();
+        write_frame(&mut buf, PID, &42u32.to_le_bytes())?;
+        write_frame(&mut buf, READY, b"")?;
         let mut r = &buf[..];
         assert_eq!(
-            read_frame(&mut r).unwrap(),
+            read_frame(&mut r)?,
             Some((PID, 42u32.to_le_bytes().to_vec()))
         );
-        assert_eq!(read_frame(&mut r).unwrap(), Some((READY, vec![])));
-        assert_eq!(read_frame(&mut r).unwrap(), None);
+        assert_eq!(read_frame(&mut r)?, Some((READY, vec![])));
+        assert_eq!(read_frame(&mut r)?, None);
+        Ok(())
     }
 }

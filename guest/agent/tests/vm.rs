@@ -1,0 +1,553 @@
+//! Boots the guest image (kernel + initrd with our agent as PID 1) in QEMU and
+//! drives a container's whole life through the agent API over hybrid vsock.
+//!
+//! Needs root, QEMU, vhost-device-vsock, virtiofsd, busybox and the image:
+//! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
+//! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use protocols::agent::*;
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use protocols::health_ttrpc::HealthClient;
+use protocols::oci;
+
+const SHARED: &str = "/run/kata-containers/shared/containers";
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Vm {
+    dir: tempfile::TempDir,
+    helpers: Vec<Child>,
+    qemu: Option<Child>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        for c in self.helpers.iter_mut().chain(self.qemu.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn which(name: &str) -> PathBuf {
+    for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn wait_for(path: &Path, what: &str) -> Result<()> {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("{what} did not create {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A busybox rootfs for container `cid` under the shared directory.
+fn make_rootfs(shared: &Path, cid: &str) -> Result<()> {
+    let bin = shared.join(cid).join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(shared.join(cid).join("rootfs").join(d))?;
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox"))?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+    }
+    Ok(())
+}
+
+impl Vm {
+    fn boot(image: &Path) -> Result<Vm> {
+        let dir = tempfile::Builder::new()
+            .prefix("kata-guest-")
+            .tempdir_in("/tmp")?;
+        let d = dir.path().to_path_buf();
+        std::fs::create_dir_all(d.join("shared"))?;
+        let mut vm = Vm {
+            dir,
+            helpers: Vec::new(),
+            qemu: None,
+        };
+        let log = |name: &str| -> Result<Stdio> { Ok(std::fs::File::create(d.join(name))?.into()) };
+        vm.helpers.push(
+            Command::new(which("vhost-device-vsock"))
+                .args(["--guest-cid", "3", "--socket"])
+                .arg(d.join("vhost.sock"))
+                .arg("--uds-path")
+                .arg(d.join("vsock.sock"))
+                .stdout(log("vsock.log")?)
+                .stderr(log("vsock.err")?)
+                .spawn()
+                .context("vhost-device-vsock")?,
+        );
+        vm.helpers.push(
+            Command::new(which("virtiofsd"))
+                .arg("--socket-path")
+                .arg(d.join("fs.sock"))
+                .arg("--shared-dir")
+                .arg(d.join("shared"))
+                .args(["--sandbox", "none"])
+                .stdout(log("fs.log")?)
+                .stderr(log("fs.err")?)
+                .spawn()
+                .context("virtiofsd")?,
+        );
+        wait_for(&d.join("vhost.sock"), "vhost-device-vsock")?;
+        wait_for(&d.join("fs.sock"), "virtiofsd")?;
+        let accel = std::env::var("KATA_TEST_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
+        let qemu = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35,memory-backend=mem", "-accel", &accel])
+            .args([
+                "-object",
+                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-m",
+                "512M",
+            ])
+            .args(["-smp", "2", "-cpu", "max", "-kernel"])
+            .arg(image.join("vmlinux"))
+            .arg("-initrd")
+            .arg(image.join("initrd.img"))
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-serial",
+            ])
+            .arg(format!("file:{}", d.join("console.log").display()))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=vs,path={}",
+                d.join("vhost.sock").display()
+            ))
+            .args(["-device", "vhost-user-vsock-pci,chardev=vs", "-chardev"])
+            .arg(format!("socket,id=fs,path={}", d.join("fs.sock").display()))
+            .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=kataShared"])
+            .stdout(log("qemu.log")?)
+            .stderr(log("qemu.err")?)
+            .spawn()
+            .context("qemu")?;
+        vm.qemu = Some(qemu);
+        Ok(vm)
+    }
+
+    fn shared(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Hybrid vsock: `CONNECT <port>\n`, then one line starting with `OK`.
+    fn dial(&self, deadline: Duration) -> Result<UnixStream> {
+        let t0 = Instant::now();
+        loop {
+            let attempt = || -> Result<UnixStream> {
+                let mut s = UnixStream::connect(self.dir.path().join("vsock.sock"))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"CONNECT 1024\n")?;
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line)?;
+                if !line.starts_with("OK") {
+                    bail!("handshake answered {line:?}");
+                }
+                s.set_read_timeout(None)?;
+                Ok(s)
+            };
+            match attempt() {
+                Ok(s) => return Ok(s),
+                Err(e) if t0.elapsed() > deadline => return Err(e.context("dialing the agent")),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+}
+
+fn code(e: &ttrpc::Error) -> Option<ttrpc::Code> {
+    match e {
+        ttrpc::Error::RpcStatus(s) => Some(s.code()),
+        _ => None,
+    }
+}
+
+fn container_spec(cid: &str, args: &[&str]) -> oci::Spec {
+    let mount = |dest: &str, typ: &str, opts: &[&str]| oci::Mount {
+        destination: dest.into(),
+        source: typ.into(),
+        type_: typ.into(),
+        options: opts.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let ns = |t: &str| oci::LinuxNamespace {
+        Type: t.into(),
+        ..Default::default()
+    };
+    oci::Spec {
+        Version: "1.1.0".into(),
+        Hostname: "testhost".into(),
+        Process: Some(oci::Process {
+            Args: args.iter().map(|s| s.to_string()).collect(),
+            Env: vec!["PATH=/bin".into(), "HOME=/".into()],
+            Cwd: "/".into(),
+            User: Some(oci::User::default()).into(),
+            ..Default::default()
+        })
+        .into(),
+        Root: Some(oci::Root {
+            Path: format!("{SHARED}/{cid}/rootfs"),
+            ..Default::default()
+        })
+        .into(),
+        Mounts: vec![
+            mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount(
+                "/dev",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            ),
+            mount(
+                "/dev/pts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            ),
+            mount(
+                "/dev/shm",
+                "tmpfs",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            ),
+            mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+            mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mount(
+                "/sys/fs/cgroup",
+                "cgroup",
+                &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            ),
+        ],
+        Linux: Some(oci::Linux {
+            Namespaces: vec![ns("pid"), ns("mount"), ns("ipc"), ns("uts"), ns("network")],
+            Resources: Some(oci::LinuxResources {
+                Memory: Some(oci::LinuxMemory {
+                    Limit: 64 << 20,
+                    ..Default::default()
+                })
+                .into(),
+                Pids: Some(oci::LinuxPids {
+                    Limit: 100,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            MaskedPaths: vec!["/proc/kcore".into(), "/proc/keys".into()],
+            ReadonlyPaths: vec!["/proc/sys".into()],
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn create_req(cid: &str, spec: oci::Spec) -> CreateContainerRequest {
+    CreateContainerRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        OCI: Some(spec).into(),
+        ..Default::default()
+    }
+}
+
+/// Reads a stream until the agent's EOF error.
+async fn drain(
+    agent: &AgentServiceClient,
+    cid: &str,
+    exec_id: &str,
+    stderr: bool,
+) -> Result<String> {
+    let mut out = Vec::new();
+    loop {
+        let req = ReadStreamRequest {
+            container_id: cid.into(),
+            exec_id: exec_id.into(),
+            len: 4096,
+            ..Default::default()
+        };
+        let r = if stderr {
+            agent.read_stderr(ctx(), &req).await
+        } else {
+            agent.read_stdout(ctx(), &req).await
+        };
+        match r {
+            Ok(resp) => out.extend_from_slice(&resp.data),
+            Err(e) if code(&e) == Some(ttrpc::Code::INTERNAL) => break,
+            Err(e) => bail!("read stream: {e:?}"),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+async fn wait(agent: &AgentServiceClient, cid: &str, exec_id: &str) -> Result<i32> {
+    let req = WaitProcessRequest {
+        container_id: cid.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    Ok(agent.wait_process(ctx(), &req).await?.status)
+}
+
+async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
+    let stream = vm.dial(Duration::from_secs(60))?;
+    let socket = ttrpc::r#async::transport::Socket::try_from(stream)?;
+    let client = ttrpc::r#async::Client::new(socket);
+    let health = HealthClient::new(client.clone());
+    let agent = AgentServiceClient::new(client);
+    let resp = health.check(ctx(), &CheckRequest::default()).await?;
+    assert_eq!(resp.status.enum_value(), Ok(ServingStatus::SERVING));
+    eprintln!("agent ready {:.2?} after QEMU launch", t0.elapsed());
+    let v = health.version(ctx(), &CheckRequest::default()).await?;
+    assert!(!v.agent_version.is_empty());
+
+    let storage = Storage {
+        driver: "virtio-fs".into(),
+        fstype: "virtiofs".into(),
+        source: "kataShared".into(),
+        mount_point: format!("{SHARED}/"),
+        ..Default::default()
+    };
+    let req = CreateSandboxRequest {
+        hostname: "sandbox".into(),
+        storages: vec![storage],
+        sandbox_id: "sb1".into(),
+        ..Default::default()
+    };
+    agent.create_sandbox(ctx(), &req).await?;
+
+    // A container that prints on both streams and exits 7.
+    let cid = "c1";
+    make_rootfs(&vm.shared(), cid)?;
+    let script = "echo out; echo err >&2; hostname; exit 7";
+    agent
+        .create_container(
+            ctx(),
+            &create_req(cid, container_spec(cid, &["sh", "-c", script])),
+        )
+        .await?;
+    let dup = agent
+        .create_container(ctx(), &create_req(cid, container_spec(cid, &["true"])))
+        .await;
+    assert_eq!(
+        dup.as_ref().err().and_then(code),
+        Some(ttrpc::Code::ALREADY_EXISTS),
+        "{dup:?}"
+    );
+    let mut bad = container_spec("c2", &["true"]);
+    if let Some(p) = bad.Process.as_mut() {
+        p.Cwd = "relative".into();
+    }
+    let r = agent.create_container(ctx(), &create_req("c2", bad)).await;
+    assert_eq!(
+        r.as_ref().err().and_then(code),
+        Some(ttrpc::Code::INVALID_ARGUMENT),
+        "{r:?}"
+    );
+    let r = wait(&agent, "nope", "").await;
+    let r = r
+        .err()
+        .and_then(|e| e.downcast_ref::<ttrpc::Error>().and_then(code));
+    assert_eq!(r, Some(ttrpc::Code::NOT_FOUND));
+
+    let t = Instant::now();
+    agent
+        .start_container(
+            ctx(),
+            &StartContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let again = agent
+        .start_container(
+            ctx(),
+            &StartContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        again.as_ref().err().and_then(code),
+        Some(ttrpc::Code::FAILED_PRECONDITION),
+        "{again:?}"
+    );
+    let (out, err) =
+        tokio::try_join!(drain(&agent, cid, "", false), drain(&agent, cid, cid, true))?;
+    assert_eq!(out, "out\ntesthost\n");
+    assert_eq!(err, "err\n");
+    assert_eq!(wait(&agent, cid, "").await?, 7);
+    eprintln!("container start to exit + output: {:.2?}", t.elapsed());
+    let rm = RemoveContainerRequest {
+        container_id: cid.into(),
+        timeout: 10,
+        ..Default::default()
+    };
+    agent.remove_container(ctx(), &rm).await?;
+
+    // A long-running container: exec into it, then kill it.
+    let cid = "c3";
+    make_rootfs(&vm.shared(), cid)?;
+    agent
+        .create_container(
+            ctx(),
+            &create_req(cid, container_spec(cid, &["sleep", "300"])),
+        )
+        .await?;
+    agent
+        .start_container(
+            ctx(),
+            &StartContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let exec = ExecProcessRequest {
+        container_id: cid.into(),
+        exec_id: "e1".into(),
+        process: Some(oci::Process {
+            Args: vec![
+                "sh".into(),
+                "-c".into(),
+                "read x; echo got $x; hostname; echo $$; exit 3".into(),
+            ],
+            Env: vec!["PATH=/bin".into()],
+            Cwd: "/tmp".into(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    agent.exec_process(ctx(), &exec).await?;
+    let w = WriteStreamRequest {
+        container_id: cid.into(),
+        exec_id: "e1".into(),
+        data: b"hello\n".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(agent.write_stdin(ctx(), &w).await?.len, 6);
+    agent
+        .close_stdin(
+            ctx(),
+            &CloseStdinRequest {
+                container_id: cid.into(),
+                exec_id: "e1".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let out = drain(&agent, cid, "e1", false).await?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["got hello", "testhost"], "{out:?}");
+    assert_ne!(
+        lines.get(2),
+        Some(&"1"),
+        "exec is not the container's init: {out:?}"
+    );
+    assert_eq!(wait(&agent, cid, "e1").await?, 3);
+    let kill = SignalProcessRequest {
+        container_id: cid.into(),
+        exec_id: String::new(),
+        signal: 9,
+        ..Default::default()
+    };
+    agent.signal_process(ctx(), &kill).await?;
+    assert_eq!(wait(&agent, cid, cid).await?, 128 + 9);
+    let rm = RemoveContainerRequest {
+        container_id: cid.into(),
+        timeout: 10,
+        ..Default::default()
+    };
+    agent.remove_container(ctx(), &rm).await?;
+    let r = wait(&agent, cid, "").await;
+    assert!(r.is_err(), "container forgotten after RemoveContainer");
+
+    agent
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_lifecycle_in_vm() -> Result<()> {
+    let Some(image) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
+        eprintln!("KATA_GUEST_IMAGE_DIR not set: skipping the VM test");
+        return Ok(());
+    };
+    let mut vm = Vm::boot(&image)?;
+    let t0 = Instant::now();
+    if let Err(e) = scenario(&vm, t0).await {
+        eprintln!("--- guest console ---\n{}", vm.console());
+        return Err(e);
+    }
+    // DestroySandbox powers the VM off: QEMU must exit by itself.
+    let mut qemu = vm.qemu.take().context("qemu")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = qemu.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = qemu.kill();
+            eprintln!("--- guest console ---\n{}", vm.console());
+            bail!("QEMU did not exit after DestroySandbox");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "QEMU exit status {status}");
+    eprintln!("--- guest console ---\n{}", vm.console());
+    eprintln!("QEMU exited {:.2?} after launch", t0.elapsed());
+    // The helper daemons go away with their VM (virtiofsd exits by itself;
+    // vhost-device-vsock is killed by Drop); nothing must be left behind.
+    let pids: Vec<u32> = vm.helpers.iter().map(|c| c.id()).collect();
+    let dir = vm.dir.path().to_path_buf();
+    drop(vm);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "helper {pid} still running"
+        );
+    }
+    assert!(!dir.exists(), "test directory removed");
+    Ok(())
+}
