@@ -6,10 +6,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protocols::agent;
+use protocols::health;
+
+pub mod dial;
+pub mod fake;
+pub mod kata;
+
+pub use fake::FakeAgent;
+pub use kata::{KataAgent, DEFAULT_RPC_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("agent not reachable at {addr} within {timeout:?}: {last_error}; console tail:\n{console}")]
+    #[error(
+        "agent not reachable at {addr} within {timeout:?}: {last_error}; console tail:\n{console}"
+    )]
     ConnectTimeout {
         addr: String,
         timeout: Duration,
@@ -21,6 +31,23 @@ pub enum Error {
     Rpc(#[from] protocols::ttrpc::Error),
 }
 
+impl Error {
+    /// The ttrpc status code the agent answered with, if it answered with one.
+    pub fn code(&self) -> Option<protocols::ttrpc::Code> {
+        match self {
+            Error::Rpc(protocols::ttrpc::Error::RpcStatus(s)) => Some(s.code()),
+            _ => None,
+        }
+    }
+
+    /// An `Rpc` error with the given status (for fakes and tests).
+    pub fn status(code: protocols::ttrpc::Code, message: impl ToString) -> Self {
+        Error::Rpc(protocols::ttrpc::Error::RpcStatus(
+            protocols::ttrpc::get_status(code, message),
+        ))
+    }
+}
+
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Where the agent listens.
@@ -30,7 +57,27 @@ pub enum Address {
     Hybrid { uds_path: PathBuf, port: u32 },
 }
 
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            Address::Hybrid { uds_path, port } => {
+                write!(f, "hvsock://{}:{port}", uds_path.display())
+            }
+        }
+    }
+}
+
+fn unimplemented<T>(method: &str) -> Result<T> {
+    Err(Error::status(
+        protocols::ttrpc::Code::UNIMPLEMENTED,
+        format!("{method} not implemented by this agent"),
+    ))
+}
+
 /// The agent operations the shim uses. Implemented by [`KataAgent`] and by fakes in tests.
+/// Methods after `read_stderr` have defaults answering UNIMPLEMENTED, so other
+/// implementations only need the core set.
 #[async_trait]
 pub trait Agent: Send + Sync {
     async fn check(&self) -> Result<()>;
@@ -43,16 +90,138 @@ pub trait Agent: Send + Sync {
     /// Blocks until the process exits; returns its wait status code.
     async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32>;
     /// Returns the next chunk; `Ok(None)` at end of stream.
-    async fn read_stdout(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Option<Vec<u8>>>;
-    async fn read_stderr(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Option<Vec<u8>>>;
+    async fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>>;
+    async fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// Agent and protocol versions.
+    async fn version(&self) -> Result<health::VersionCheckResponse> {
+        unimplemented("Version")
+    }
+    async fn exec_process(&self, _req: agent::ExecProcessRequest) -> Result<()> {
+        unimplemented("ExecProcess")
+    }
+    /// Writes to the process's stdin; returns how many bytes were taken. Blocks (no deadline).
+    async fn write_stdin(&self, _container_id: &str, _exec_id: &str, _data: &[u8]) -> Result<u32> {
+        unimplemented("WriteStdin")
+    }
+    async fn close_stdin(&self, _container_id: &str, _exec_id: &str) -> Result<()> {
+        unimplemented("CloseStdin")
+    }
+    async fn tty_win_resize(
+        &self,
+        _container_id: &str,
+        _exec_id: &str,
+        _rows: u32,
+        _columns: u32,
+    ) -> Result<()> {
+        unimplemented("TtyWinResize")
+    }
+    /// Freezes the container's processes (cgroup freezer in the guest).
+    async fn pause_container(&self, _container_id: &str) -> Result<()> {
+        unimplemented("PauseContainer")
+    }
+    async fn resume_container(&self, _container_id: &str) -> Result<()> {
+        unimplemented("ResumeContainer")
+    }
+    async fn update_container(&self, _req: agent::UpdateContainerRequest) -> Result<()> {
+        unimplemented("UpdateContainer")
+    }
+    async fn stats_container(&self, _container_id: &str) -> Result<agent::StatsContainerResponse> {
+        unimplemented("StatsContainer")
+    }
+    async fn list_processes(
+        &self,
+        _req: agent::ListProcessesRequest,
+    ) -> Result<agent::ListProcessesResponse> {
+        unimplemented("ListProcesses")
+    }
+    /// Blocks until a container is OOM-killed; returns its id.
+    async fn get_oom_event(&self) -> Result<String> {
+        unimplemented("GetOOMEvent")
+    }
 }
+
+/// Most time one dial attempt (connect + handshake) may take.
+const DIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most time the health check of one attempt may take.
+const CHECK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Dials the agent until it answers a health check or `timeout` passes.
 /// `console_tail` is called on failure so the error shows what the guest printed.
 pub async fn connect(
-    _addr: &Address,
-    _timeout: Duration,
-    _console_tail: &(dyn Fn() -> String + Send + Sync),
+    addr: &Address,
+    timeout: Duration,
+    console_tail: &(dyn Fn() -> String + Send + Sync),
 ) -> Result<Box<dyn Agent>> {
-    unimplemented!("agent-client connect")
+    connect_with_rpc_timeout(addr, timeout, DEFAULT_RPC_TIMEOUT, console_tail)
+        .await
+        .map(|a| Box::new(a) as Box<dyn Agent>)
+}
+
+/// [`connect`] returning the concrete agent, whose ordinary RPCs get `rpc_timeout`.
+pub async fn connect_with_rpc_timeout(
+    addr: &Address,
+    timeout: Duration,
+    rpc_timeout: Duration,
+    console_tail: &(dyn Fn() -> String + Send + Sync),
+) -> Result<KataAgent> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0u32;
+    let mut last_error = String::from("no attempt made");
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        attempts += 1;
+        let remaining = deadline - now;
+        match dial::dial(addr, remaining.min(DIAL_ATTEMPT_TIMEOUT)).await {
+            Ok(client) => {
+                let agent = KataAgent::new(client, rpc_timeout);
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match agent
+                    .check_within(remaining.min(CHECK_ATTEMPT_TIMEOUT))
+                    .await
+                {
+                    Ok(resp) => {
+                        tracing::info!(
+                            %addr,
+                            attempts,
+                            elapsed = ?started.elapsed(),
+                            status = ?resp.status,
+                            "agent answered health check"
+                        );
+                        return Ok(agent);
+                    }
+                    Err(e) => last_error = format!("health check: {e}"),
+                }
+            }
+            Err(e) => last_error = e,
+        }
+        tracing::trace!(%addr, attempts, "dial failed: {last_error}");
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(backoff.min(remaining)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tracing::warn!(%addr, attempts, "agent not reachable: {last_error}");
+    Err(Error::ConnectTimeout {
+        addr: addr.to_string(),
+        timeout,
+        last_error,
+        console: console_tail(),
+    })
 }
