@@ -1,0 +1,208 @@
+//! The client against the real guest agent in a QEMU VM launched through the
+//! hypervisor crate: boot → connect (hybrid vsock) → sandbox → container with
+//! output and exit status → stop. Needs the guest image:
+//! `KATA_GUEST_IMAGE_DIR=build/guest cargo test -p agent-client --test vm`;
+//! without it the test prints why and passes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_client::{connect, Address, Agent};
+use hypervisor::{Accel, Hypervisor, MachineType, Qemu, VmConfig, VsockEndpoint, VsockKind};
+use protocols::agent::{CreateContainerRequest, CreateSandboxRequest, Storage};
+use protocols::oci;
+use protocols::ttrpc::Code;
+
+const SHARED: &str = "/run/kata-containers/shared/containers";
+
+fn which(name: &str, fallback: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(fallback))
+}
+
+fn vm_config(images: &Path, work: &Path) -> VmConfig {
+    let shared = work.join("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    VmConfig {
+        id: "agentvm".into(),
+        run_dir: work.join("run"),
+        qemu_path: which("qemu-system-x86_64", "/usr/bin/qemu-system-x86_64"),
+        kernel: images.join("vmlinux"),
+        initrd: images.join("initrd.img"),
+        kernel_params: "quiet".into(),
+        machine: MachineType::Q35,
+        accel: Accel::Auto,
+        vcpus: 1,
+        memory_mib: 512,
+        vsock: VsockKind::Auto,
+        vhost_device_vsock_path: which("vhost-device-vsock", "/usr/local/bin/vhost-device-vsock"),
+        shared_dir: shared,
+        virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
+        start_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A busybox rootfs for container `cid` in the host's shared directory.
+fn make_rootfs(shared: &Path, cid: &str) {
+    let root = shared.join(cid).join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "sys"] {
+        std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+}
+
+fn spec(cid: &str, args: &[&str]) -> oci::Spec {
+    oci::Spec {
+        Version: "1.1.0".into(),
+        Hostname: "c".into(),
+        Process: Some(oci::Process {
+            Args: args.iter().map(|s| s.to_string()).collect(),
+            Env: vec!["PATH=/bin".into()],
+            Cwd: "/".into(),
+            User: Some(oci::User::default()).into(),
+            ..Default::default()
+        })
+        .into(),
+        Root: Some(oci::Root {
+            Path: format!("{SHARED}/{cid}/rootfs"),
+            ..Default::default()
+        })
+        .into(),
+        Mounts: vec![oci::Mount {
+            destination: "/proc".into(),
+            source: "proc".into(),
+            type_: "proc".into(),
+            ..Default::default()
+        }],
+        Linux: Some(oci::Linux {
+            Namespaces: ["pid", "mount", "ipc", "uts"]
+                .iter()
+                .map(|t| oci::LinuxNamespace {
+                    Type: t.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+async fn drain(agent: &dyn Agent, cid: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let chunk = if stderr {
+            agent.read_stderr(cid, "", 4096).await
+        } else {
+            agent.read_stdout(cid, "", 4096).await
+        };
+        match chunk.expect("read never errors") {
+            Some(data) => out.extend(data),
+            None => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_in_real_guest() {
+    let Some(images) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
+        eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
+        return;
+    };
+    let work = tempfile::Builder::new()
+        .prefix("agent-vm-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let cfg = vm_config(&images, work.path());
+    let shared = cfg.shared_dir.clone();
+    let t0 = Instant::now();
+    let vm = Qemu::new().launch(cfg).await.expect("launch");
+    let launched = t0.elapsed();
+    let addr = match vm.vsock() {
+        VsockEndpoint::Hybrid { uds_path } => Address::Hybrid {
+            uds_path,
+            port: protocols::AGENT_VSOCK_PORT,
+        },
+        VsockEndpoint::Kernel { cid } => Address::Vsock {
+            cid,
+            port: protocols::AGENT_VSOCK_PORT,
+        },
+    };
+    let tail = || vm.console_tail();
+    let agent = match connect(&addr, Duration::from_secs(60), &tail).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = vm.stop().await;
+            panic!("connect: {e}");
+        }
+    };
+    eprintln!(
+        "QEMU up after {launched:?}; agent answered {:?} after launch",
+        t0.elapsed()
+    );
+
+    let result = async move {
+        let v = agent.version().await.expect("version");
+        eprintln!("agent version {}", v.agent_version);
+        agent
+            .create_sandbox(CreateSandboxRequest {
+                hostname: "sb".into(),
+                sandbox_id: "agentvm".into(),
+                storages: vec![Storage {
+                    driver: "virtio-fs".into(),
+                    fstype: "virtiofs".into(),
+                    source: "kataShared".into(),
+                    mount_point: format!("{SHARED}/"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("create sandbox");
+        make_rootfs(&shared, "c1");
+        let req = CreateContainerRequest {
+            container_id: "c1".into(),
+            exec_id: "c1".into(),
+            OCI: Some(spec("c1", &["sh", "-c", "echo out; echo err >&2; exit 7"])).into(),
+            ..Default::default()
+        };
+        agent.create_container(req).await.expect("create container");
+        let t = Instant::now();
+        agent.start_container("c1").await.expect("start");
+        let (out, err) = tokio::join!(
+            drain(agent.as_ref(), "c1", false),
+            drain(agent.as_ref(), "c1", true)
+        );
+        assert_eq!(out, "out\n");
+        assert_eq!(err, "err\n");
+        assert_eq!(agent.wait_process("c1", "").await.expect("wait"), 7);
+        eprintln!("container start → output + exit in {:?}", t.elapsed());
+        let e = agent
+            .start_container("nope")
+            .await
+            .expect_err("unknown container");
+        assert!(
+            matches!(
+                e.code(),
+                Some(Code::NOT_FOUND) | Some(Code::FAILED_PRECONDITION)
+            ),
+            "{e}"
+        );
+        agent.remove_container("c1", 10).await.expect("remove");
+        agent.destroy_sandbox().await.expect("destroy sandbox");
+    };
+    // Stop the VM whatever happened.
+    let outcome = tokio::spawn(async move { result.await }).await;
+    vm.stop().await.expect("stop");
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
