@@ -200,7 +200,7 @@ async fn container_in_real_guest() {
         agent.destroy_sandbox().await.expect("destroy sandbox");
     };
     // Stop the VM whatever happened.
-    let outcome = tokio::spawn(async move { result.await }).await;
+    let outcome = tokio::spawn(result).await;
     vm.stop().await.expect("stop");
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
