@@ -4,6 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use protocols::agent::{
+    CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, PidsStats, ThrottlingData,
+};
 use protocols::oci::LinuxResources;
 
 use crate::error::{Error, Result};
@@ -104,6 +107,100 @@ impl Cgroup {
         write(&self.path.join("cgroup.procs"), &pid.to_string())
     }
 
+    /// Freezes or thaws every process of the cgroup, waiting (briefly) until done.
+    pub async fn freeze(&self, frozen: bool) -> Result<()> {
+        write(
+            &self.path.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        for _ in 0..100 {
+            let events = fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l == want) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::Timeout(format!(
+            "cgroup {} did not reach {want:?}",
+            self.path.display()
+        )))
+    }
+
+    /// Pids of the cgroup's processes.
+    pub fn pids(&self) -> Vec<i32> {
+        let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup so far.
+    pub fn oom_kills(&self) -> u64 {
+        flat_keyed(&self.path.join("memory.events"))
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// cgroup v2 statistics in the agent API's shape (cpu times in nanoseconds).
+    pub fn stats(&self) -> CgroupStats {
+        let cpu = flat_keyed(&self.path.join("cpu.stat"));
+        let get =
+            |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let cpu_stats = CpuStats {
+            cpu_usage: Some(CpuUsage {
+                total_usage: get(&cpu, "usage_usec") * 1000,
+                usage_in_usermode: get(&cpu, "user_usec") * 1000,
+                usage_in_kernelmode: get(&cpu, "system_usec") * 1000,
+                ..Default::default()
+            })
+            .into(),
+            throttling_data: Some(ThrottlingData {
+                periods: get(&cpu, "nr_periods"),
+                throttled_periods: get(&cpu, "nr_throttled"),
+                throttled_time: get(&cpu, "throttled_usec") * 1000,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let mem = flat_keyed(&self.path.join("memory.stat"));
+        let events = flat_keyed(&self.path.join("memory.events"));
+        let memory_stats = MemoryStats {
+            cache: get(&mem, "file"),
+            usage: Some(MemoryData {
+                usage: read_u64(&self.path.join("memory.current")),
+                max_usage: read_u64(&self.path.join("memory.peak")),
+                failcnt: get(&events, "max"),
+                limit: read_u64(&self.path.join("memory.max")),
+                ..Default::default()
+            })
+            .into(),
+            swap_usage: Some(MemoryData {
+                usage: read_u64(&self.path.join("memory.swap.current")),
+                limit: read_u64(&self.path.join("memory.swap.max")),
+                ..Default::default()
+            })
+            .into(),
+            use_hierarchy: true,
+            stats: mem.into_iter().collect(),
+            ..Default::default()
+        };
+        let pids_stats = PidsStats {
+            current: read_u64(&self.path.join("pids.current")),
+            limit: read_u64(&self.path.join("pids.max")),
+            ..Default::default()
+        };
+        CgroupStats {
+            cpu_stats: Some(cpu_stats).into(),
+            memory_stats: Some(memory_stats).into(),
+            pids_stats: Some(pids_stats).into(),
+            ..Default::default()
+        }
+    }
+
     /// SIGKILLs every process in the cgroup (cgroup.kill, Linux 5.14+).
     pub fn kill(&self) {
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
@@ -120,6 +217,25 @@ impl Cgroup {
         }
         tracing::warn!(path = %self.path.display(), "cgroup not removed");
     }
+}
+
+/// A single-value file; "max" and unreadable files read as 0 (no limit / unknown).
+fn read_u64(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A flat keyed file ("key value" lines: cpu.stat, memory.stat, memory.events).
+fn flat_keyed(path: &Path) -> std::collections::HashMap<String, u64> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000] (as runc does).

@@ -243,6 +243,38 @@ impl Container {
         Ok(())
     }
 
+    fn cgroup(&self) -> Result<&Cgroup> {
+        self.cgroup.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!("container {} has no cgroup", self.id))
+        })
+    }
+
+    pub async fn pause(&self, frozen: bool) -> Result<()> {
+        if frozen && (!self.init.started() || self.init.exited().is_some()) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        self.cgroup()?.freeze(frozen).await
+    }
+
+    pub fn update(&self, resources: &protocols::oci::LinuxResources) -> Result<()> {
+        self.cgroup()?.apply(resources)
+    }
+
+    pub fn stats(&self) -> Result<protocols::agent::CgroupStats> {
+        Ok(self.cgroup()?.stats())
+    }
+
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        Ok(self.cgroup()?.pids())
+    }
+
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map(Cgroup::oom_kills).unwrap_or(0)
+    }
+
     /// Kills what remains, waits for it (up to `timeout`, None = no limit),
     /// removes the cgroup and unmounts the container's storages.
     pub async fn destroy(&self, timeout: Option<Duration>) -> Result<()> {

@@ -40,7 +40,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_timer(KernelUptime)
         .init();
     for p in problems {
         tracing::warn!("early setup: {p}");
@@ -70,6 +70,19 @@ fn main() {
         }
     }
     std::process::exit(1);
+}
+
+/// Log timestamps as the kernel's uptime, comparable with its own messages.
+struct KernelUptime;
+
+impl tracing_subscriber::fmt::time::FormatTime for KernelUptime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        use nix::time::{clock_gettime, ClockId};
+        match clock_gettime(ClockId::CLOCK_BOOTTIME) {
+            Ok(t) => write!(w, "[{:5}.{:06}]", t.tv_sec(), t.tv_nsec() / 1000),
+            Err(_) => write!(w, "[?]"),
+        }
+    }
 }
 
 async fn serve(pid1: bool) -> Result<(), Box<dyn std::error::Error>> {

@@ -15,6 +15,8 @@ use crate::reaper::Reaper;
 
 /// How long DestroySandbox waits for each container's processes to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often GetOOMEvent looks at the containers' memory.events.
+const OOM_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct State {
@@ -23,6 +25,8 @@ struct State {
     creating: HashSet<String>,
     storages: Vec<Mounted>,
     created: bool,
+    /// OOM kills already reported, per container.
+    oom_seen: HashMap<String, u64>,
 }
 
 pub struct Sandbox {
@@ -133,7 +137,9 @@ impl Sandbox {
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
         let c = self.container(id)?;
         c.destroy(timeout).await?;
-        self.lock().containers.remove(id);
+        let mut st = self.lock();
+        st.containers.remove(id);
+        st.oom_seen.remove(id);
         tracing::info!(container = %id, "container removed");
         Ok(())
     }
@@ -144,6 +150,23 @@ impl Sandbox {
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or_else(|| Error::InvalidArgument(format!("signal {signal}")))?;
         self.container(container_id)?.signal(exec_id, sig)
+    }
+
+    /// Blocks until some container's cgroup records a new OOM kill; returns its id.
+    pub async fn next_oom(&self) -> String {
+        loop {
+            let containers: Vec<_> = self.lock().containers.values().cloned().collect();
+            for c in containers {
+                let kills = c.oom_kills();
+                let mut st = self.lock();
+                let seen = st.oom_seen.entry(c.id.clone()).or_insert(0);
+                if kills > *seen {
+                    *seen = kills;
+                    return c.id.clone();
+                }
+            }
+            tokio::time::sleep(OOM_POLL).await;
+        }
     }
 
     /// Kills every container and unmounts the sandbox storages.

@@ -179,6 +179,80 @@ impl AgentService for Agent {
         Ok(Empty::new())
     }
 
+    async fn pause_container(&self, _: &TtrpcContext, req: PauseContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, "PauseContainer");
+        let r = async { self.sandbox.container(&req.container_id)?.pause(true).await }.await;
+        log_err("PauseContainer", r.map(|_| Empty::new()))
+    }
+
+    async fn resume_container(&self, _: &TtrpcContext, req: ResumeContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, "ResumeContainer");
+        let r = async {
+            self.sandbox
+                .container(&req.container_id)?
+                .pause(false)
+                .await
+        }
+        .await;
+        log_err("ResumeContainer", r.map(|_| Empty::new()))
+    }
+
+    async fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> R<Empty> {
+        tracing::info!(container = %req.container_id, "UpdateContainer");
+        let r = self.sandbox.container(&req.container_id).and_then(|c| {
+            req.resources
+                .as_ref()
+                .map(|res| c.update(res))
+                .unwrap_or(Ok(()))
+        });
+        log_err("UpdateContainer", r.map(|_| Empty::new()))
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> R<StatsContainerResponse> {
+        let r = self
+            .sandbox
+            .container(&req.container_id)
+            .and_then(|c| c.stats());
+        let cgroup_stats = log_err("StatsContainer", r)?;
+        Ok(StatsContainerResponse {
+            cgroup_stats: Some(cgroup_stats).into(),
+            ..Default::default()
+        })
+    }
+
+    /// The container's pids (guest pid namespace) as a JSON array, whatever the format.
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> R<ListProcessesResponse> {
+        let pids = log_err(
+            "ListProcesses",
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.pids()),
+        )?;
+        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        let process_list = format!("[{}]", list.join(",")).into_bytes();
+        Ok(ListProcessesResponse {
+            process_list,
+            ..Default::default()
+        })
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> R<OOMEvent> {
+        let container_id = self.sandbox.next_oom().await;
+        tracing::info!(container = %container_id, "OOM kill");
+        Ok(OOMEvent {
+            container_id,
+            ..Default::default()
+        })
+    }
+
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,

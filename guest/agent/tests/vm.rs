@@ -484,6 +484,39 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         "exec is not the container's init: {out:?}"
     );
     assert_eq!(wait(&agent, cid, "e1").await?, 3);
+    let stats = agent
+        .stats_container(
+            ctx(),
+            &StatsContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let cg = stats.cgroup_stats.as_ref().context("cgroup stats")?;
+    assert_eq!(
+        cg.memory_stats.usage.limit,
+        64 << 20,
+        "memory limit from the spec"
+    );
+    assert_eq!(cg.pids_stats.limit, 100, "pids limit from the spec");
+    assert!(cg.pids_stats.current >= 1);
+    let pause = PauseContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent.pause_container(ctx(), &pause).await?;
+    let resume = ResumeContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent.resume_container(ctx(), &resume).await?;
+    let list = ListProcessesRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let list = agent.list_processes(ctx(), &list).await?;
+    assert!(list.process_list.starts_with(b"[") && list.process_list.len() > 2);
     let kill = SignalProcessRequest {
         container_id: cid.into(),
         exec_id: String::new(),
