@@ -46,9 +46,6 @@ pub fn validate_process(p: Option<&protocols::oci::Process>) -> Result<()> {
             p.Cwd
         )));
     }
-    if p.Terminal {
-        tracing::warn!("terminal requested: not supported yet, using pipes");
-    }
     Ok(())
 }
 
@@ -89,6 +86,7 @@ impl Container {
     /// Creates the container: its init process is set up and waits for `start`.
     pub async fn create(
         id: &str,
+        init_exec_id: &str,
         spec: Spec,
         storages: Vec<Mounted>,
         reaper: &Reaper,
@@ -114,7 +112,7 @@ impl Container {
             cgroup: cgroup.clone(),
             log_id: id.into(),
         };
-        match Process::spawn(id.to_string(), req, reaper).await {
+        match Process::spawn(init_exec_id.to_string(), req, reaper).await {
             Ok(init) => Ok(Container {
                 id: id.to_string(),
                 spec,
@@ -159,7 +157,7 @@ impl Container {
                 self.id
             )));
         }
-        if exec_id.is_empty() || exec_id == self.id || self.lock_execs().contains_key(exec_id) {
+        if self.is_init(exec_id) || self.lock_execs().contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!(
                 "exec {exec_id:?} in container {}",
                 self.id
@@ -207,9 +205,14 @@ impl Container {
         self.execs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Empty or equal to the container id: the init process (upstream semantics).
+    /// Empty, the container id or the exec id CreateContainer carried: the
+    /// init process (upstream semantics).
+    fn is_init(&self, exec_id: &str) -> bool {
+        exec_id.is_empty() || exec_id == self.id || exec_id == self.init.exec_id
+    }
+
     pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
-        if exec_id.is_empty() || exec_id == self.id {
+        if self.is_init(exec_id) {
             return Ok(self.init.clone());
         }
         self.lock_execs()

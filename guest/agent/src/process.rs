@@ -41,6 +41,8 @@ pub struct Process {
     stderr: tokio::sync::Mutex<Option<pipe::Receiver>>,
     /// The sync socket until the process was started.
     start: Mutex<Option<UnixStream>>,
+    /// The pty master when the process has a terminal (for resizes).
+    tty: Option<OwnedFd>,
 }
 
 /// What to run: a container's init (`MODE_CREATE`) or an exec (`MODE_EXEC`,
@@ -58,7 +60,9 @@ struct Spawned {
     exit: watch::Receiver<Option<ExitStatus>>,
     stdin: OwnedFd,
     stdout: OwnedFd,
-    stderr: OwnedFd,
+    /// None with a terminal: everything comes on stdout.
+    stderr: Option<OwnedFd>,
+    tty: Option<OwnedFd>,
     sock: UnixStream,
 }
 
@@ -73,20 +77,20 @@ impl Process {
             let what = what.to_string();
             move |e| Error::io(what, e)
         };
+        let tty = s.tty.is_some();
+        let stderr = match s.stderr {
+            Some(fd) => Some(reader(fd, tty).map_err(io("stderr"))?),
+            None => None,
+        };
         Ok(Process {
             exec_id,
             pid: s.pid,
             exit: s.exit,
-            stdin: tokio::sync::Mutex::new(Some(
-                pipe::Sender::from_owned_fd(s.stdin).map_err(io("stdin"))?,
-            )),
-            stdout: tokio::sync::Mutex::new(Some(
-                pipe::Receiver::from_owned_fd(s.stdout).map_err(io("stdout"))?,
-            )),
-            stderr: tokio::sync::Mutex::new(Some(
-                pipe::Receiver::from_owned_fd(s.stderr).map_err(io("stderr"))?,
-            )),
+            stdin: tokio::sync::Mutex::new(Some(writer(s.stdin, tty).map_err(io("stdin"))?)),
+            stdout: tokio::sync::Mutex::new(Some(reader(s.stdout, tty).map_err(io("stdout"))?)),
+            stderr: tokio::sync::Mutex::new(stderr),
             start: Mutex::new(Some(s.sock)),
+            tty: s.tty,
         })
     }
 
@@ -167,6 +171,14 @@ impl Process {
         Ok(data.len() as u32)
     }
 
+    /// Sets the terminal's window size (no-op without a terminal).
+    pub fn resize(&self, rows: u32, cols: u32) -> Result<()> {
+        let Some(tty) = &self.tty else {
+            return Ok(());
+        };
+        set_winsize(tty, rows, cols).map_err(|e| Error::io("TIOCSWINSZ", e))
+    }
+
     pub async fn close_stdin(&self) {
         self.stdin.lock().await.take();
     }
@@ -191,22 +203,109 @@ async fn read_stream(
     Ok(buf)
 }
 
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// An async reader on a pipe, or on a pty master (not a FIFO: unchecked).
+fn reader(fd: OwnedFd, tty: bool) -> io::Result<pipe::Receiver> {
+    if tty {
+        set_nonblocking(&fd)?;
+        return pipe::Receiver::from_owned_fd_unchecked(fd);
+    }
+    pipe::Receiver::from_owned_fd(fd)
+}
+
+fn writer(fd: OwnedFd, tty: bool) -> io::Result<pipe::Sender> {
+    if tty {
+        set_nonblocking(&fd)?;
+        return pipe::Sender::from_owned_fd_unchecked(fd);
+    }
+    pipe::Sender::from_owned_fd(fd)
+}
+
+fn set_winsize(fd: &OwnedFd, rows: u32, cols: u32) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows.min(u16::MAX.into()) as u16,
+        ws_col: cols.min(u16::MAX.into()) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The process's stdio: child ends (stdin, stdout, stderr) and ours.
+struct Stdio3 {
+    child: [OwnedFd; 3],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    tty: Option<OwnedFd>,
+}
+
+fn make_stdio(spec: &Spec) -> Result<Stdio3> {
+    let process = spec.Process.as_ref();
+    if process.is_some_and(|p| p.Terminal) {
+        let pty = nix::pty::openpty(None, None).map_err(|e| Error::sys("openpty", e))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::io("dup", e));
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| Error::sys("cloexec", e))?;
+        }
+        if let Some(size) = process.and_then(|p| p.ConsoleSize.as_ref()) {
+            if size.Height > 0 && size.Width > 0 {
+                let _ = set_winsize(&pty.master, size.Height, size.Width);
+            }
+        }
+        return Ok(Stdio3 {
+            child: [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave],
+            stdin: dup(&pty.master)?,
+            stdout: dup(&pty.master)?,
+            stderr: None,
+            tty: Some(pty.master),
+        });
+    }
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    Ok(Stdio3 {
+        child: [stdin_r, stdout_w, stderr_w],
+        stdin: stdin_w,
+        stdout: stdout_r,
+        stderr: Some(stderr_r),
+        tty: None,
+    })
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))
 }
 
 fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
+    let stdio = make_stdio(&req.spec)?;
+    let [child_in, child_out, child_err] = stdio.child;
     let (mut sock, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
     let theirs_fd = theirs.as_raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
         .env_clear()
-        .stdin(Stdio::from(stdin_r))
-        .stdout(Stdio::from(stdout_w))
-        .stderr(Stdio::from(stderr_w));
+        .stdin(Stdio::from(child_in))
+        .stdout(Stdio::from(child_out))
+        .stderr(Stdio::from(child_err));
     // SAFETY: the closure runs between fork and exec and only calls dup2 and
     // fcntl, which are async-signal-safe.
     unsafe {
@@ -246,9 +345,10 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     Ok(Spawned {
         pid,
         exit,
-        stdin: stdin_w,
-        stdout: stdout_r,
-        stderr: stderr_r,
+        stdin: stdio.stdin,
+        stdout: stdio.stdout,
+        stderr: stdio.stderr,
+        tty: stdio.tty,
         sock,
     })
 }

@@ -123,7 +123,12 @@ impl Sandbox {
                 unmount_all(&mounted);
                 return Err(e);
             }
-            Container::create(&id, spec, mounted, &self.reaper).await
+            let init_exec_id = if req.exec_id.is_empty() {
+                &id
+            } else {
+                &req.exec_id
+            };
+            Container::create(&id, init_exec_id, spec, mounted, &self.reaper).await
         }
         .await;
         let mut st = self.lock();

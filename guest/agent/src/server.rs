@@ -253,6 +253,14 @@ impl AgentService for Agent {
         })
     }
 
+    async fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> R<Empty> {
+        let r = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .and_then(|p| p.resize(req.row, req.column));
+        log_err("TtyWinResize", r.map(|_| Empty::new()))
+    }
+
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,

@@ -484,6 +484,33 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         "exec is not the container's init: {out:?}"
     );
     assert_eq!(wait(&agent, cid, "e1").await?, 3);
+    // An exec with a terminal: one stream (stdout), CRLF line ends.
+    let mut tty_exec = exec.clone();
+    tty_exec.exec_id = "e2".into();
+    if let Some(p) = tty_exec.process.as_mut() {
+        p.Terminal = true;
+        p.Args = vec![
+            "sh".into(),
+            "-c".into(),
+            "[ -t 0 ] && [ -t 1 ] && echo tty; echo $((6*7))".into(),
+        ];
+    }
+    agent.exec_process(ctx(), &tty_exec).await?;
+    let resize = TtyWinResizeRequest {
+        container_id: cid.into(),
+        exec_id: "e2".into(),
+        row: 40,
+        column: 100,
+        ..Default::default()
+    };
+    agent.tty_win_resize(ctx(), &resize).await?;
+    let (out, err) = tokio::try_join!(
+        drain(&agent, cid, "e2", false),
+        drain(&agent, cid, "e2", true)
+    )?;
+    assert_eq!((out.as_str(), err.as_str()), ("tty\r\n42\r\n", ""));
+    assert_eq!(wait(&agent, cid, "e2").await?, 0);
+
     let stats = agent
         .stats_container(
             ctx(),
@@ -533,6 +560,66 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.remove_container(ctx(), &rm).await?;
     let r = wait(&agent, cid, "").await;
     assert!(r.is_err(), "container forgotten after RemoveContainer");
+
+    // A non-root user, a read-only rootfs, a cgroup namespace.
+    let cid = "c4";
+    make_rootfs(&vm.shared(), cid)?;
+    let script = "id -u; id -G; touch /x 2>/dev/null || echo read-only; \
+                  cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup; ls /dev | tr '\\n' ' '";
+    let mut spec = container_spec(cid, &["sh", "-c", script]);
+    if let Some(p) = spec.Process.as_mut() {
+        p.User = Some(oci::User {
+            UID: 1000,
+            GID: 1000,
+            AdditionalGids: vec![10, 20],
+            ..Default::default()
+        })
+        .into();
+    }
+    if let Some(r) = spec.Root.as_mut() {
+        r.Readonly = true;
+    }
+    if let Some(l) = spec.Linux.as_mut() {
+        l.Namespaces.push(oci::LinuxNamespace {
+            Type: "cgroup".into(),
+            ..Default::default()
+        });
+    }
+    agent
+        .create_container(ctx(), &create_req(cid, spec))
+        .await?;
+    agent
+        .start_container(
+            ctx(),
+            &StartContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (out, err) = tokio::try_join!(drain(&agent, cid, "", false), drain(&agent, cid, "", true))?;
+    assert_eq!(wait(&agent, cid, "").await?, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        &["1000", "1000 10 20", "read-only", "67108864", "0::/"],
+        "{out}"
+    );
+    for node in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue", "fd",
+        "stdout",
+    ] {
+        assert!(
+            lines[5].split(' ').any(|n| n == node),
+            "/dev/{node} missing: {out}"
+        );
+    }
+    let rm = RemoveContainerRequest {
+        container_id: cid.into(),
+        timeout: 10,
+        ..Default::default()
+    };
+    agent.remove_container(ctx(), &rm).await?;
 
     agent
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())

@@ -240,6 +240,14 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
     write_frame(sock, sync::READY, b"").map_err(err("sending ready"))?;
     expect(sock, sync::START)?;
 
+    if process.Terminal {
+        // A new session whose controlling terminal is the pty on stdin.
+        nix::unistd::setsid().map_err(err("setsid"))?;
+        // SAFETY: TIOCSCTTY takes an integer argument.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+    }
     if process.NoNewPrivileges {
         // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
