@@ -4,326 +4,18 @@
 //! Needs root, QEMU, vhost-device-vsock, virtiofsd, busybox and the image:
 //! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
 //! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::*;
 use protocols::agent::*;
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::health_ttrpc::HealthClient;
 use protocols::oci;
-
-const SHARED: &str = "/run/kata-containers/shared/containers";
-const RPC_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Vm {
-    dir: tempfile::TempDir,
-    helpers: Vec<Child>,
-    qemu: Option<Child>,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        for c in self.helpers.iter_mut().chain(self.qemu.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn which(name: &str) -> PathBuf {
-    for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from(name)
-}
-
-fn wait_for(path: &Path, what: &str) -> Result<()> {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("{what} did not create {}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// A busybox rootfs for container `cid` under the shared directory.
-fn make_rootfs(shared: &Path, cid: &str) -> Result<()> {
-    let bin = shared.join(cid).join("rootfs/bin");
-    std::fs::create_dir_all(&bin)?;
-    for d in ["proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(shared.join(cid).join("rootfs").join(d))?;
-    }
-    std::fs::copy("/bin/busybox", bin.join("busybox"))?;
-    let list = Command::new("/bin/busybox").arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-        }
-    }
-    Ok(())
-}
-
-impl Vm {
-    fn boot(image: &Path) -> Result<Vm> {
-        let dir = tempfile::Builder::new()
-            .prefix("kata-guest-")
-            .tempdir_in("/tmp")?;
-        let d = dir.path().to_path_buf();
-        std::fs::create_dir_all(d.join("shared"))?;
-        let mut vm = Vm {
-            dir,
-            helpers: Vec::new(),
-            qemu: None,
-        };
-        let log = |name: &str| -> Result<Stdio> { Ok(std::fs::File::create(d.join(name))?.into()) };
-        vm.helpers.push(
-            Command::new(which("vhost-device-vsock"))
-                .args(["--guest-cid", "3", "--socket"])
-                .arg(d.join("vhost.sock"))
-                .arg("--uds-path")
-                .arg(d.join("vsock.sock"))
-                .stdout(log("vsock.log")?)
-                .stderr(log("vsock.err")?)
-                .spawn()
-                .context("vhost-device-vsock")?,
-        );
-        vm.helpers.push(
-            Command::new(which("virtiofsd"))
-                .arg("--socket-path")
-                .arg(d.join("fs.sock"))
-                .arg("--shared-dir")
-                .arg(d.join("shared"))
-                .args(["--sandbox", "none"])
-                .stdout(log("fs.log")?)
-                .stderr(log("fs.err")?)
-                .spawn()
-                .context("virtiofsd")?,
-        );
-        wait_for(&d.join("vhost.sock"), "vhost-device-vsock")?;
-        wait_for(&d.join("fs.sock"), "virtiofsd")?;
-        let accel = std::env::var("KATA_TEST_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
-        let qemu = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35,memory-backend=mem", "-accel", &accel])
-            .args([
-                "-object",
-                "memory-backend-memfd,id=mem,size=512M,share=on",
-                "-m",
-                "512M",
-            ])
-            .args(["-smp", "2", "-cpu", "max", "-kernel"])
-            .arg(image.join("vmlinux"))
-            .arg("-initrd")
-            .arg(image.join("initrd.img"))
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-                "-serial",
-            ])
-            .arg(format!("file:{}", d.join("console.log").display()))
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=vs,path={}",
-                d.join("vhost.sock").display()
-            ))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vs", "-chardev"])
-            .arg(format!("socket,id=fs,path={}", d.join("fs.sock").display()))
-            .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=kataShared"])
-            .stdout(log("qemu.log")?)
-            .stderr(log("qemu.err")?)
-            .spawn()
-            .context("qemu")?;
-        vm.qemu = Some(qemu);
-        Ok(vm)
-    }
-
-    fn shared(&self) -> PathBuf {
-        self.dir.path().join("shared")
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
-    }
-
-    /// Hybrid vsock: `CONNECT <port>\n`, then one line starting with `OK`.
-    fn dial(&self, deadline: Duration) -> Result<UnixStream> {
-        let t0 = Instant::now();
-        loop {
-            let attempt = || -> Result<UnixStream> {
-                let mut s = UnixStream::connect(self.dir.path().join("vsock.sock"))?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"CONNECT 1024\n")?;
-                let mut line = String::new();
-                BufReader::new(&s).read_line(&mut line)?;
-                if !line.starts_with("OK") {
-                    bail!("handshake answered {line:?}");
-                }
-                s.set_read_timeout(None)?;
-                Ok(s)
-            };
-            match attempt() {
-                Ok(s) => return Ok(s),
-                Err(e) if t0.elapsed() > deadline => return Err(e.context("dialing the agent")),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
-}
-
-fn code(e: &ttrpc::Error) -> Option<ttrpc::Code> {
-    match e {
-        ttrpc::Error::RpcStatus(s) => Some(s.code()),
-        _ => None,
-    }
-}
-
-fn container_spec(cid: &str, args: &[&str]) -> oci::Spec {
-    let mount = |dest: &str, typ: &str, opts: &[&str]| oci::Mount {
-        destination: dest.into(),
-        source: typ.into(),
-        type_: typ.into(),
-        options: opts.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let ns = |t: &str| oci::LinuxNamespace {
-        Type: t.into(),
-        ..Default::default()
-    };
-    oci::Spec {
-        Version: "1.1.0".into(),
-        Hostname: "testhost".into(),
-        Process: Some(oci::Process {
-            Args: args.iter().map(|s| s.to_string()).collect(),
-            Env: vec!["PATH=/bin".into(), "HOME=/".into()],
-            Cwd: "/".into(),
-            User: Some(oci::User::default()).into(),
-            ..Default::default()
-        })
-        .into(),
-        Root: Some(oci::Root {
-            Path: format!("{SHARED}/{cid}/rootfs"),
-            ..Default::default()
-        })
-        .into(),
-        Mounts: vec![
-            mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount(
-                "/dev",
-                "tmpfs",
-                &["nosuid", "strictatime", "mode=755", "size=65536k"],
-            ),
-            mount(
-                "/dev/pts",
-                "devpts",
-                &[
-                    "nosuid",
-                    "noexec",
-                    "newinstance",
-                    "ptmxmode=0666",
-                    "mode=0620",
-                ],
-            ),
-            mount(
-                "/dev/shm",
-                "tmpfs",
-                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            ),
-            mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-            mount(
-                "/sys/fs/cgroup",
-                "cgroup",
-                &["nosuid", "noexec", "nodev", "relatime", "ro"],
-            ),
-        ],
-        Linux: Some(oci::Linux {
-            Namespaces: vec![ns("pid"), ns("mount"), ns("ipc"), ns("uts"), ns("network")],
-            Resources: Some(oci::LinuxResources {
-                Memory: Some(oci::LinuxMemory {
-                    Limit: 64 << 20,
-                    ..Default::default()
-                })
-                .into(),
-                Pids: Some(oci::LinuxPids {
-                    Limit: 100,
-                    ..Default::default()
-                })
-                .into(),
-                ..Default::default()
-            })
-            .into(),
-            MaskedPaths: vec!["/proc/kcore".into(), "/proc/keys".into()],
-            ReadonlyPaths: vec!["/proc/sys".into()],
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    }
-}
-
-fn create_req(cid: &str, spec: oci::Spec) -> CreateContainerRequest {
-    CreateContainerRequest {
-        container_id: cid.into(),
-        exec_id: cid.into(),
-        OCI: Some(spec).into(),
-        ..Default::default()
-    }
-}
-
-/// Reads a stream until the agent's EOF error.
-async fn drain(
-    agent: &AgentServiceClient,
-    cid: &str,
-    exec_id: &str,
-    stderr: bool,
-) -> Result<String> {
-    let mut out = Vec::new();
-    loop {
-        let req = ReadStreamRequest {
-            container_id: cid.into(),
-            exec_id: exec_id.into(),
-            len: 4096,
-            ..Default::default()
-        };
-        let r = if stderr {
-            agent.read_stderr(ctx(), &req).await
-        } else {
-            agent.read_stdout(ctx(), &req).await
-        };
-        match r {
-            Ok(resp) => out.extend_from_slice(&resp.data),
-            Err(e) if code(&e) == Some(ttrpc::Code::INTERNAL) => break,
-            Err(e) => bail!("read stream: {e:?}"),
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-async fn wait(agent: &AgentServiceClient, cid: &str, exec_id: &str) -> Result<i32> {
-    let req = WaitProcessRequest {
-        container_id: cid.into(),
-        exec_id: exec_id.into(),
-        ..Default::default()
-    };
-    Ok(agent.wait_process(ctx(), &req).await?.status)
-}
 
 async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let stream = vm.dial(Duration::from_secs(60))?;
@@ -565,7 +257,9 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let cid = "c4";
     make_rootfs(&vm.shared(), cid)?;
     let script = "id -u; id -G; touch /x 2>/dev/null || echo read-only; \
-                  cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup; ls /dev | tr '\\n' ' '";
+                  cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup; \
+                  grep -E '^Cap(Bnd|Eff)' /proc/self/status | tr -s '\\t' ' '; ulimit -n; \
+                  cat /proc/sys/kernel/msgmax; ls /dev | tr '\\n' ' '";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     if let Some(p) = spec.Process.as_mut() {
         p.User = Some(oci::User {
@@ -575,6 +269,27 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
             ..Default::default()
         })
         .into();
+    }
+    if let Some(p) = spec.Process.as_mut() {
+        let caps = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        p.Capabilities = Some(oci::LinuxCapabilities {
+            Bounding: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+            Effective: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+            Permitted: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+            Inheritable: caps(&["CAP_NET_BIND_SERVICE"]),
+            Ambient: caps(&["CAP_NET_BIND_SERVICE"]),
+            ..Default::default()
+        })
+        .into();
+        p.Rlimits = vec![oci::POSIXRlimit {
+            Type: "RLIMIT_NOFILE".into(),
+            Hard: 1024,
+            Soft: 512,
+            ..Default::default()
+        }];
+    }
+    if let Some(l) = spec.Linux.as_mut() {
+        l.Sysctl.insert("kernel.msgmax".into(), "4096".into());
     }
     if let Some(r) = spec.Root.as_mut() {
         r.Readonly = true;
@@ -601,8 +316,18 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     assert_eq!(wait(&agent, cid, "").await?, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        &lines[..5],
-        &["1000", "1000 10 20", "read-only", "67108864", "0::/"],
+        &lines[..9],
+        &[
+            "1000",
+            "1000 10 20",
+            "read-only",
+            "67108864",
+            "0::/",
+            "CapEff: 0000000000000400",
+            "CapBnd: 0000000000000401",
+            "512",
+            "4096"
+        ],
         "{out}"
     );
     for node in [
@@ -610,7 +335,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         "stdout",
     ] {
         assert!(
-            lines[5].split(' ').any(|n| n == node),
+            lines[9].split(' ').any(|n| n == node),
             "/dev/{node} missing: {out}"
         );
     }

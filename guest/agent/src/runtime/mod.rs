@@ -16,6 +16,7 @@
 //! (the exit code, or 128 + signal). The agent therefore waits on the helper
 //! (its own child) and signals the container process directly. See `sync`
 //! for the handshake.
+mod caps;
 mod rootfs;
 
 use std::convert::Infallible;
@@ -257,6 +258,12 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
             let _ = write!(f, "{}", process.OOMScoreAdj);
         }
     }
+    let mut warn = |msg: String| {
+        let _ = write_frame(&mut *sock, sync::WARN, msg.as_bytes());
+    };
+    caps::set_rlimits(&process.Rlimits)?;
+    let capabilities = process.Capabilities.as_ref();
+    caps::prepare(capabilities, &mut warn)?;
     let user = process.User.as_ref();
     let (uid, gid) = user.map(|u| (u.UID, u.GID)).unwrap_or((0, 0));
     let groups: Vec<Gid> = user
@@ -265,6 +272,7 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
     setgroups(&groups).map_err(err("setgroups"))?;
     setgid(Gid::from_raw(gid)).map_err(err("setgid"))?;
     setuid(Uid::from_raw(uid)).map_err(err("setuid"))?;
+    caps::apply(capabilities, &mut warn)?;
     let cwd = if process.Cwd.is_empty() {
         "/"
     } else {

@@ -76,6 +76,12 @@ pub fn setup(spec: &Spec, warn: &mut dyn FnMut(String)) -> Res<()> {
     chroot(".").map_err(err("chroot"))?;
     chdir("/").map_err(err("chdir /"))?;
     if let Some(linux) = spec.Linux.as_ref() {
+        for (key, value) in &linux.Sysctl {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            if let Err(e) = fs::write(&path, value) {
+                warn(format!("sysctl {key}={value}: {e}"));
+            }
+        }
         for p in &linux.MaskedPaths {
             mask(p, warn);
         }
