@@ -78,6 +78,13 @@ pub fn validate_spec(spec: &Spec) -> Result<()> {
                 ns.Type
             )));
         }
+        let joins = !matches!(ns.Type.as_str(), "network" | "net" | "user");
+        if joins && !ns.Path.is_empty() && !Path::new(&ns.Path).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} namespace path {} does not exist in the guest",
+                ns.Type, ns.Path
+            )));
+        }
     }
     Ok(())
 }

@@ -141,12 +141,16 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
     for ns in cfg.spec.Linux.Namespaces.iter() {
         let flag =
             namespace_flag(&ns.Type).ok_or_else(|| format!("unknown namespace {:?}", ns.Type))?;
+        if flag == CloneFlags::CLONE_NEWNET || flag == CloneFlags::CLONE_NEWUSER {
+            // Containers stay in the VM's network namespace (a host netns path means
+            // nothing in the guest); user namespaces are not supported.
+            continue;
+        }
         if !ns.Path.is_empty() {
             joins.push((flag, File::open(&ns.Path).map_err(err(&ns.Path))?));
         } else if flag == CloneFlags::CLONE_NEWCGROUP {
             new_cgroup = true; // after the agent moved us into the cgroup
-        } else if flag != CloneFlags::CLONE_NEWNET && flag != CloneFlags::CLONE_NEWUSER {
-            // The network namespace stays the VM's; user namespaces are not supported.
+        } else {
             create |= flag;
         }
     }
