@@ -34,8 +34,13 @@ fn vm_config(images: &Path, work: &Path) -> VmConfig {
         qemu_path: which("qemu-system-x86_64", "/usr/bin/qemu-system-x86_64"),
         kernel: images.join("vmlinux"),
         initrd: images.join("initrd.img"),
-        kernel_params: "quiet".into(),
-        machine: MachineType::Q35,
+        // KATA_TEST_KERNEL_PARAMS replaces the extra parameters (boot-time experiments).
+        kernel_params: std::env::var("KATA_TEST_KERNEL_PARAMS").unwrap_or_else(|_| "quiet".into()),
+        // KATA_TEST_MACHINE=microvm tries the other board.
+        machine: match std::env::var("KATA_TEST_MACHINE").as_deref() {
+            Ok("microvm") => MachineType::Microvm,
+            _ => MachineType::Q35,
+        },
         accel: Accel::Auto,
         vcpus: 1,
         memory_mib: 512,

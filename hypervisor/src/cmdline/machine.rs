@@ -26,8 +26,12 @@ impl QemuArgs for Machine {
     fn append_to(&self, args: &mut Vec<String>) {
         let board = match self.kind {
             MachineType::Q35 => "q35".to_string(),
-            // Legacy serial for the console, no option ROMs, PCIe off: devices are virtio-mmio.
-            MachineType::Microvm => "microvm,isa-serial=on,x-option-roms=off,pcie=off".to_string(),
+            // Legacy serial for the console, no option ROMs, PCIe off: devices are
+            // virtio-mmio (found through ACPI; the guest needs the virtio_mmio driver).
+            // PIT/PIC/RTC on: without them a TCG guest can hang calibrating its TSC.
+            MachineType::Microvm => {
+                "microvm,isa-serial=on,x-option-roms=off,pcie=off,pit=on,pic=on,rtc=on".to_string()
+            }
         };
         args.push("-machine".into());
         args.push(format!(
