@@ -11,9 +11,11 @@ use protocols::health;
 pub mod dial;
 pub mod fake;
 pub mod kata;
+pub mod watch;
 
 pub use fake::FakeAgent;
 pub use kata::{KataAgent, DEFAULT_RPC_TIMEOUT};
+pub use watch::{spawn_health_monitor, spawn_oom_watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
