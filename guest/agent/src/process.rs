@@ -5,7 +5,7 @@
 //! with a length): back-pressure reaches the process. At end of stream, after
 //! every byte was returned, a read answers the `EOF` error, as upstream does.
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -245,49 +245,32 @@ fn set_winsize(fd: &OwnedFd, rows: u32, cols: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The process's stdio: child ends (stdin, stdout, stderr) and ours.
-struct Stdio3 {
-    child: [OwnedFd; 3],
-    stdin: OwnedFd,
-    stdout: OwnedFd,
+/// The process's stdio: the child's ends (none with a terminal: the helper
+/// opens the pty inside the container) and ours.
+struct Pipes {
+    child: Option<[OwnedFd; 3]>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    tty: Option<OwnedFd>,
 }
 
-fn make_stdio(spec: &Spec) -> Result<Stdio3> {
-    let process = spec.Process.as_ref();
-    if process.is_some_and(|p| p.Terminal) {
-        let pty = nix::pty::openpty(None, None).map_err(|e| Error::sys("openpty", e))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::io("dup", e));
-        for fd in [&pty.master, &pty.slave] {
-            nix::fcntl::fcntl(
-                fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(|e| Error::sys("cloexec", e))?;
-        }
-        if let Some(size) = process.and_then(|p| p.ConsoleSize.as_ref()) {
-            if size.Height > 0 && size.Width > 0 {
-                let _ = set_winsize(&pty.master, size.Height, size.Width);
-            }
-        }
-        return Ok(Stdio3 {
-            child: [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave],
-            stdin: dup(&pty.master)?,
-            stdout: dup(&pty.master)?,
+fn make_pipes(terminal: bool) -> Result<Pipes> {
+    if terminal {
+        return Ok(Pipes {
+            child: None,
+            stdin: None,
+            stdout: None,
             stderr: None,
-            tty: Some(pty.master),
         });
     }
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
-    Ok(Stdio3 {
-        child: [stdin_r, stdout_w, stderr_w],
-        stdin: stdin_w,
-        stdout: stdout_r,
+    Ok(Pipes {
+        child: Some([stdin_r, stdout_w, stderr_w]),
+        stdin: Some(stdin_w),
+        stdout: Some(stdout_r),
         stderr: Some(stderr_r),
-        tty: None,
     })
 }
 
@@ -295,17 +278,47 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))
 }
 
+/// Copies descriptor `fd` of process `pid` into ours (pidfd_getfd(2), Linux 5.6+).
+fn take_fd(pid: i32, fd: u32) -> Result<OwnedFd> {
+    // SAFETY: raw syscalls with integer arguments; each returned descriptor is
+    // new and owned only by the OwnedFd wrapping it.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(Error::io("pidfd_open", io::Error::last_os_error()));
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if got < 0 {
+            return Err(Error::io("pidfd_getfd", io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(got as i32))
+    }
+}
+
 fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
-    let stdio = make_stdio(&req.spec)?;
-    let [child_in, child_out, child_err] = stdio.child;
+    let process = req.spec.Process.as_ref();
+    let terminal = process.is_some_and(|p| p.Terminal);
+    let console = process
+        .and_then(|p| p.ConsoleSize.as_ref())
+        .map(|b| (b.Height, b.Width));
+    let pipes = make_pipes(terminal)?;
     let (mut sock, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
     let theirs_fd = theirs.as_raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_ARG)
-        .env_clear()
-        .stdin(Stdio::from(child_in))
-        .stdout(Stdio::from(child_out))
-        .stderr(Stdio::from(child_err));
+    cmd.arg(HELPER_ARG).env_clear();
+    match pipes.child {
+        Some([child_in, child_out, child_err]) => {
+            cmd.stdin(Stdio::from(child_in))
+                .stdout(Stdio::from(child_out))
+                .stderr(Stdio::from(child_err));
+        }
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
+    }
     // SAFETY: the closure runs between fork and exec and only calls dup2 and
     // fcntl, which are async-signal-safe.
     unsafe {
@@ -333,37 +346,58 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     let log_id = req.log_id.clone();
     let mut pid = None;
     let r = handshake(&mut sock, req, &mut pid);
-    if let Err(e) = r {
-        if let Some(pid) = pid {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let tty = match r {
+        Ok(tty) => tty,
+        Err(e) => {
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            tracing::warn!(id = %log_id, helper_pid, error = %e, "container process setup failed");
+            return Err(e);
         }
-        tracing::warn!(id = %log_id, helper_pid, error = %e, "container process setup failed");
-        return Err(e);
-    }
+    };
     let pid = pid.ok_or_else(|| Error::Internal("no pid from helper".into()))?;
     tracing::info!(id = %log_id, pid, helper_pid, "container process ready");
+    let (stdin, stdout) = match (&tty, pipes.stdin, pipes.stdout) {
+        (Some(master), _, _) => {
+            if let Some((rows, cols)) = console.filter(|(h, w)| *h > 0 && *w > 0) {
+                let _ = set_winsize(master, rows, cols);
+            }
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::io("dup", e));
+            (dup(master)?, dup(master)?)
+        }
+        (None, Some(stdin), Some(stdout)) => (stdin, stdout),
+        _ => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(Error::Internal(
+                "no terminal from the container helper".into(),
+            ));
+        }
+    };
     Ok(Spawned {
         pid,
         exit,
-        stdin: stdio.stdin,
-        stdout: stdio.stdout,
-        stderr: stdio.stderr,
-        tty: stdio.tty,
+        stdin,
+        stdout,
+        stderr: pipes.stderr,
+        tty,
         sock,
     })
 }
 
-fn handshake(sock: &mut UnixStream, req: SpawnRequest, pid: &mut Option<i32>) -> Result<()> {
+/// Runs the helper's setup handshake; returns the pty master if it opened one.
+fn handshake(
+    sock: &mut UnixStream,
+    req: SpawnRequest,
+    pid: &mut Option<i32>,
+) -> Result<Option<OwnedFd>> {
     let ioerr = |what: &'static str| move |e| Error::io(what, e);
     sock.set_read_timeout(Some(SETUP_TIMEOUT))
         .map_err(ioerr("socket timeout"))?;
-    write_frame(
-        sock,
-        sync::CONFIG,
-        &encode_config(req.mode, req.init_pid, &req.spec),
-    )
-    .map_err(ioerr("sending config"))?;
+    let config = encode_config(req.mode, req.init_pid, &req.spec);
+    write_frame(sock, sync::CONFIG, &config).map_err(ioerr("sending config"))?;
     let mut want = sync::PID;
+    let mut tty = None;
     loop {
         match read_frame(sock).map_err(ioerr("container helper"))? {
             None => {
@@ -386,6 +420,11 @@ fn handshake(sock: &mut UnixStream, req: SpawnRequest, pid: &mut Option<i32>) ->
                 write_frame(sock, sync::GO, b"").map_err(ioerr("sending go"))?;
                 want = sync::READY;
             }
+            Some((sync::TTY, fd)) if want == sync::READY && fd.len() == 4 => {
+                let fd = u32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]);
+                let p = pid.ok_or_else(|| Error::Internal("tty before pid".into()))?;
+                tty = Some(take_fd(p, fd)?);
+            }
             Some((sync::READY, _)) if want == sync::READY => break,
             Some((t, _)) => {
                 return Err(Error::Internal(format!("unexpected frame {:?}", t as char)))
@@ -394,5 +433,5 @@ fn handshake(sock: &mut UnixStream, req: SpawnRequest, pid: &mut Option<i32>) ->
     }
     sock.set_read_timeout(None)
         .map_err(ioerr("socket timeout"))?;
-    Ok(())
+    Ok(tty)
 }

@@ -4,7 +4,9 @@
 //! Frames: a tag byte, a little-endian u32 length, the payload.
 //! Agent → helper: `C` config, `G` go on (cgroup joined), `S` start (exec).
 //! Helper → agent: `P` pid of the container process, `W` warning to log,
-//! `R` ready (set up, waiting for `S`), `E` error (the helper then exits).
+//! `T` the fd number of the pty master it opened in the container (the agent
+//! copies it with pidfd_getfd), `R` ready (set up, waiting for `S`), `E` error
+//! (the helper then exits).
 //! A successful exec closes the socket (it is close-on-exec): the agent reads EOF.
 use std::io::{self, Read, Write};
 
@@ -14,6 +16,7 @@ pub const START: u8 = b'S';
 pub const PID: u8 = b'P';
 pub const WARN: u8 = b'W';
 pub const READY: u8 = b'R';
+pub const TTY: u8 = b'T';
 pub const ERROR: u8 = b'E';
 
 /// Largest frame accepted (an OCI spec is far smaller).

@@ -181,10 +181,16 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     tty_exec.exec_id = "e2".into();
     if let Some(p) = tty_exec.process.as_mut() {
         p.Terminal = true;
+        p.ConsoleSize = Some(oci::Box {
+            Height: 30,
+            Width: 90,
+            ..Default::default()
+        })
+        .into();
         p.Args = vec![
             "sh".into(),
             "-c".into(),
-            "[ -t 0 ] && [ -t 1 ] && echo tty; echo $((6*7))".into(),
+            "[ -t 0 ] && [ -t 1 ] && echo tty; tty; stty size; echo $((6*7))".into(),
         ];
     }
     agent.exec_process(ctx(), &tty_exec).await?;
@@ -200,7 +206,17 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         drain(&agent, cid, "e2", false),
         drain(&agent, cid, "e2", true)
     )?;
-    assert_eq!((out.as_str(), err.as_str()), ("tty\r\n42\r\n", ""));
+    assert_eq!(err, "");
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines.len(), 5, "{out:?}");
+    assert_eq!(lines[0], "tty");
+    assert!(
+        lines[1].starts_with("/dev/pts/"),
+        "pty of the container's devpts: {out:?}"
+    );
+    // ConsoleSize, or the resize if it came first.
+    assert!(["30 90", "40 100"].contains(&lines[2]), "{out:?}");
+    assert_eq!(&lines[3..], &["42", ""]);
     assert_eq!(wait(&agent, cid, "e2").await?, 0);
 
     let stats = agent

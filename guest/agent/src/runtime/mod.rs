@@ -235,6 +235,9 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
         }
     }
     let process = spec.Process.as_ref().ok_or("spec has no process")?;
+    if process.Terminal {
+        open_pty(sock)?;
+    }
     let args = cstrings(&process.Args)?;
     let env = cstrings(&process.Env)?;
     let path_var = process
@@ -292,6 +295,38 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
         Ok(never) => match never {},
     };
     Err(format!("exec {prog}: {e}"))
+}
+
+/// Opens a pty in the container's own devpts (so tty names resolve inside
+/// it), makes its peer our stdio and tells the agent the master's fd number;
+/// the master stays open (close-on-exec) until the agent copied it.
+fn open_pty(sock: &mut UnixStream) -> Res<()> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master =
+        open("/dev/ptmx", flags, Mode::empty()).map_err(err("/dev/ptmx in the container"))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER takes open flags and
+    // returns a new descriptor for the peer.
+    let slave = unsafe {
+        if libc::ioctl(master, libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(format!(
+                "unlocking pty: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY)
+    };
+    if slave < 0 {
+        return Err(format!(
+            "opening pty peer: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for fd in 0..3 {
+        dup2(slave, fd).map_err(err("dup2 pty"))?;
+    }
+    let _ = nix::unistd::close(slave);
+    write_frame(sock, sync::TTY, &(master as u32).to_le_bytes()).map_err(err("sending pty"))
 }
 
 fn cstrings(v: &[String]) -> Res<Vec<CString>> {
