@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::accel::{
     host_cpus, resolve_accel, resolve_vsock, HostProbe, ResolvedAccel, ResolvedVsock,
 };
-use crate::cmdline::{boot, console, fs, machine, vsock, CommandLine};
+use crate::cmdline::{vsock, CommandLine};
 use crate::console::{spawn_reader, Ring, Source};
 use crate::helpers::{self, HelperSpec};
 use crate::process::Supervised;
@@ -29,8 +29,7 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 const EXIT_AFTER_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Guest CIDs tried before giving up (kernel vhost-vsock only).
 const MAX_CID_ATTEMPTS: u32 = 32;
-pub const QMP_SOCKET: &str = "qmp.sock";
-pub const SHARED_FS_TAG: &str = "kataShared";
+pub use crate::cmdline::{QMP_SOCKET, SHARED_FS_TAG};
 
 /// Next guest CID to try; 0-2 are reserved.
 static NEXT_CID: AtomicU32 = AtomicU32::new(3);
@@ -66,44 +65,6 @@ impl Qemu {
 impl Hypervisor for Qemu {
     async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
         Ok(Box::new(QemuVm::launch(config, &self.probe).await?))
-    }
-}
-
-/// Builds the QEMU command line for a validated config.
-pub fn command_line(
-    config: &VmConfig,
-    accel: ResolvedAccel,
-    vsock_dev: vsock::VsockDevice,
-) -> CommandLine {
-    let transport = machine::Machine::transport_of(config.machine);
-    CommandLine {
-        name: format!("sandbox-{}", config.id),
-        machine: machine::Machine {
-            kind: config.machine,
-            memory_backend: "mem".into(),
-        },
-        accel: machine::AccelArg(accel),
-        cpu: machine::Cpu(accel),
-        smp: machine::Smp { cpus: config.vcpus },
-        memory: machine::Memory {
-            id: "mem".into(),
-            size_mib: config.memory_mib,
-        },
-        boot: boot::DirectKernel {
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
-            extra_params: config.kernel_params.clone(),
-        },
-        console: console::SerialConsole,
-        qmp: console::QmpSocket {
-            path: config.run_dir.join(QMP_SOCKET),
-        },
-        vsock: vsock_dev.with_transport(transport),
-        fs: fs::VirtioFs {
-            socket: config.run_dir.join(helpers::VIRTIOFSD_SOCKET),
-            tag: SHARED_FS_TAG.into(),
-            transport,
-        },
     }
 }
 
@@ -281,7 +242,7 @@ impl QemuVm {
                     },
                 ),
             };
-            let args = command_line(config, accel, device).args();
+            let args = CommandLine::for_config(config, accel, device).args();
             let (qemu, stdout) = helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring)?;
             if let Some(out) = stdout {
                 spawn_reader(out, ring.clone(), sandbox.to_string(), Source::Console);
@@ -527,35 +488,6 @@ mod tests {
         let a = next_cid();
         let b = next_cid();
         assert!(a >= 3 && b > a);
-    }
-
-    #[test]
-    fn command_line_from_config() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let mut c = crate::config::tests::valid_config(d.path());
-        c.run_dir = PathBuf::from("/run/vc/sb1");
-        c.vcpus = 2;
-        let dev = vsock::VsockDevice::VhostUser {
-            socket: c.run_dir.join(helpers::VHOST_USER_VSOCK_SOCKET),
-            transport: crate::cmdline::Transport::Pci,
-        };
-        let s = command_line(&c, ResolvedAccel::Tcg, dev).args().join(" ");
-        assert!(
-            s.starts_with(
-                "-name sandbox-sb1 -machine q35,memory-backend=mem -accel tcg,thread=multi"
-            ),
-            "{s}"
-        );
-        assert!(
-            s.contains("-qmp unix:/run/vc/sb1/qmp.sock,server=on,wait=off"),
-            "{s}"
-        );
-        assert!(
-            s.contains("-append console=ttyS0 panic=-1 reboot=k quiet"),
-            "{s}"
-        );
-        assert!(s.contains("-smp 2"), "{s}");
-        assert!(s.contains("path=/run/vc/sb1/virtiofsd.sock"), "{s}");
     }
 
     #[tokio::test]

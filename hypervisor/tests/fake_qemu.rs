@@ -35,6 +35,8 @@ while True:
     for line in f:
         req = json.loads(line)
         cmd = req["execute"]
+        if cmd == "quit" and HANG_QUIT:
+            continue
         ret = {"status": "running", "running": True} if cmd == "query-status" else {}
         f.write(json.dumps({"return": ret, "id": req.get("id")}) + "\n"); f.flush()
         if cmd == "quit":
@@ -67,15 +69,16 @@ struct Fixture {
     qemu: PathBuf,
 }
 
-fn fixture(python: &Path, busy_attempts: u32, vhost_device: bool) -> Fixture {
+fn fixture(python: &Path, busy_attempts: u32, vhost_device: bool, hang_quit: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let qemu = script(
         d,
         "qemu",
         &format!(
-            "#!{}\nBUSY_ATTEMPTS = {busy_attempts}\n{FAKE_QEMU}",
-            python.display()
+            "#!{}\nBUSY_ATTEMPTS = {busy_attempts}\nHANG_QUIT = {}\n{FAKE_QEMU}",
+            python.display(),
+            if hang_quit { "True" } else { "False" }
         ),
     );
     // Helpers: create the socket path they are given, then stay up.
@@ -128,7 +131,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test]
 async fn kernel_vsock_retries_busy_cids() {
     let Some(py) = python3() else { return };
-    let f = fixture(&py, 2, true);
+    let f = fixture(&py, 2, true, false);
     let vm = Qemu::with_probe(f.probe.clone())
         .launch(f.config.clone())
         .await
@@ -161,7 +164,7 @@ async fn kernel_vsock_retries_busy_cids() {
 #[tokio::test]
 async fn vhost_user_launch_and_helper_death() {
     let Some(py) = python3() else { return };
-    let f = fixture(&py, 0, false);
+    let f = fixture(&py, 0, false, false);
     let vm = Qemu::with_probe(f.probe.clone())
         .launch(f.config.clone())
         .await
@@ -205,6 +208,31 @@ async fn vhost_user_launch_and_helper_death() {
     );
     vm.stop().await.expect("stop");
     vm.stop().await.expect("stop again");
+    assert!(pids.iter().all(|p| !alive(*p)), "left: {pids:?}");
+    assert!(!f.config.run_dir.exists());
+}
+
+#[tokio::test]
+async fn stop_kills_qemu_that_ignores_quit() {
+    let Some(py) = python3() else { return };
+    let f = fixture(&py, 0, false, true);
+    let vm = Qemu::with_probe(f.probe.clone())
+        .launch(f.config.clone())
+        .await
+        .expect("launch");
+    let pids = vm.pids();
+    let t0 = std::time::Instant::now();
+    vm.stop().await.expect("stop");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        vm.exit_reason().unwrap_or_default().contains("signal: 9"),
+        "{:?}",
+        vm.exit_reason()
+    );
     assert!(pids.iter().all(|p| !alive(*p)), "left: {pids:?}");
     assert!(!f.config.run_dir.exists());
 }

@@ -7,6 +7,14 @@ pub mod fs;
 pub mod machine;
 pub mod vsock;
 
+use crate::accel::ResolvedAccel;
+use crate::VmConfig;
+
+/// QMP socket name in the run directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// virtio-fs tag the guest mounts.
+pub const SHARED_FS_TAG: &str = "kataShared";
+
 /// One piece of the command line.
 pub trait QemuArgs {
     fn append_to(&self, args: &mut Vec<String>);
@@ -52,6 +60,44 @@ pub struct CommandLine {
 }
 
 impl CommandLine {
+    /// The command line for a validated config.
+    pub fn for_config(
+        config: &VmConfig,
+        accel: ResolvedAccel,
+        vsock_dev: vsock::VsockDevice,
+    ) -> CommandLine {
+        let transport = machine::Machine::transport_of(config.machine);
+        CommandLine {
+            name: format!("sandbox-{}", config.id),
+            machine: machine::Machine {
+                kind: config.machine,
+                memory_backend: "mem".into(),
+            },
+            accel: machine::AccelArg(accel),
+            cpu: machine::Cpu(accel),
+            smp: machine::Smp { cpus: config.vcpus },
+            memory: machine::Memory {
+                id: "mem".into(),
+                size_mib: config.memory_mib,
+            },
+            boot: boot::DirectKernel {
+                kernel: config.kernel.clone(),
+                initrd: config.initrd.clone(),
+                extra_params: config.kernel_params.clone(),
+            },
+            console: console::SerialConsole,
+            qmp: console::QmpSocket {
+                path: config.run_dir.join(QMP_SOCKET),
+            },
+            vsock: vsock_dev.with_transport(transport),
+            fs: fs::VirtioFs {
+                socket: config.run_dir.join(crate::helpers::VIRTIOFSD_SOCKET),
+                tag: SHARED_FS_TAG.into(),
+                transport,
+            },
+        }
+    }
+
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["-name".to_string(), escape(&self.name)];
         let parts: [&dyn QemuArgs; 10] = [
@@ -190,6 +236,37 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("-pci"), "{s}");
+    }
+
+    #[test]
+    fn command_line_from_config() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        c.run_dir = PathBuf::from("/run/vc/sb1");
+        c.vcpus = 2;
+        let dev = vsock::VsockDevice::VhostUser {
+            socket: c.run_dir.join(crate::helpers::VHOST_USER_VSOCK_SOCKET),
+            transport: crate::cmdline::Transport::Pci,
+        };
+        let s = CommandLine::for_config(&c, ResolvedAccel::Tcg, dev)
+            .args()
+            .join(" ");
+        assert!(
+            s.starts_with(
+                "-name sandbox-sb1 -machine q35,memory-backend=mem -accel tcg,thread=multi"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("-qmp unix:/run/vc/sb1/qmp.sock,server=on,wait=off"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-append console=ttyS0 panic=-1 reboot=k quiet"),
+            "{s}"
+        );
+        assert!(s.contains("-smp 2"), "{s}");
+        assert!(s.contains("path=/run/vc/sb1/virtiofsd.sock"), "{s}");
     }
 
     #[test]
