@@ -143,10 +143,13 @@ pub fn load(path: &Path) -> Result<Config> {
 }
 
 fn parse(text: &str, source: &Path) -> Result<Config> {
-    let raw: RawFile = toml::from_str(text)
-        .map_err(|e| Error::Config(format!("{}: {e}", source.display())))?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", source.display())))?;
     let q = raw.hypervisor.qemu.ok_or_else(|| {
-        Error::Config(format!("{}: no [hypervisor.qemu] section", source.display()))
+        Error::Config(format!(
+            "{}: no [hypervisor.qemu] section",
+            source.display()
+        ))
     })?;
     let machine = match q.machine_type.as_str() {
         "q35" | "" => MachineType::Q35,
@@ -187,15 +190,25 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
         .ok()
         .filter(|v| *v >= 1)
         .ok_or_else(|| {
-            Error::Config(format!("hypervisor.qemu.default_vcpus {} must be ≥ 1", q.default_vcpus))
+            Error::Config(format!(
+                "hypervisor.qemu.default_vcpus {} must be ≥ 1",
+                q.default_vcpus
+            ))
         })?;
     let memory_mib = u32::try_from(q.default_memory)
         .ok()
         .filter(|m| *m >= 1)
         .ok_or_else(|| {
-            Error::Config(format!("hypervisor.qemu.default_memory {} must be ≥ 1", q.default_memory))
+            Error::Config(format!(
+                "hypervisor.qemu.default_memory {} must be ≥ 1",
+                q.default_memory
+            ))
         })?;
-    for (key, value) in [("kernel", &q.kernel), ("initrd", &q.initrd), ("path", &q.path)] {
+    for (key, value) in [
+        ("kernel", &q.kernel),
+        ("initrd", &q.initrd),
+        ("path", &q.path),
+    ] {
         if value.is_empty() {
             return Err(Error::Config(format!("hypervisor.qemu.{key} is not set")));
         }

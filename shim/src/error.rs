@@ -77,10 +77,18 @@ mod tests {
     #[test]
     fn maps_kinds_to_codes() {
         assert_eq!(code_of(Error::NotFound("c1".into())), Code::NOT_FOUND);
-        assert_eq!(code_of(Error::InvalidArgument("x".into())), Code::INVALID_ARGUMENT);
-        assert_eq!(code_of(Error::AlreadyExists("x".into())), Code::ALREADY_EXISTS);
         assert_eq!(
-            code_of(Error::Hypervisor(hypervisor::Error::InvalidConfig("kernel".into()))),
+            code_of(Error::InvalidArgument("x".into())),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            code_of(Error::AlreadyExists("x".into())),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code_of(Error::Hypervisor(hypervisor::Error::InvalidConfig(
+                "kernel".into()
+            ))),
             Code::INVALID_ARGUMENT
         );
         let agent = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no such"));

@@ -84,10 +84,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let long_id = "f".repeat(76);
         let paths = SandboxPaths::new(dir.path(), &long_id);
-        assert!(paths.vm.join("vhost-vsock.sock").to_string_lossy().len() < 108 || dir.path().to_string_lossy().len() > 40);
-        assert_eq!(SandboxPaths::new(Path::new(RUN_ROOT), &long_id).vm.to_string_lossy().len(), "/run/kata-shim/".len() + 16 + 3);
+        assert!(
+            paths.vm.join("vhost-vsock.sock").to_string_lossy().len() < 108
+                || dir.path().to_string_lossy().len() > 40
+        );
+        assert_eq!(
+            SandboxPaths::new(Path::new(RUN_ROOT), &long_id)
+                .vm
+                .to_string_lossy()
+                .len(),
+            "/run/kata-shim/".len() + 16 + 3
+        );
         tokio::fs::create_dir_all(&paths.base).await.expect("mkdir");
-        let st = SandboxState { sandbox_id: long_id.clone(), paths: paths.clone(), shim_pid: 42 };
+        let st = SandboxState {
+            sandbox_id: long_id.clone(),
+            paths: paths.clone(),
+            shim_pid: 42,
+        };
         write(&st).await.expect("write");
         assert_eq!(read(&paths).await.expect("read"), Some(st));
         let other = SandboxPaths::new(dir.path(), "other");

@@ -18,7 +18,10 @@ pub struct Stdio {
 pub enum ProcessState {
     Created,
     Running,
-    Stopped { exit_status: u32, exited_at: Timestamp },
+    Stopped {
+        exit_status: u32,
+        exited_at: Timestamp,
+    },
 }
 
 impl ProcessState {

@@ -56,7 +56,11 @@ pub fn validate(mounts: &[RootfsMount]) -> Result<()> {
 
 /// Mounts the rootfs at `target` (created). With no mounts, `bundle/rootfs`
 /// is bind-mounted (a pre-populated bundle).
-pub async fn mount_rootfs(mounts: Vec<RootfsMount>, bundle: PathBuf, target: PathBuf) -> Result<()> {
+pub async fn mount_rootfs(
+    mounts: Vec<RootfsMount>,
+    bundle: PathBuf,
+    target: PathBuf,
+) -> Result<()> {
     validate(&mounts)?;
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&target)
@@ -64,17 +68,33 @@ pub async fn mount_rootfs(mounts: Vec<RootfsMount>, bundle: PathBuf, target: Pat
         let result = match mounts.first() {
             None => {
                 let src = bundle.join("rootfs");
-                mount(Some(&src), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(|e| Error::io(format!("bind-mounting {}", src.display()), e.into()))
+                mount(
+                    Some(&src),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::io(format!("bind-mounting {}", src.display()), e.into()))
             }
             Some(m) => {
                 let (mut flags, data) = split_options(&m.options);
-                let fstype = if m.typ == "overlay" { Some("overlay") } else { None };
+                let fstype = if m.typ == "overlay" {
+                    Some("overlay")
+                } else {
+                    None
+                };
                 if m.typ != "overlay" {
                     flags |= MsFlags::MS_BIND;
                 }
-                mount(Some(m.source.as_str()), &target, fstype, flags, Some(data.as_str()))
-                    .map_err(|e| Error::io(format!("mounting {} rootfs", m.typ), e.into()))
+                mount(
+                    Some(m.source.as_str()),
+                    &target,
+                    fstype,
+                    flags,
+                    Some(data.as_str()),
+                )
+                .map_err(|e| Error::io(format!("mounting {} rootfs", m.typ), e.into()))
             }
         };
         if result.is_err() {
@@ -94,7 +114,10 @@ pub async fn unmount_rootfs(container_dir: PathBuf) -> Result<()> {
             match umount2(&rootfs, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
                 Err(e) => {
-                    return Err(Error::io(format!("unmounting {}", rootfs.display()), e.into()))
+                    return Err(Error::io(
+                        format!("unmounting {}", rootfs.display()),
+                        e.into(),
+                    ))
                 }
             }
         }
@@ -146,7 +169,11 @@ mod tests {
 
     #[test]
     fn rejects_unknown_types_before_mounting() {
-        let m = RootfsMount { typ: "zfs".into(), source: "x".into(), options: vec![] };
+        let m = RootfsMount {
+            typ: "zfs".into(),
+            source: "x".into(),
+            options: vec![],
+        };
         let err = validate(&[m]).unwrap_err();
         assert!(err.to_string().contains("zfs"), "{err}");
     }

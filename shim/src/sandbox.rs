@@ -111,14 +111,16 @@ impl Sandbox {
                 port: protocols::AGENT_VSOCK_PORT,
             },
         };
-        let agent: Arc<dyn Agent> =
-            match dialer.dial(&addr, config.agent_dial_timeout, &|| vm.console_tail()).await {
-                Ok(a) => Arc::from(a),
-                Err(e) => {
-                    let _ = vm.stop().await;
-                    return Err(e.into());
-                }
-            };
+        let agent: Arc<dyn Agent> = match dialer
+            .dial(&addr, config.agent_dial_timeout, &|| vm.console_tail())
+            .await
+        {
+            Ok(a) => Arc::from(a),
+            Err(e) => {
+                let _ = vm.stop().await;
+                return Err(e.into());
+            }
+        };
         let req = CreateSandboxRequest {
             sandbox_id: id.to_owned(),
             storages: vec![Storage {

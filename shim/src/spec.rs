@@ -21,7 +21,9 @@ pub fn guest_rootfs(cid: &str) -> String {
 }
 
 /// Filesystem types the guest creates itself; everything else must be shared.
-const KERNEL_FS: [&str; 7] = ["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"];
+const KERNEL_FS: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
 
 /// Reads and parses `<bundle>/config.json`.
 pub async fn load(bundle: &Path) -> Result<oci::Spec> {
@@ -29,8 +31,9 @@ pub async fn load(bundle: &Path) -> Result<oci::Spec> {
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::InvalidArgument(format!("{} is not a valid OCI spec: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::InvalidArgument(format!("{} is not a valid OCI spec: {e}", path.display()))
+    })
 }
 
 /// Serializes a value to the string form the OCI JSON uses (e.g. "CAP_CHOWN").
@@ -52,7 +55,9 @@ pub fn process(p: &oci::Process) -> Result<grpc::Process> {
     }
     let cwd = p.cwd().to_string_lossy().into_owned();
     if !cwd.starts_with('/') {
-        return Err(Error::InvalidArgument(format!("process.cwd {cwd:?} is not absolute")));
+        return Err(Error::InvalidArgument(format!(
+            "process.cwd {cwd:?} is not absolute"
+        )));
     }
     let user = p.user();
     let mut out = grpc::Process {
@@ -82,11 +87,31 @@ pub fn process(p: &oci::Process) -> Result<grpc::Process> {
     }
     if let Some(caps) = p.capabilities() {
         out.Capabilities = protocols::protobuf::MessageField::some(grpc::LinuxCapabilities {
-            Bounding: caps.bounding().as_ref().map(json_strings).unwrap_or_default(),
-            Effective: caps.effective().as_ref().map(json_strings).unwrap_or_default(),
-            Inheritable: caps.inheritable().as_ref().map(json_strings).unwrap_or_default(),
-            Permitted: caps.permitted().as_ref().map(json_strings).unwrap_or_default(),
-            Ambient: caps.ambient().as_ref().map(json_strings).unwrap_or_default(),
+            Bounding: caps
+                .bounding()
+                .as_ref()
+                .map(json_strings)
+                .unwrap_or_default(),
+            Effective: caps
+                .effective()
+                .as_ref()
+                .map(json_strings)
+                .unwrap_or_default(),
+            Inheritable: caps
+                .inheritable()
+                .as_ref()
+                .map(json_strings)
+                .unwrap_or_default(),
+            Permitted: caps
+                .permitted()
+                .as_ref()
+                .map(json_strings)
+                .unwrap_or_default(),
+            Ambient: caps
+                .ambient()
+                .as_ref()
+                .map(json_strings)
+                .unwrap_or_default(),
             ..Default::default()
         });
     }
@@ -152,13 +177,22 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
     let mut out = grpc::Spec {
         Version: spec.version().clone(),
         Hostname: spec.hostname().clone().unwrap_or_default(),
-        Annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        Annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         ..Default::default()
     };
     out.Process = protocols::protobuf::MessageField::some(self::process(process)?);
     out.Root = protocols::protobuf::MessageField::some(grpc::Root {
         Path: guest_rootfs(cid),
-        Readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        Readonly: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         ..Default::default()
     });
     for m in spec.mounts().iter().flatten() {
@@ -186,10 +220,19 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
     }
     if let Some(linux) = spec.linux() {
         let mut l = grpc::Linux {
-            CgroupsPath: linux.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            CgroupsPath: linux
+                .cgroups_path()
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
             ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
-            Sysctl: linux.sysctl().clone().unwrap_or_default().into_iter().collect(),
+            Sysctl: linux
+                .sysctl()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             RootfsPropagation: linux.rootfs_propagation().clone().unwrap_or_default(),
             ..Default::default()
         };
@@ -243,7 +286,10 @@ mod tests {
         assert_eq!(p.Cwd, "/work");
         assert_eq!(p.User.UID, 1000);
         assert_eq!(p.Capabilities.Bounding, vec!["CAP_CHOWN"]);
-        assert_eq!(g.Root.Path, "/run/kata-containers/shared/containers/c1/rootfs");
+        assert_eq!(
+            g.Root.Path,
+            "/run/kata-containers/shared/containers/c1/rootfs"
+        );
         assert!(g.Root.Readonly);
         assert_eq!(g.Hostname, "box");
         assert_eq!(g.Mounts.len(), 1, "host bind is not passed as-is");
@@ -256,7 +302,10 @@ mod tests {
     #[test]
     fn rejects_spec_without_process_or_with_relative_cwd() {
         let s = spec(serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}));
-        assert!(matches!(to_agent_spec(&s, "c"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            to_agent_spec(&s, "c"),
+            Err(Error::InvalidArgument(_))
+        ));
         let s = spec(serde_json::json!({"ociVersion": "1.0.2",
             "process": {"args": ["true"], "cwd": "rel", "user": {"uid": 0, "gid": 0}}}));
         let err = to_agent_spec(&s, "c").unwrap_err();

@@ -41,12 +41,18 @@ pub fn mounts_under(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Everything the shim leaves on the host for any sandbox: processes of
-/// QEMU / helpers / shim, mounts and directories under the run root.
-pub fn leftovers() -> Vec<String> {
+/// Everything the shim leaves on the host: processes of QEMU and helpers
+/// (their command lines name the run root), shim daemons of this test's
+/// containerd (theirs name its socket in `scope`), mounts and directories
+/// under the run root.
+pub fn leftovers(scope: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for needle in ["qemu-system", "virtiofsd", "vhost-device-vsock", "containerd-shim-kata-v2"] {
-        for (pid, cmd) in processes_mentioning(needle) {
+    let scope = scope.to_string_lossy();
+    for needle in [format!("{RUN_ROOT}/"), scope.into_owned()] {
+        for (pid, cmd) in processes_mentioning(&needle) {
+            if cmd.contains("containerd --config") {
+                continue; // the test's containerd itself
+            }
             out.push(format!("process {pid}: {cmd}"));
         }
     }
@@ -62,9 +68,9 @@ pub fn leftovers() -> Vec<String> {
 }
 
 /// Waits briefly for teardown to finish, then returns what is left.
-pub fn settle_and_check() -> Vec<String> {
-    let _ = crate::wait_until(std::time::Duration::from_secs(10), || leftovers().is_empty());
-    let left = leftovers();
-    let _ = Path::new(RUN_ROOT);
-    left
+pub fn settle_and_check(scope: &Path) -> Vec<String> {
+    let _ = crate::wait_until(std::time::Duration::from_secs(10), || {
+        leftovers(scope).is_empty()
+    });
+    leftovers(scope)
 }

@@ -42,7 +42,11 @@ pub fn vm_tests_ready() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("VM tests need root");
     }
-    for p in [guest_dir().join("vmlinux"), guest_dir().join("initrd.img"), shim_dir().join("containerd-shim-kata-v2")] {
+    for p in [
+        guest_dir().join("vmlinux"),
+        guest_dir().join("initrd.img"),
+        shim_dir().join("containerd-shim-kata-v2"),
+    ] {
         if !p.exists() {
             bail!("{} is missing: run `make build image` first", p.display());
         }
@@ -76,7 +80,10 @@ impl Containerd {
     /// Starts containerd with the shim on its PATH and imports the test image.
     pub fn start() -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/var/lib/kata-shim-test/{}-{n}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/var/lib/kata-shim-test/{}-{n}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("containerd.sock");
@@ -94,7 +101,11 @@ impl Containerd {
             ),
         )?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!("{}:{}", shim_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&ctd_config)
@@ -105,7 +116,12 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd (apt-get install containerd)")?;
-        let ctd = Containerd { dir, socket, config, child };
+        let ctd = Containerd {
+            dir,
+            socket,
+            config,
+            child,
+        };
         wait_until(Duration::from_secs(20), || ctd.socket.exists())
             .context("containerd socket did not appear")?;
         ctd.import_image()?;
@@ -123,7 +139,10 @@ impl Containerd {
         }
         let out = self.ctr(&["images", "import", &tar.to_string_lossy()])?;
         if !out.status.success() {
-            bail!("ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "ctr images import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -174,7 +193,11 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("umount").arg("-R").arg("-l").arg(self.dir.join("root")).output();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.join("root"))
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,7 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration_tests::{leaks, shim_dir, vm_tests_ready, wait_until, write_config, Containerd, NAMESPACE};
+use integration_tests::{
+    leaks, shim_dir, vm_tests_ready, wait_until, write_config, Containerd, NAMESPACE,
+};
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
 use protocols::containerd::ttrpc::{self, context, Code};
@@ -24,8 +26,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn assert_no_leftovers() {
-    let left = leaks::settle_and_check();
+/// Checks after the test's containerd is gone (its Drop waits for it).
+fn assert_no_leftovers(ctd: Containerd) {
+    let scope = ctd.dir.clone();
+    drop(ctd);
+    let left = leaks::settle_and_check(&scope);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
@@ -34,13 +39,25 @@ fn uname_shows_the_guest_kernel() -> Result<()> {
     require_vm!();
     let ctd = Containerd::start()?;
     let out = ctd.run("uname", &[], &["uname", "-r"])?;
-    assert!(out.status.success(), "ctr failed: {}\n{}", text(&out.stderr), ctd.log());
+    assert!(
+        out.status.success(),
+        "ctr failed: {}\n{}",
+        text(&out.stderr),
+        ctd.log()
+    );
     let guest = std::fs::read_to_string(integration_tests::guest_dir().join("kernel-release"))?;
     let host = text(&Command::new("uname").arg("-r").output()?.stdout);
-    assert_eq!(text(&out.stdout).trim(), guest.trim(), "container must see the guest kernel");
-    assert_ne!(text(&out.stdout).trim(), host.trim(), "must not be the host kernel");
-    drop(ctd);
-    assert_no_leftovers();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        guest.trim(),
+        "container must see the guest kernel"
+    );
+    assert_ne!(
+        text(&out.stdout).trim(),
+        host.trim(),
+        "must not be the host kernel"
+    );
+    assert_no_leftovers(ctd);
     Ok(())
 }
 
@@ -48,12 +65,19 @@ fn uname_shows_the_guest_kernel() -> Result<()> {
 fn exit_code_and_both_streams_reach_ctr() -> Result<()> {
     require_vm!();
     let ctd = Containerd::start()?;
-    let out = ctd.run("streams", &[], &["sh", "-c", "echo out; echo err >&2; exit 7"])?;
+    let out = ctd.run(
+        "streams",
+        &[],
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+    )?;
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "out");
-    assert!(text(&out.stderr).contains("err"), "stderr: {}", text(&out.stderr));
-    drop(ctd);
-    assert_no_leftovers();
+    assert!(
+        text(&out.stderr).contains("err"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_no_leftovers(ctd);
     Ok(())
 }
 
@@ -64,8 +88,7 @@ fn container_sees_its_image_rootfs() -> Result<()> {
     let out = ctd.run("rootfs", &[], &["cat", "/etc/kata-test-marker"])?;
     assert!(out.status.success(), "ctr failed: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "kata-busybox image marker");
-    drop(ctd);
-    assert_no_leftovers();
+    assert_no_leftovers(ctd);
     Ok(())
 }
 
@@ -76,15 +99,21 @@ fn missing_kernel_is_a_clear_error_and_leaves_nothing() -> Result<()> {
     let bad = ctd.dir.join("bad-kernel.toml");
     write_config(&bad, |t| t.replace("/vmlinux\"", "/no-such-vmlinux\""))?;
     let bad_path = bad.to_string_lossy().into_owned();
-    let out = ctd.run("badkernel", &["--runtime-config-path", &bad_path], &["true"])?;
+    let out = ctd.run(
+        "badkernel",
+        &["--runtime-config-path", &bad_path],
+        &["true"],
+    )?;
     assert!(!out.status.success(), "must fail");
     let err = text(&out.stderr);
-    assert!(err.contains("no-such-vmlinux"), "error should name the kernel path: {err}");
+    assert!(
+        err.contains("no-such-vmlinux"),
+        "error should name the kernel path: {err}"
+    );
     // The same containerd still runs containers afterwards.
     let ok = ctd.run("afterbad", &[], &["true"])?;
     assert!(ok.status.success(), "{}", text(&ok.stderr));
-    drop(ctd);
-    assert_no_leftovers();
+    assert_no_leftovers(ctd);
     Ok(())
 }
 
@@ -117,7 +146,11 @@ async fn bad_requests_get_clear_codes_and_the_shim_keeps_serving() -> Result<()>
     std::fs::create_dir_all(bundle.join("rootfs"))?;
     std::fs::write(bundle.join("config.json"), "this is not json")?;
     let addr = start_shim(&ctd, "badbundle", &bundle)?;
-    let client = TaskClient::new(ttrpc::r#async::Client::connect(&addr).await.context("connect")?);
+    let client = TaskClient::new(
+        ttrpc::r#async::Client::connect(&addr)
+            .await
+            .context("connect")?,
+    );
     let ctx = || context::with_timeout(Duration::from_secs(30).as_nanos() as i64);
 
     let create = api::CreateTaskRequest {
@@ -133,27 +166,58 @@ async fn bad_requests_get_clear_codes_and_the_shim_keeps_serving() -> Result<()>
         bundle: "/nonexistent/bundle".into(),
         ..Default::default()
     };
-    assert_eq!(code_of(client.create(ctx(), &missing).await), Code::NOT_FOUND);
+    assert_eq!(
+        code_of(client.create(ctx(), &missing).await),
+        Code::NOT_FOUND
+    );
 
-    let start = api::StartRequest { id: "ghost".into(), ..Default::default() };
+    let start = api::StartRequest {
+        id: "ghost".into(),
+        ..Default::default()
+    };
     assert_eq!(code_of(client.start(ctx(), &start).await), Code::NOT_FOUND);
-    let kill = api::KillRequest { id: "ghost".into(), signal: 9, ..Default::default() };
+    let kill = api::KillRequest {
+        id: "ghost".into(),
+        signal: 9,
+        ..Default::default()
+    };
     assert_eq!(code_of(client.kill(ctx(), &kill).await), Code::NOT_FOUND);
-    let delete = api::DeleteRequest { id: "ghost".into(), ..Default::default() };
-    assert_eq!(code_of(client.delete(ctx(), &delete).await), Code::NOT_FOUND);
-    let pids = api::PidsRequest { id: "ghost".into(), ..Default::default() };
-    assert_eq!(code_of(client.pids(ctx(), &pids).await), Code::UNIMPLEMENTED);
+    let delete = api::DeleteRequest {
+        id: "ghost".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(client.delete(ctx(), &delete).await),
+        Code::NOT_FOUND
+    );
+    let pids = api::PidsRequest {
+        id: "ghost".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(client.pids(ctx(), &pids).await),
+        Code::UNIMPLEMENTED
+    );
 
     // Still serving: Connect answers (NotFound for an unknown id, not a dead socket).
-    let connect = api::ConnectRequest { id: "ghost".into(), ..Default::default() };
-    assert_eq!(code_of(client.connect(ctx(), &connect).await), Code::NOT_FOUND);
+    let connect = api::ConnectRequest {
+        id: "ghost".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(client.connect(ctx(), &connect).await),
+        Code::NOT_FOUND
+    );
 
     // Nothing created, so Shutdown ends the daemon and removes its socket.
-    let _ = client.shutdown(ctx(), &api::ShutdownRequest::default()).await;
+    let _ = client
+        .shutdown(ctx(), &api::ShutdownRequest::default())
+        .await;
     let sock = addr.trim_start_matches("unix://").to_owned();
-    wait_until(Duration::from_secs(10), || !std::path::Path::new(&sock).exists())
-        .context("daemon socket still there after Shutdown")?;
-    drop(ctd);
-    assert_no_leftovers();
+    wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&sock).exists()
+    })
+    .context("daemon socket still there after Shutdown")?;
+    assert_no_leftovers(ctd);
     Ok(())
 }

@@ -28,7 +28,9 @@ const TASK_V3: &str = "containerd.task.v3.Task";
 fn init_logging(debug: bool) {
     let level = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::new(format!("{level},ttrpc=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
     match std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -77,7 +79,9 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     // and nothing else owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
     let listener = Listener::try_from(std_listener).context("listener")?;
-    let mut server = Server::new().add_listener(listener).register_service(services);
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
     server.start().await.context("starting ttrpc server")?;
     tracing::info!(sandbox = %flags.id, "shim serving on {}", flags.socket);
 

@@ -22,7 +22,8 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
     cleanup(Path::new(RUN_ROOT), &sandbox_id, &flags.id).await?;
     if flags.id == sandbox_id {
-        let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+        let address =
+            containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
         let path = address.trim_start_matches("unix://");
         if std::os::unix::net::UnixStream::connect(path).is_err() {
             let _ = std::fs::remove_file(path);

@@ -20,7 +20,10 @@ pub fn sandbox_id_of(bundle: &Path, id: &str) -> String {
         return id.to_owned();
     };
     let ann = &json["annotations"];
-    match (ann[CONTAINER_TYPE_ANNOTATION].as_str(), ann[SANDBOX_ID_ANNOTATION].as_str()) {
+    match (
+        ann[CONTAINER_TYPE_ANNOTATION].as_str(),
+        ann[SANDBOX_ID_ANNOTATION].as_str(),
+    ) {
         (Some("container"), Some(sid)) if !sid.is_empty() => sid.to_owned(),
         _ => id.to_owned(),
     }

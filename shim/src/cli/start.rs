@@ -24,7 +24,10 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     let bundle = std::env::current_dir().context("bundle directory")?;
     let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
-    let path = address.strip_prefix("unix://").unwrap_or(&address).to_owned();
+    let path = address
+        .strip_prefix("unix://")
+        .unwrap_or(&address)
+        .to_owned();
 
     if UnixStream::connect(&path).is_err() {
         spawn_daemon(flags, &sandbox_id, &address, &path)?;
@@ -64,11 +67,18 @@ fn spawn_daemon(flags: &Flags, sandbox_id: &str, address: &str, path: &str) -> a
     let fd = listener.as_raw_fd();
     let exe = std::env::current_exe().context("locating own binary")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &flags.namespace, "-id", sandbox_id, "-address", &flags.address])
-        .args(["-publish-binary", &flags.publish_binary, "-socket", address])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        sandbox_id,
+        "-address",
+        &flags.address,
+    ])
+    .args(["-publish-binary", &flags.publish_binary, "-socket", address])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if flags.debug {
         cmd.arg("-debug");
     }
@@ -106,10 +116,12 @@ mod tests {
     fn reply_matches_containerd_version() {
         assert_eq!(reply_for("unix:///s", None), "unix:///s");
         assert_eq!(reply_for("unix:///s", Some("junk")), "unix:///s");
-        let v: serde_json::Value = serde_json::from_str(&reply_for("unix:///s", Some("3"))).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&reply_for("unix:///s", Some("3"))).expect("json");
         assert_eq!(v["version"], 3);
         assert_eq!(v["protocol"], "ttrpc");
-        let v: serde_json::Value = serde_json::from_str(&reply_for("unix:///s", Some("9"))).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&reply_for("unix:///s", Some("9"))).expect("json");
         assert_eq!(v["version"], 3);
     }
 }

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use protocols::agent::CreateContainerRequest;
-use tracing::Instrument;
 use protocols::containerd::api;
 use protocols::containerd::events::task::{TaskCreate, TaskIO};
 use protocols::protobuf::well_known_types::any::Any;
 use protocols::protobuf::{CodedInputStream, MessageField};
+use tracing::Instrument;
 
 use super::{Container, TaskService};
 use crate::error::{Error, Result};
@@ -38,7 +38,10 @@ pub fn config_path_option(options: Option<&Any>) -> Option<String> {
             if field == 2 {
                 found = Some(value);
             }
-        } else if input.skip_field(protocols::protobuf::rt::WireType::new(wire)?).is_err() {
+        } else if input
+            .skip_field(protocols::protobuf::rt::WireType::new(wire)?)
+            .is_err()
+        {
             break;
         }
     }
@@ -46,13 +49,20 @@ pub fn config_path_option(options: Option<&Any>) -> Option<String> {
 }
 
 impl TaskService {
-    pub(super) async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+    pub(super) async fn do_create(
+        &self,
+        req: api::CreateTaskRequest,
+    ) -> Result<api::CreateTaskResponse> {
         let cid = req.id.clone();
         if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
-            return Err(Error::InvalidArgument(format!("invalid container id {cid:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid container id {cid:?}"
+            )));
         }
         if self.containers().contains_key(&cid) {
-            return Err(Error::AlreadyExists(format!("container {cid:?} already exists")));
+            return Err(Error::AlreadyExists(format!(
+                "container {cid:?} already exists"
+            )));
         }
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let agent_spec = spec::to_agent_spec(&spec, &cid)?;
@@ -72,8 +82,15 @@ impl TaskService {
         let (sandbox, booted_here) = match guard.as_ref() {
             Some(s) => (s.clone(), false),
             None => {
-                if annotations.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) == Some("container") {
-                    let sid = annotations.get(SANDBOX_ID_ANNOTATION).cloned().unwrap_or_default();
+                if annotations
+                    .get(CONTAINER_TYPE_ANNOTATION)
+                    .map(String::as_str)
+                    == Some("container")
+                {
+                    let sid = annotations
+                        .get(SANDBOX_ID_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default();
                     return Err(Error::FailedPrecondition(format!(
                         "sandbox {sid:?} of container {cid:?} is not running in this shim"
                     )));
@@ -82,16 +99,24 @@ impl TaskService {
                 let cfg = config::load(&path)?;
                 let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
                 let sb = Arc::new(
-                    Sandbox::boot(&cid, &self.run_root, &cfg, self.hypervisor.as_ref(), self.dialer.as_ref())
-                        .instrument(span)
-                        .await?,
+                    Sandbox::boot(
+                        &cid,
+                        &self.run_root,
+                        &cfg,
+                        self.hypervisor.as_ref(),
+                        self.dialer.as_ref(),
+                    )
+                    .instrument(span)
+                    .await?,
                 );
                 self.watch_vm(sb.clone());
                 (sb, true)
             }
         };
 
-        let result = self.create_in_sandbox(&sandbox, &cid, mounts, &req.bundle, agent_spec).await;
+        let result = self
+            .create_in_sandbox(&sandbox, &cid, mounts, &req.bundle, agent_spec)
+            .await;
         match result {
             Ok(()) => {
                 if booted_here {
@@ -192,8 +217,14 @@ mod tests {
             value,
             ..Default::default()
         };
-        assert_eq!(config_path_option(Some(&any)).as_deref(), Some("/etc/k.toml"));
-        let other = Any { type_url: "containerd.runc.v1.Options".into(), ..Default::default() };
+        assert_eq!(
+            config_path_option(Some(&any)).as_deref(),
+            Some("/etc/k.toml")
+        );
+        let other = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            ..Default::default()
+        };
         assert_eq!(config_path_option(Some(&other)), None);
         assert_eq!(config_path_option(None), None);
         let _ = any.compute_size();

@@ -33,7 +33,10 @@ impl TaskService {
             .ok_or_else(|| Error::FailedPrecondition("sandbox is not running".into()))?;
         sandbox.agent.start_container(&container.id).await?;
         if !process.set_running() {
-            return Err(Error::FailedPrecondition(format!("container {:?} was already started", req.id)));
+            return Err(Error::FailedPrecondition(format!(
+                "container {:?} was already started",
+                req.id
+            )));
         }
         self.spawn_exit_watcher(sandbox.clone(), container.clone());
         let pid = Self::task_pid(&sandbox);
@@ -63,8 +66,20 @@ impl TaskService {
         tokio::spawn(async move {
             let cid = container.id.clone();
             let stdio = container.init.stdio.clone();
-            let out = tokio::spawn(copy_out(agent.clone(), cid.clone(), String::new(), Stream::Stdout, stdio.stdout));
-            let err = tokio::spawn(copy_out(agent.clone(), cid.clone(), String::new(), Stream::Stderr, stdio.stderr));
+            let out = tokio::spawn(copy_out(
+                agent.clone(),
+                cid.clone(),
+                String::new(),
+                Stream::Stdout,
+                stdio.stdout,
+            ));
+            let err = tokio::spawn(copy_out(
+                agent.clone(),
+                cid.clone(),
+                String::new(),
+                Stream::Stderr,
+                stdio.stderr,
+            ));
             let status = match agent.wait_process(&cid, "").await {
                 Ok(s) => u32::try_from(s).unwrap_or(255),
                 Err(e) => {
@@ -86,8 +101,12 @@ impl TaskService {
             sandbox.vm.wait_exit().await;
             tracing::warn!(sandbox = %sandbox.id, "VM exited");
             let pid = TaskService::task_pid(&sandbox);
-            let live: Vec<Arc<Container>> =
-                map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            let live: Vec<Arc<Container>> = map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
             for c in live {
                 publish_exit(events.as_ref(), &c, pid, VM_GONE_STATUS).await;
             }
@@ -105,15 +124,25 @@ impl TaskService {
         let sandbox = self.running_sandbox().await;
         let pid = sandbox.as_deref().map(Self::task_pid).unwrap_or(0);
         if let Some(sb) = &sandbox {
-            match tokio::time::timeout(Duration::from_secs(15), sb.agent.remove_container(&container.id, 10)).await {
-                Ok(Err(e)) => tracing::warn!(container = %container.id, error = %e, "RemoveContainer failed"),
+            match tokio::time::timeout(
+                Duration::from_secs(15),
+                sb.agent.remove_container(&container.id, 10),
+            )
+            .await
+            {
+                Ok(Err(e)) => {
+                    tracing::warn!(container = %container.id, error = %e, "RemoveContainer failed")
+                }
                 Err(_) => tracing::warn!(container = %container.id, "RemoveContainer timed out"),
                 Ok(Ok(())) => {}
             }
             rootfs::unmount_rootfs(sb.paths.container_dir(&container.id)).await?;
         }
         let (exit_status, exited_at) = match process.state() {
-            ProcessState::Stopped { exit_status, exited_at } => (exit_status, Some(exited_at)),
+            ProcessState::Stopped {
+                exit_status,
+                exited_at,
+            } => (exit_status, Some(exited_at)),
             _ => (0, None),
         };
         let now_empty = {

@@ -85,7 +85,9 @@ impl TaskService {
             let p = c.init.clone();
             return Ok((c, p));
         }
-        Err(Error::NotFound(format!("exec {exec_id:?} of container {id:?} not found")))
+        Err(Error::NotFound(format!(
+            "exec {exec_id:?} of container {id:?} not found"
+        )))
     }
 
     async fn running_sandbox(&self) -> Option<Arc<Sandbox>> {
@@ -104,19 +106,35 @@ fn unimplemented<T>(what: &str) -> TtrpcResult<T> {
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
         Ok(self.do_create(req).await?)
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         Ok(self.do_start(req).await?)
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         Ok(self.do_delete(req).await?)
     }
 
-    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         Ok(self.do_state(req).await?)
     }
 
@@ -124,19 +142,35 @@ impl Task for TaskService {
         Ok(self.do_kill(req).await?)
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
         Ok(self.do_wait(req).await?)
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         Ok(self.do_connect(req).await?)
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
         Ok(self.do_shutdown(req).await?)
     }
 
-    async fn pids(&self, _ctx: &TtrpcContext, _req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
         unimplemented("Pids")
     }
 
@@ -144,31 +178,59 @@ impl Task for TaskService {
         unimplemented("Pause")
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("Resume")
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("Checkpoint")
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("Exec")
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("ResizePty")
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("CloseIO")
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
         unimplemented("Update")
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, _req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         unimplemented("Stats")
     }
 }

@@ -27,7 +27,11 @@ impl TaskService {
             exec_id: req.exec_id.clone(),
             ..Default::default()
         };
-        if let ProcessState::Stopped { exit_status, exited_at } = state {
+        if let ProcessState::Stopped {
+            exit_status,
+            exited_at,
+        } = state
+        {
             resp.exit_status = exit_status;
             resp.exited_at = MessageField::some(exited_at);
         }
@@ -38,7 +42,10 @@ impl TaskService {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
         match process.state() {
             ProcessState::Stopped { .. } => {
-                return Err(Error::NotFound(format!("process of {:?} has already exited", req.id)))
+                return Err(Error::NotFound(format!(
+                    "process of {:?} has already exited",
+                    req.id
+                )))
             }
             ProcessState::Created if req.exec_id.is_empty() => {
                 // Never started: there is no process to signal; it counts as exited.
@@ -52,8 +59,17 @@ impl TaskService {
             .await
             .ok_or_else(|| Error::FailedPrecondition("sandbox is not running".into()))?;
         // Empty exec id asks the agent for every process of the container.
-        let target = if req.all { String::new() } else if req.exec_id.is_empty() { container.id.clone() } else { req.exec_id.clone() };
-        sandbox.agent.signal_process(&container.id, &target, req.signal).await?;
+        let target = if req.all {
+            String::new()
+        } else if req.exec_id.is_empty() {
+            container.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
+        sandbox
+            .agent
+            .signal_process(&container.id, &target, req.signal)
+            .await?;
         Ok(api::Empty::default())
     }
 
@@ -67,7 +83,10 @@ impl TaskService {
         })
     }
 
-    pub(super) async fn do_connect(&self, req: api::ConnectRequest) -> Result<api::ConnectResponse> {
+    pub(super) async fn do_connect(
+        &self,
+        req: api::ConnectRequest,
+    ) -> Result<api::ConnectResponse> {
         let _ = self.container(&req.id)?;
         let task_pid = match self.running_sandbox().await {
             Some(sb) => Self::task_pid(&sb),

@@ -19,10 +19,17 @@ fn main() -> Result<()> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
-        bail!("container failed ({}); containerd log:\n{}", out.status, ctd.log());
+        bail!(
+            "container failed ({}); containerd log:\n{}",
+            out.status,
+            ctd.log()
+        );
     }
     let host = std::process::Command::new("uname").arg("-r").output()?;
-    println!("host kernel: {}", String::from_utf8_lossy(&host.stdout).trim());
+    println!(
+        "host kernel: {}",
+        String::from_utf8_lossy(&host.stdout).trim()
+    );
     println!("ctr run took {:.2} s", took.as_secs_f64());
     Ok(())
 }
