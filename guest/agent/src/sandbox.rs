@@ -75,6 +75,14 @@ impl Sandbox {
         if self.lock().created {
             return Err(Error::FailedPrecondition("sandbox already created".into()));
         }
+        if !req.dns.is_empty() || req.sandbox_pidns || !req.guest_hook_path.is_empty() {
+            tracing::warn!(
+                dns = req.dns.len(),
+                sandbox_pidns = req.sandbox_pidns,
+                hooks = %req.guest_hook_path,
+                "guest DNS, sandbox pid namespace and guest hooks are not supported: ignored"
+            );
+        }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
         }
@@ -105,6 +113,10 @@ impl Sandbox {
         let id = req.container_id.clone();
         if id.is_empty() || id.contains('/') {
             return Err(Error::InvalidArgument(format!("container id {id:?}")));
+        }
+        if !req.devices.is_empty() || req.sandbox_pidns {
+            tracing::warn!(container = %id, devices = req.devices.len(), sandbox_pidns = req.sandbox_pidns,
+                "devices and the sandbox pid namespace are not supported: ignored");
         }
         let spec = req
             .OCI

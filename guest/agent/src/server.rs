@@ -261,6 +261,17 @@ impl AgentService for Agent {
         log_err("TtyWinResize", r.map(|_| Empty::new()))
     }
 
+    async fn set_guest_date_time(
+        &self,
+        _: &TtrpcContext,
+        req: SetGuestDateTimeRequest,
+    ) -> R<Empty> {
+        let ts = nix::sys::time::TimeSpec::new(req.Sec, req.Usec * 1000);
+        let r = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+            .map_err(|e| Error::sys("clock_settime", e));
+        log_err("SetGuestDateTime", r.map(|_| Empty::new()))
+    }
+
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,

@@ -260,6 +260,24 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     };
     agent.signal_process(ctx(), &kill).await?;
     assert_eq!(wait(&agent, cid, cid).await?, 128 + 9);
+    let mut late = exec.clone();
+    late.exec_id = "e3".into();
+    let r = agent.exec_process(ctx(), &late).await;
+    assert_eq!(
+        r.as_ref().err().and_then(code),
+        Some(ttrpc::Code::FAILED_PRECONDITION),
+        "{r:?}"
+    );
+    let unknown = SignalProcessRequest {
+        exec_id: "nope".into(),
+        ..kill.clone()
+    };
+    let r = agent.signal_process(ctx(), &unknown).await;
+    assert_eq!(
+        r.as_ref().err().and_then(code),
+        Some(ttrpc::Code::NOT_FOUND),
+        "{r:?}"
+    );
     let rm = RemoveContainerRequest {
         container_id: cid.into(),
         timeout: 10,
@@ -268,6 +286,12 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.remove_container(ctx(), &rm).await?;
     let r = wait(&agent, cid, "").await;
     assert!(r.is_err(), "container forgotten after RemoveContainer");
+    let r = agent.remove_container(ctx(), &rm).await;
+    assert_eq!(
+        r.as_ref().err().and_then(code),
+        Some(ttrpc::Code::NOT_FOUND),
+        "{r:?}"
+    );
 
     // A non-root user, a read-only rootfs, a cgroup namespace.
     let cid = "c4";
@@ -275,7 +299,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let script = "id -u; id -G; touch /x 2>/dev/null || echo read-only; \
                   cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup; \
                   grep -E '^Cap(Bnd|Eff)' /proc/self/status | tr -s '\\t' ' '; ulimit -n; \
-                  cat /proc/sys/kernel/msgmax; ls /dev | tr '\\n' ' '";
+                  cat /proc/sys/kernel/msgmax; echo hi > /data/f && cat /data/f; \
+                  ls /dev | tr '\\n' ' '";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     if let Some(p) = spec.Process.as_mut() {
         p.User = Some(oci::User {
@@ -316,9 +341,24 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
             ..Default::default()
         });
     }
-    agent
-        .create_container(ctx(), &create_req(cid, spec))
-        .await?;
+    // A per-container ephemeral volume, bind-mounted at /data.
+    let volume = "/run/kata-containers/sandbox/ephemeral/c4-data";
+    spec.Mounts.push(oci::Mount {
+        destination: "/data".into(),
+        source: volume.into(),
+        type_: "bind".into(),
+        options: vec!["rbind".into(), "rw".into()],
+        ..Default::default()
+    });
+    let mut req = create_req(cid, spec);
+    req.storages.push(Storage {
+        driver: "ephemeral".into(),
+        source: "tmpfs".into(),
+        fstype: "tmpfs".into(),
+        mount_point: volume.into(),
+        ..Default::default()
+    });
+    agent.create_container(ctx(), &req).await?;
     agent
         .start_container(
             ctx(),
@@ -332,7 +372,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     assert_eq!(wait(&agent, cid, "").await?, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        &lines[..9],
+        &lines[..10],
         &[
             "1000",
             "1000 10 20",
@@ -342,7 +382,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
             "CapEff: 0000000000000400",
             "CapBnd: 0000000000000401",
             "512",
-            "4096"
+            "4096",
+            "hi"
         ],
         "{out}"
     );
@@ -351,10 +392,37 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         "stdout",
     ] {
         assert!(
-            lines[9].split(' ').any(|n| n == node),
+            lines[10].split(' ').any(|n| n == node),
             "/dev/{node} missing: {out}"
         );
     }
+    let rm = RemoveContainerRequest {
+        container_id: cid.into(),
+        timeout: 10,
+        ..Default::default()
+    };
+    agent.remove_container(ctx(), &rm).await?;
+
+    // Without a pid namespace the container sees the VM's processes: the agent is PID 1.
+    let cid = "c5";
+    make_rootfs(&vm.shared(), cid)?;
+    let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status";
+    let mut spec = container_spec(cid, &["sh", "-c", script]);
+    if let Some(l) = spec.Linux.as_mut() {
+        l.Namespaces.retain(|n| n.Type != "pid");
+    }
+    agent
+        .create_container(ctx(), &create_req(cid, spec))
+        .await?;
+    let start = StartContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent.start_container(ctx(), &start).await?;
+    let out = drain(&agent, cid, "", false).await?;
+    assert_eq!(wait(&agent, cid, "").await?, 0);
+    assert!(out.starts_with("init\n"), "{out}");
+    eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());
     let rm = RemoveContainerRequest {
         container_id: cid.into(),
         timeout: 10,
