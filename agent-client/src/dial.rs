@@ -124,6 +124,40 @@ mod tests {
         })
     }
 
+    /// Arbitrary answers: never a panic, never more than one line consumed.
+    #[tokio::test]
+    async fn line_reader_survives_garbage() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 300) as usize;
+            let data: Vec<u8> = (0..len).map(|_| (next() & 0xff) as u8).collect();
+            let mut reader: &[u8] = &data;
+            match read_line_bytewise(&mut reader).await {
+                Ok(line) => {
+                    let nl = data
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .expect("a line needs a newline");
+                    assert_eq!(reader.len(), data.len() - nl - 1, "over-read");
+                    assert!(line.len() <= MAX_HANDSHAKE_LINE * 3);
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn ok_answer_leaves_payload_unread() {
         let d = tempfile::tempdir().expect("tempdir");

@@ -267,6 +267,35 @@ mod tests {
         assert!(parse_message(r#"{"foo": 1}"#).is_err());
     }
 
+    /// Arbitrary input (random bytes, mutated valid messages) never panics the parser.
+    #[test]
+    fn parser_survives_garbage() {
+        let seeds = [
+            r#"{"QMP": {"version": {}, "capabilities": []}}"#,
+            r#"{"return": {"status": "running", "running": true}, "id": 3}"#,
+            r#"{"error": {"class": "GenericError", "desc": "nope"}, "id": "x"}"#,
+            r#"{"event": "STOP", "timestamp": {"seconds": 1}}"#,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000u64 {
+            let mut bytes = seeds[(i % 4) as usize].as_bytes().to_vec();
+            for _ in 0..(next() % 4) {
+                let pos = (next() as usize) % bytes.len();
+                bytes[pos] = (next() & 0xff) as u8;
+            }
+            if i % 5 == 0 {
+                bytes = (0..(next() % 64)).map(|_| (next() & 0xff) as u8).collect();
+            }
+            let _ = parse_message(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     /// A scripted QEMU: answers each command by name.
     async fn fake_qemu(mut server: UnixStream) {
         let (r, mut w) = server.split();
