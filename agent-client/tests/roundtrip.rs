@@ -209,3 +209,28 @@ async fn connect_gives_up_with_console_tail() {
         other => panic!("expected ConnectTimeout, got {other}"),
     }
 }
+
+/// The kernel vsock path cannot reach a guest here (no vhost-vsock, no
+/// loopback transport): it must still fail within the deadline, naming the address.
+#[tokio::test]
+async fn kernel_vsock_without_guest_times_out() {
+    let addr = Address::Vsock {
+        cid: 4_000_000,
+        port: 1024,
+    };
+    let t0 = Instant::now();
+    let e = connect(&addr, Duration::from_millis(300), &|| String::new())
+        .await
+        .map(|_| ())
+        .expect_err("nobody there");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    match e {
+        Error::ConnectTimeout {
+            addr, last_error, ..
+        } => {
+            assert_eq!(addr, "vsock://4000000:1024");
+            assert!(last_error.contains("vsock://4000000:1024"), "{last_error}");
+        }
+        other => panic!("expected ConnectTimeout, got {other}"),
+    }
+}
