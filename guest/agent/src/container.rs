@@ -78,6 +78,11 @@ pub fn validate_spec(spec: &Spec) -> Result<()> {
                 ns.Type
             )));
         }
+        if matches!(ns.Type.as_str(), "mount" | "mnt") && !ns.Path.is_empty() {
+            return Err(Error::InvalidArgument(
+                "joining a mount namespace is not supported: the container needs its own".into(),
+            ));
+        }
         let joins = !matches!(ns.Type.as_str(), "network" | "net" | "user");
         if joins && !ns.Path.is_empty() && !Path::new(&ns.Path).exists() {
             return Err(Error::InvalidArgument(format!(

@@ -406,10 +406,12 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     // Without a pid namespace the container sees the VM's processes: the agent is PID 1.
     let cid = "c5";
     make_rootfs(&vm.shared(), cid)?;
-    let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status";
+    let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     if let Some(l) = spec.Linux.as_mut() {
-        l.Namespaces.retain(|n| n.Type != "pid");
+        // No mount namespace asked: the agent makes one anyway. No uts: the VM's hostname.
+        l.Namespaces
+            .retain(|n| !["pid", "mount", "uts"].contains(&n.Type.as_str()));
     }
     agent
         .create_container(ctx(), &create_req(cid, spec))
@@ -421,7 +423,10 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.start_container(ctx(), &start).await?;
     let out = drain(&agent, cid, "", false).await?;
     assert_eq!(wait(&agent, cid, "").await?, 0);
-    assert!(out.starts_with("init\n"), "{out}");
+    assert!(
+        out.starts_with("init\n") && out.ends_with("\nsandbox\n"),
+        "{out}"
+    );
     eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());
     let rm = RemoveContainerRequest {
         container_id: cid.into(),

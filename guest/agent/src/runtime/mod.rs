@@ -159,7 +159,12 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
     for (flag, file) in &joins {
         setns(file, *flag).map_err(err(format!("setns {flag:?}")))?;
     }
+    if cfg.mode == sync::MODE_CREATE {
+        // The rootfs switch needs a mount namespace of its own, whatever the spec says.
+        create |= CloneFlags::CLONE_NEWNS;
+    }
     unshare(create).map_err(err("unshare"))?;
+    let own_uts = create.contains(CloneFlags::CLONE_NEWUTS);
     if create.contains(CloneFlags::CLONE_NEWNS) {
         mount(
             None::<&str>,
@@ -178,7 +183,7 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
     // SAFETY: the helper is single-threaded, so the child may run any code.
     match unsafe { fork() }.map_err(err("fork"))? {
         ForkResult::Child => {
-            let e = match container_process(sock, &cfg, new_cgroup) {
+            let e = match container_process(sock, &cfg, new_cgroup, own_uts) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -219,7 +224,12 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
 
 /// The container process: waits for the agent, sets itself up, waits for
 /// start, then execs the user's program.
-fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> Res<Infallible> {
+fn container_process(
+    sock: &mut UnixStream,
+    cfg: &Config,
+    new_cgroup: bool,
+    own_uts: bool,
+) -> Res<Infallible> {
     expect(sock, sync::GO)?;
     if new_cgroup {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(err("unshare cgroup"))?;
@@ -231,7 +241,11 @@ fn container_process(sock: &mut UnixStream, cfg: &Config, new_cgroup: bool) -> R
         };
         rootfs::setup(spec, &mut warn)?;
         if !spec.Hostname.is_empty() {
-            sethostname(&spec.Hostname).map_err(err("sethostname"))?;
+            if own_uts {
+                sethostname(&spec.Hostname).map_err(err("sethostname"))?;
+            } else {
+                warn("hostname ignored: the container has no uts namespace of its own".into());
+            }
         }
     }
     let process = spec.Process.as_ref().ok_or("spec has no process")?;
