@@ -1,5 +1,17 @@
 //! The `Agent` seam: a ttrpc client of the kata guest agent over vsock or
 //! hybrid vsock, with dialing backoff and deadlines. Knows nothing about QEMU.
+//!
+//! [`connect`] dials (10 ms backoff doubling to 200 ms, each attempt bounded)
+//! until `Health.Check` answers; on timeout the error carries the last dial
+//! error and the guest console tail. Ordinary RPCs of [`KataAgent`] have a
+//! deadline ([`DEFAULT_RPC_TIMEOUT`]); WaitProcess, ReadStdout/ReadStderr,
+//! WriteStdin and GetOOMEvent block by design. A read error is end of stream
+//! (`Ok(None)`), as upstream agents signal EOF with an error. Agent statuses
+//! keep their ttrpc code ([`Error::code`]).
+//!
+//! [`FakeAgent`] scripts answers for the shim's tests; [`watch`] has the OOM
+//! and health loops. `tests/vm.rs` talks to the real guest agent when
+//! `KATA_GUEST_IMAGE_DIR` is set.
 
 use std::path::PathBuf;
 use std::time::Duration;

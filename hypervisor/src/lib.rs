@@ -2,6 +2,24 @@
 //! described by a typed [`VmConfig`], launched with its helper daemons
 //! (vhost-device-vsock, virtiofsd), controlled over QMP, watched, torn down.
 //! Knows nothing about containers or OCI.
+//!
+//! Launch order ([`Qemu::launch`]): resolve the accelerator and vsock kind
+//! ([`accel`]), validate ([`config`], nothing is spawned on error), clean a
+//! stale run directory, start virtiofsd (+ vhost-device-vsock for hybrid
+//! vsock) and wait for their sockets, start QEMU with the command line of
+//! [`cmdline`], write `<run_dir>/state.json` ([`state`]), connect QMP
+//! ([`qmp`]) and check `query-status`. With kernel vhost-vsock a guest CID
+//! already in use makes QEMU exit; the next CID is tried.
+//!
+//! Every child is owned by a tokio task ([`process`]) that reaps it, so kills
+//! never hit a recycled pid; [`Vm::wait_exit`] resolves when any of them exits.
+//! [`Vm::stop`] asks QEMU to `quit` over QMP, SIGKILLs it after 2 s without an
+//! answer, kills the helpers and removes the run directory.
+//!
+//! Tests: `cargo test -p hypervisor` runs everything that needs no guest
+//! (fake QEMU in python3 where available); with `KATA_GUEST_IMAGE_DIR` set to
+//! a directory holding `vmlinux` (or `vmlinuz`) and `initrd.img`, the tests in
+//! `tests/boot.rs` boot real VMs.
 
 use std::path::PathBuf;
 use std::time::Duration;
