@@ -29,8 +29,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit-test: deps
-	$(CARGO) test --workspace --exclude integration-tests
+# Unit tests, plus the crates' own VM tests (they boot the guest image
+# when KATA_GUEST_IMAGE_DIR is set).
+unit-test: deps image
+	KATA_GUEST_IMAGE_DIR=$(GUEST_OUT) $(CARGO) test --workspace --exclude integration-tests
 
 # VM-booting tests against real containerd and QEMU (root).
 integration-test: build image

@@ -4,7 +4,7 @@
 
 macro_rules! generated {
     ($name:ident, $file:literal) => {
-        #[allow(missing_docs, clippy::all, unknown_lints, unused_mut, unused_imports, unused_attributes, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_qualifications)]
+        #[allow(missing_docs, clippy::all, clippy::unwrap_used, unknown_lints, unused_mut, unused_imports, unused_attributes, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_qualifications)]
         #[rustfmt::skip]
         pub mod $name {
             include!(concat!(env!("OUT_DIR"), "/", $file));

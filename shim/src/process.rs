@@ -37,18 +37,13 @@ impl ProcessState {
 /// One process the shim tracks (init or exec).
 #[derive(Debug)]
 pub struct Process {
-    pub container_id: String,
-    /// Empty for a container's init process.
-    pub exec_id: String,
     pub stdio: Stdio,
     state: watch::Sender<ProcessState>,
 }
 
 impl Process {
-    pub fn new(container_id: &str, exec_id: &str, stdio: Stdio) -> Self {
+    pub fn new(stdio: Stdio) -> Self {
         Self {
-            container_id: container_id.to_owned(),
-            exec_id: exec_id.to_owned(),
             stdio,
             state: watch::Sender::new(ProcessState::Created),
         }
@@ -109,7 +104,7 @@ mod tests {
 
     #[tokio::test]
     async fn follows_created_running_stopped() {
-        let p = Process::new("c", "", Stdio::default());
+        let p = Process::new(Stdio::default());
         assert_eq!(p.state().status(), Status::CREATED);
         assert!(p.set_running());
         assert!(!p.set_running(), "running twice is refused");

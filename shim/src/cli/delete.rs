@@ -44,7 +44,12 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
 /// Cleans up container `id` of sandbox `sandbox_id`; the whole sandbox when
 /// `id` is the sandbox itself.
 pub async fn cleanup(root: &Path, sandbox_id: &str, id: &str) -> anyhow::Result<()> {
-    let paths = SandboxPaths::new(root, sandbox_id);
+    let mut paths = SandboxPaths::new(root, sandbox_id);
+    // The state file, when there is one, is authoritative about where things are.
+    if let Some(state) = crate::persist::read(&paths).await? {
+        tracing::info!(sandbox = %state.sandbox_id, dead_shim = state.shim_pid, "cleaning up");
+        paths = state.paths;
+    }
     if id == sandbox_id {
         hypervisor::cleanup_run_dir(&paths.vm).await?;
         sandbox::cleanup_dirs(&paths).await?;

@@ -143,7 +143,7 @@ impl TaskService {
         let container = Arc::new(Container {
             id: cid.clone(),
             bundle: req.bundle.clone(),
-            init: Arc::new(Process::new(&cid, "", stdio)),
+            init: Arc::new(Process::new(stdio)),
         });
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);

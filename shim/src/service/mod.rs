@@ -33,7 +33,6 @@ pub struct Container {
 
 /// Shared state of the daemon: one sandbox, its containers.
 pub struct TaskService {
-    pub namespace: String,
     /// Where sandbox directories live (`persist::RUN_ROOT` in production).
     run_root: PathBuf,
     hypervisor: Arc<dyn Hypervisor>,
@@ -48,14 +47,12 @@ pub struct TaskService {
 
 impl TaskService {
     pub fn new(
-        namespace: &str,
         run_root: PathBuf,
         hypervisor: Arc<dyn Hypervisor>,
         dialer: Arc<dyn AgentDialer>,
         events: Arc<dyn EventSink>,
     ) -> Self {
         Self {
-            namespace: namespace.to_owned(),
             run_root,
             hypervisor,
             dialer,
