@@ -406,8 +406,15 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     // Without a pid namespace the container sees the VM's processes: the agent is PID 1.
     let cid = "c5";
     make_rootfs(&vm.shared(), cid)?;
-    let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; hostname";
+    let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; \
+                  grep -c ' /run/x tmpfs' /proc/mounts; hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
+    spec.Mounts.push(oci::Mount {
+        destination: "/var/run/x".into(),
+        source: "tmpfs".into(),
+        type_: "tmpfs".into(),
+        ..Default::default()
+    });
     if let Some(l) = spec.Linux.as_mut() {
         // No mount namespace asked: the agent makes one anyway. No uts: the VM's hostname.
         l.Namespaces
@@ -424,7 +431,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let out = drain(&agent, cid, "", false).await?;
     assert_eq!(wait(&agent, cid, "").await?, 0);
     assert!(
-        out.starts_with("init\n") && out.ends_with("\nsandbox\n"),
+        out.starts_with("init\n") && out.ends_with("\n1\nsandbox\n"),
         "{out}"
     );
     eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());

@@ -6,6 +6,8 @@
 //! the guest's own root is the initramfs (rootfs), which pivot_root refuses.
 //! The container process cannot reach the old root: nothing of it is mounted
 //! inside the new view and it runs without a handle on it.
+use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -35,13 +37,52 @@ const DEV_LINKS: [(&str, &str); 6] = [
     ("core", "/proc/kcore"),
 ];
 
-/// Joins a container path under the rootfs, refusing `..` escapes.
+/// Resolves a container path under the rootfs the way the container will see
+/// it (like filepath-securejoin): symlinks in existing components are followed
+/// as if the rootfs were `/`, and `..` never leaves it. So an image's
+/// `/var/run -> /run` sends a mount on `/var/run/x` to `<rootfs>/run/x`, not to
+/// the guest's own `/run`.
 fn under(root: &Path, path: &str) -> Option<PathBuf> {
-    let rel = Path::new(path);
-    if !rel.is_absolute() || rel.components().any(|c| c == Component::ParentDir) {
+    if !path.starts_with('/') {
         return None;
     }
-    Some(root.join(rel.strip_prefix("/").ok()?))
+    let parts = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_owned()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut pending: VecDeque<OsString> = parts(Path::new(path)).into();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&c);
+        let full = root.join(&candidate);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = fs::read_link(&full).ok()?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for part in parts(&target).into_iter().rev() {
+                    pending.push_front(part);
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Some(root.join(resolved))
 }
 
 pub fn setup(spec: &Spec, warn: &mut dyn FnMut(String)) -> Res<()> {
@@ -281,11 +322,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn container_paths_stay_under_the_rootfs() {
-        let root = Path::new("/r");
-        assert_eq!(under(root, "/dev/pts"), Some(PathBuf::from("/r/dev/pts")));
-        assert_eq!(under(root, "/"), Some(PathBuf::from("/r")));
+    fn container_paths_stay_under_the_rootfs() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        fs::create_dir_all(root.join("run"))?;
+        fs::create_dir_all(root.join("var"))?;
+        symlink("/run", root.join("var/run"))?;
+        symlink("../../..", root.join("run/up"))?;
+        symlink("loop", root.join("loop"))?;
+        assert_eq!(under(root, "/dev/pts"), Some(root.join("dev/pts")));
+        assert_eq!(under(root, "/"), Some(root.to_path_buf()));
         assert_eq!(under(root, "relative"), None);
-        assert_eq!(under(root, "/a/../../etc"), None);
+        assert_eq!(under(root, "/a/../../etc"), Some(root.join("etc")));
+        assert_eq!(
+            under(root, "/var/run/secrets/x"),
+            Some(root.join("run/secrets/x"))
+        );
+        assert_eq!(under(root, "/run/up/etc"), Some(root.join("etc")));
+        assert_eq!(under(root, "/loop/x"), None);
+        Ok(())
     }
 }

@@ -55,9 +55,11 @@ pub fn wait_for(path: &Path, what: &str) -> Result<()> {
 pub fn make_rootfs(shared: &Path, cid: &str) -> Result<()> {
     let bin = shared.join(cid).join("rootfs/bin");
     std::fs::create_dir_all(&bin)?;
-    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+    for d in ["proc", "sys", "dev", "tmp", "etc", "run", "var"] {
         std::fs::create_dir_all(shared.join(cid).join("rootfs").join(d))?;
     }
+    // As in Debian images: an absolute symlink the agent must resolve inside the rootfs.
+    std::os::unix::fs::symlink("/run", shared.join(cid).join("rootfs/var/run"))?;
     std::fs::copy("/bin/busybox", bin.join("busybox"))?;
     let list = Command::new("/bin/busybox").arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
