@@ -407,7 +407,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let cid = "c5";
     make_rootfs(&vm.shared(), cid)?;
     let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; \
-                  grep -c ' /run/x tmpfs' /proc/mounts; hostname";
+                  grep -c ' /run/x tmpfs' /proc/mounts; \
+                  grep SigIgn /proc/self/status; hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     spec.Mounts.push(oci::Mount {
         destination: "/var/run/x".into(),
@@ -431,7 +432,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let out = drain(&agent, cid, "", false).await?;
     assert_eq!(wait(&agent, cid, "").await?, 0);
     assert!(
-        out.starts_with("init\n") && out.ends_with("\n1\nsandbox\n"),
+        out.starts_with("init\n") && out.ends_with("\n1\nSigIgn:\t0000000000000000\nsandbox\n"),
         "{out}"
     );
     eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());

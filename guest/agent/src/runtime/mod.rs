@@ -270,6 +270,19 @@ fn container_process(
             return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
         }
     }
+    // Rust's runtime ignores SIGPIPE, and ignored signals survive exec: give
+    // the program default dispositions and an empty mask.
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: SIG_DFL installs no handler code.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     if process.NoNewPrivileges {
         // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
