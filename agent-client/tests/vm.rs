@@ -116,21 +116,15 @@ async fn drain(agent: &dyn Agent, cid: &str, stderr: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn container_in_real_guest() {
+/// Boots a VM and connects its agent; `None` when no image is configured.
+async fn boot(work: &Path) -> Option<(Box<dyn hypervisor::Vm>, Box<dyn Agent>, PathBuf)> {
     let Some(images) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
         eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-        return;
+        return None;
     };
-    let work = tempfile::Builder::new()
-        .prefix("agent-vm-")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let cfg = vm_config(&images, work.path());
+    let cfg = vm_config(&images, work);
     let shared = cfg.shared_dir.clone();
-    let t0 = Instant::now();
     let vm = Qemu::new().launch(cfg).await.expect("launch");
-    let launched = t0.elapsed();
     let addr = match vm.vsock() {
         VsockEndpoint::Hybrid { uds_path } => Address::Hybrid {
             uds_path,
@@ -142,44 +136,114 @@ async fn container_in_real_guest() {
         },
     };
     let tail = || vm.console_tail();
-    let agent = match connect(&addr, Duration::from_secs(60), &tail).await {
-        Ok(a) => a,
+    match connect(&addr, Duration::from_secs(60), &tail).await {
+        Ok(a) => Some((vm, a, shared)),
         Err(e) => {
             let _ = vm.stop().await;
             panic!("connect: {e}");
         }
+    }
+}
+
+async fn sandbox_with_container(agent: &dyn Agent, shared: &Path, cid: &str, args: &[&str]) {
+    agent
+        .create_sandbox(CreateSandboxRequest {
+            hostname: "sb".into(),
+            sandbox_id: "agentvm".into(),
+            storages: vec![Storage {
+                driver: "virtio-fs".into(),
+                fstype: "virtiofs".into(),
+                source: "kataShared".into(),
+                mount_point: format!("{SHARED}/"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("create sandbox");
+    make_rootfs(shared, cid);
+    let req = CreateContainerRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        OCI: Some(spec(cid, args)).into(),
+        ..Default::default()
     };
+    agent.create_container(req).await.expect("create container");
+}
+
+/// What a pending WaitProcess sees when QEMU dies under it, and when the VM is
+/// then stopped: the shim must not hang on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_calls_end_when_vm_dies() {
+    let work = tempfile::Builder::new()
+        .prefix("agent-vm-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let Some((vm, agent, shared)) = boot(work.path()).await else {
+        return;
+    };
+    let agent: std::sync::Arc<dyn Agent> = std::sync::Arc::from(agent);
+    sandbox_with_container(agent.as_ref(), &shared, "c1", &["sh", "-c", "sleep 1000"]).await;
+    agent.start_container("c1").await.expect("start");
+    let a = agent.clone();
+    let waiter = tokio::spawn(async move { a.wait_process("c1", "").await });
+    let a = agent.clone();
+    let reader = tokio::spawn(async move { a.read_stdout("c1", "", 1024).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished() && !reader.is_finished());
+
+    let qemu = i32::try_from(vm.pids()[0]).expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill qemu");
+    tokio::time::timeout(Duration::from_secs(1), vm.wait_exit())
+        .await
+        .expect("exit seen");
+    let t = Instant::now();
+    let before_stop = tokio::time::timeout(Duration::from_secs(2), async {
+        while !waiter.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
     eprintln!(
-        "QEMU up after {launched:?}; agent answered {:?} after launch",
-        t0.elapsed()
+        "WaitProcess ended by QEMU's death alone: {before_stop} ({:?})",
+        t.elapsed()
     );
+    vm.stop().await.expect("stop");
+    let r = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("WaitProcess ends after stop");
+    eprintln!(
+        "WaitProcess result: {:?}",
+        r.expect("join").map_err(|e| e.to_string())
+    );
+    let r = tokio::time::timeout(Duration::from_secs(2), reader)
+        .await
+        .expect("ReadStdout ends after stop");
+    assert_eq!(r.expect("join").expect("read is never an error"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_in_real_guest() {
+    let work = tempfile::Builder::new()
+        .prefix("agent-vm-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let t0 = Instant::now();
+    let Some((vm, agent, shared)) = boot(work.path()).await else {
+        return;
+    };
+    eprintln!("agent answered {:?} after launch started", t0.elapsed());
 
     let result = async move {
         let v = agent.version().await.expect("version");
         eprintln!("agent version {}", v.agent_version);
-        agent
-            .create_sandbox(CreateSandboxRequest {
-                hostname: "sb".into(),
-                sandbox_id: "agentvm".into(),
-                storages: vec![Storage {
-                    driver: "virtio-fs".into(),
-                    fstype: "virtiofs".into(),
-                    source: "kataShared".into(),
-                    mount_point: format!("{SHARED}/"),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .await
-            .expect("create sandbox");
-        make_rootfs(&shared, "c1");
-        let req = CreateContainerRequest {
-            container_id: "c1".into(),
-            exec_id: "c1".into(),
-            OCI: Some(spec("c1", &["sh", "-c", "echo out; echo err >&2; exit 7"])).into(),
-            ..Default::default()
-        };
-        agent.create_container(req).await.expect("create container");
+        let script = ["sh", "-c", "echo out; echo err >&2; exit 7"];
+        sandbox_with_container(agent.as_ref(), &shared, "c1", &script).await;
         let t = Instant::now();
         agent.start_container("c1").await.expect("start");
         let (out, err) = tokio::join!(
