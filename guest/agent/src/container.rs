@@ -16,6 +16,9 @@ use crate::reaper::Reaper;
 use crate::runtime::namespace_flag;
 use crate::sync::{MODE_CREATE, MODE_EXEC};
 
+/// How long an exited, waited-for exec stays for its output to be read.
+const EXEC_LINGER: Duration = Duration::from_secs(60);
+
 /// Namespaces an exec joins (from the init process's /proc/<pid>/ns).
 const EXEC_NAMESPACES: [(&str, &str); 5] = [
     ("pid", "pid"),
@@ -215,6 +218,29 @@ impl Container {
 
     fn lock_execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
         self.execs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops an exited exec (its pipes and bookkeeping) once its output was
+    /// read to the end, or after `EXEC_LINGER` if nobody reads it.
+    pub fn forget_exec_when_drained(self: &Arc<Self>, exec_id: &str) {
+        if self.is_init(exec_id) {
+            return;
+        }
+        let Some(p) = self.lock_execs().get(exec_id).cloned() else {
+            return;
+        };
+        let (c, exec_id) = (self.clone(), exec_id.to_string());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + EXEC_LINGER;
+            while !p.drained() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut execs = c.lock_execs();
+            if execs.get(&exec_id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+                execs.remove(&exec_id);
+                tracing::debug!(container = %c.id, exec = %exec_id, "exec forgotten");
+            }
+        });
     }
 
     /// Empty, the container id or the exec id CreateContainer carried: the

@@ -179,6 +179,14 @@ impl Process {
         set_winsize(tty, rows, cols).map_err(|e| Error::io("TIOCSWINSZ", e))
     }
 
+    /// Both output streams were read to their end (or are being read: no).
+    pub fn drained(&self) -> bool {
+        let done = |m: &tokio::sync::Mutex<Option<pipe::Receiver>>| {
+            m.try_lock().is_ok_and(|g| g.is_none())
+        };
+        done(&self.stdout) && done(&self.stderr)
+    }
+
     pub async fn close_stdin(&self) {
         self.stdin.lock().await.take();
     }
@@ -191,10 +199,16 @@ async fn read_stream(
     let mut guard = stream.lock().await;
     let r = guard.as_mut().ok_or(Error::Eof)?;
     let mut buf = vec![0u8; (len as usize).clamp(1, MAX_READ)];
-    let n = r
-        .read(&mut buf)
-        .await
-        .map_err(|e| Error::io("reading stream", e))?;
+    let n = match r.read(&mut buf).await {
+        Ok(n) => n,
+        // A pty master reads EIO once every slave end is closed: the end of stream.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
+        Err(e) => {
+            // The stream is unusable after an error: end it.
+            guard.take();
+            return Err(Error::io("reading stream", e));
+        }
+    };
     if n == 0 {
         guard.take();
         return Err(Error::Eof);

@@ -115,12 +115,12 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: WaitProcessRequest,
     ) -> R<WaitProcessResponse> {
-        let p = log_err(
-            "WaitProcess",
-            self.sandbox.process(&req.container_id, &req.exec_id),
-        )?;
+        let c = log_err("WaitProcess", self.sandbox.container(&req.container_id))?;
+        let p = log_err("WaitProcess", c.process(&req.exec_id))?;
         let status = p.wait().await;
         tracing::info!(container = %req.container_id, exec = %req.exec_id, status, "process exited");
+        // An exec is forgotten once waited for and drained (else probes leak).
+        c.forget_exec_when_drained(&req.exec_id);
         Ok(WaitProcessResponse {
             status,
             ..Default::default()

@@ -140,7 +140,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
             Args: vec![
                 "sh".into(),
                 "-c".into(),
-                "read x; echo got $x; hostname; echo $$; exit 3".into(),
+                "read x; echo got $x; hostname; echo $$; echo $HOME; exit 3".into(),
             ],
             Env: vec!["PATH=/bin".into()],
             Cwd: "/tmp".into(),
@@ -174,6 +174,11 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         lines.get(2),
         Some(&"1"),
         "exec is not the container's init: {out:?}"
+    );
+    assert_eq!(
+        lines.get(3),
+        Some(&"/root"),
+        "HOME from /etc/passwd: {out:?}"
     );
     assert_eq!(wait(&agent, cid, "e1").await?, 3);
     // An exec with a terminal: one stream (stdout), CRLF line ends.
@@ -218,6 +223,13 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     assert!(["30 90", "40 100"].contains(&lines[2]), "{out:?}");
     assert_eq!(&lines[3..], &["42", ""]);
     assert_eq!(wait(&agent, cid, "e2").await?, 0);
+    // Waited for and drained: the exec is forgotten.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = wait(&agent, cid, "e2").await;
+    let r = r
+        .err()
+        .and_then(|e| e.downcast_ref::<ttrpc::Error>().and_then(code));
+    assert_eq!(r, Some(ttrpc::Code::NOT_FOUND));
 
     let stats = agent
         .stats_container(

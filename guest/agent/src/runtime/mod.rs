@@ -253,7 +253,13 @@ fn container_process(
         open_pty(sock)?;
     }
     let args = cstrings(&process.Args)?;
-    let env = cstrings(&process.Env)?;
+    let mut env_vars = process.Env.clone();
+    if !env_vars.iter().any(|e| e.starts_with("HOME=")) {
+        // As runc: HOME from the container's /etc/passwd, else "/".
+        let uid = process.User.as_ref().map(|u| u.UID).unwrap_or(0);
+        env_vars.push(format!("HOME={}", home_of(uid)));
+    }
+    let env = cstrings(&env_vars)?;
     let path_var = process
         .Env
         .iter()
@@ -354,6 +360,18 @@ fn open_pty(sock: &mut UnixStream) -> Res<()> {
     }
     let _ = nix::unistd::close(slave);
     write_frame(sock, sync::TTY, &(master as u32).to_le_bytes()).map_err(err("sending pty"))
+}
+
+/// The home directory of `uid` in the (container's) /etc/passwd, else "/".
+fn home_of(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].parse() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
 }
 
 fn cstrings(v: &[String]) -> Res<Vec<CString>> {

@@ -23,6 +23,9 @@ pub struct Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- guest console ---\n{}", self.console());
+        }
         for c in self.helpers.iter_mut().chain(self.qemu.as_mut()) {
             let _ = c.kill();
             let _ = c.wait();
@@ -61,6 +64,10 @@ pub fn make_rootfs(shared: &Path, cid: &str) -> Result<()> {
     // As in Debian images: an absolute symlink the agent must resolve inside the rootfs.
     std::os::unix::fs::symlink("/run", shared.join(cid).join("rootfs/var/run"))?;
     std::fs::copy("/bin/busybox", bin.join("busybox"))?;
+    std::fs::write(
+        shared.join(cid).join("rootfs/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+    )?;
     let list = Command::new("/bin/busybox").arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
@@ -121,7 +128,12 @@ impl Vm {
             .arg(image.join("vmlinux"))
             .arg("-initrd")
             .arg(image.join("initrd.img"))
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet {}",
+                // e.g. KATA_AGENT_LOG=debug: the kernel hands unknown KEY=value to init's env.
+                std::env::var("KATA_TEST_KERNEL_ARGS").unwrap_or_default()
+            ))
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -306,7 +318,12 @@ pub async fn drain(
         };
         match r {
             Ok(resp) => out.extend_from_slice(&resp.data),
-            Err(e) if code(&e) == Some(ttrpc::Code::INTERNAL) => break,
+            // The end of a stream: INTERNAL "EOF", as upstream agents answer.
+            Err(ttrpc::Error::RpcStatus(s))
+                if s.code() == ttrpc::Code::INTERNAL && s.message() == "EOF" =>
+            {
+                break
+            }
             Err(e) => bail!("read stream: {e:?}"),
         }
     }
