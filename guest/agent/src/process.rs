@@ -348,12 +348,11 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
             Ok(())
         })
     };
-    let child = cmd
-        .spawn()
+    let (child, exit) = reaper
+        .spawn(&mut cmd)
         .map_err(|e| Error::io("spawning container helper", e))?;
     // The reaper owns waiting; `child` is dropped without a wait.
     let helper_pid = child.id() as i32;
-    let exit = reaper.watch(helper_pid);
     drop(child);
     drop(cmd);
     drop(theirs);

@@ -46,16 +46,21 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Watches `pid`'s exit; the receiver holds `Some(status)` once it exited.
-    pub fn watch(&self, pid: i32) -> watch::Receiver<Option<ExitStatus>> {
+    /// Spawns `cmd` and watches the child, atomically with respect to the
+    /// reaper: a status kept for an earlier process with the same (recycled)
+    /// pid cannot be mistaken for the new child's.
+    pub fn spawn(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> std::io::Result<(std::process::Child, watch::Receiver<Option<ExitStatus>>)> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(status) = inner.unclaimed.remove(&pid) {
-            let (_tx, rx) = watch::channel(Some(status));
-            return rx;
-        }
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // The child cannot have been dispatched yet: we hold the lock.
+        inner.unclaimed.remove(&pid);
         let (tx, rx) = watch::channel(None);
         inner.watchers.insert(pid, tx);
-        rx
+        Ok((child, rx))
     }
 
     fn reap_all(&self) {
@@ -106,13 +111,29 @@ pub async fn wait_exit(mut rx: watch::Receiver<Option<ExitStatus>>) -> ExitStatu
 mod tests {
     use super::*;
 
+    async fn run(r: &Reaper, script: &str) -> std::io::Result<ExitStatus> {
+        let (_child, rx) = r.spawn(std::process::Command::new("sh").args(["-c", script]))?;
+        while rx.borrow().is_none() {
+            r.reap_all();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(wait_exit(rx).await)
+    }
+
     #[tokio::test]
-    async fn early_exit_is_kept_for_a_late_watcher() {
+    async fn statuses_are_exit_codes_or_128_plus_signal() -> std::io::Result<()> {
         let r = Reaper::default();
-        r.dispatch(4242, 7);
-        assert_eq!(wait_exit(r.watch(4242)).await, 7);
-        let rx = r.watch(4343);
-        r.dispatch(4343, 137);
-        assert_eq!(wait_exit(rx).await, 137);
+        assert_eq!(run(&r, "exit 7").await?, 7);
+        assert_eq!(run(&r, "kill -9 $$").await?, 128 + 9);
+        // An exit nobody watches is kept, bounded.
+        r.dispatch(999_999, 1);
+        assert_eq!(
+            r.inner
+                .lock()
+                .map(|i| i.unclaimed.len())
+                .unwrap_or_default(),
+            1
+        );
+        Ok(())
     }
 }
