@@ -317,28 +317,54 @@ impl QemuVm {
     }
 }
 
-/// A receiver that turns `Some` with the first exit among the given processes.
+/// How long a helper's exit waits for QEMU's before it is reported: when QEMU
+/// dies, virtiofsd exits right after it and may be reaped first.
+const HELPER_EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// A receiver that turns `Some` with the first exit among QEMU and its helpers,
+/// preferring QEMU's when both end together.
 fn watch_any_exit(
-    first: watch::Receiver<Option<String>>,
-    rest: impl Iterator<Item = watch::Receiver<Option<String>>>,
+    qemu: watch::Receiver<Option<String>>,
+    helpers: impl Iterator<Item = watch::Receiver<Option<String>>>,
 ) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
     let tx = Arc::new(tx);
-    for mut w in std::iter::once(first).chain(rest) {
+    let publish = |tx: &watch::Sender<Option<String>>, desc: String| {
+        tx.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(desc);
+                true
+            } else {
+                false
+            }
+        });
+    };
+    {
         let tx = tx.clone();
+        let mut w = qemu.clone();
+        tokio::spawn(async move {
+            if let Ok(v) = w.wait_for(Option::is_some).await {
+                let desc = v.clone().unwrap_or_default();
+                publish(&tx, desc);
+            }
+        });
+    }
+    for mut w in helpers {
+        let tx = tx.clone();
+        let mut q = qemu.clone();
         tokio::spawn(async move {
             let desc = match w.wait_for(Option::is_some).await {
                 Ok(v) => v.clone().unwrap_or_default(),
                 Err(_) => return,
             };
-            tx.send_if_modified(|cur| {
-                if cur.is_none() {
-                    *cur = Some(desc);
-                    true
-                } else {
-                    false
-                }
-            });
+            if tokio::time::timeout(HELPER_EXIT_GRACE, q.wait_for(Option::is_some))
+                .await
+                .is_ok()
+            {
+                // QEMU ended too: its own watcher reports it.
+                return;
+            }
+            publish(&tx, desc);
         });
     }
     rx

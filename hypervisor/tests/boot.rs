@@ -125,7 +125,11 @@ async fn qemu_killed_is_detected() {
     tokio::time::timeout(Duration::from_secs(1), vm.wait_exit())
         .await
         .expect("wait_exit within 1 s of kill -9");
-    eprintln!("exit reason: {:?}", vm.exit_reason());
+    let reason = vm.exit_reason().unwrap_or_default();
+    assert!(
+        reason.contains("qemu") && reason.contains("signal: 9"),
+        "{reason}"
+    );
     assert!(vm.check().await.is_err());
     vm.stop().await.expect("stop after crash");
     assert!(wait_gone(&pids).await, "processes left: {pids:?}");
