@@ -33,8 +33,9 @@ const MAX_READ: usize = 1 << 20;
 
 pub struct Process {
     pub exec_id: String,
-    /// The container process itself (signals go here).
+    /// The container process itself (signals go here, through `pidfd`).
     pub pid: i32,
+    pidfd: OwnedFd,
     exit: watch::Receiver<Option<ExitStatus>>,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     stdout: tokio::sync::Mutex<Option<pipe::Receiver>>,
@@ -57,6 +58,7 @@ pub struct SpawnRequest {
 
 struct Spawned {
     pid: i32,
+    pidfd: OwnedFd,
     exit: watch::Receiver<Option<ExitStatus>>,
     stdin: OwnedFd,
     stdout: OwnedFd,
@@ -85,6 +87,7 @@ impl Process {
         Ok(Process {
             exec_id,
             pid: s.pid,
+            pidfd: s.pidfd,
             exit: s.exit,
             stdin: tokio::sync::Mutex::new(Some(writer(s.stdin, tty).map_err(io("stdin"))?)),
             stdout: tokio::sync::Mutex::new(Some(reader(s.stdout, tty).map_err(io("stdout"))?)),
@@ -146,9 +149,22 @@ impl Process {
         if self.exited().is_some() {
             return Ok(());
         }
-        match kill(Pid::from_raw(self.pid), sig) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-            Err(e) => Err(Error::sys(format!("kill {} {sig}", self.pid), e)),
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig as i32,
+                0usize,
+                0,
+            )
+        };
+        match r {
+            0 => Ok(()),
+            _ => match io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                e => Err(Error::io(format!("signal {sig} to {}", self.pid), e)),
+            },
         }
     }
 
@@ -292,16 +308,24 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))
 }
 
-/// Copies descriptor `fd` of process `pid` into ours (pidfd_getfd(2), Linux 5.6+).
-fn take_fd(pid: i32, fd: u32) -> Result<OwnedFd> {
-    // SAFETY: raw syscalls with integer arguments; each returned descriptor is
-    // new and owned only by the OwnedFd wrapping it.
+/// A pidfd for `pid` (Linux 5.3+): signals through it cannot hit a recycled pid.
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: raw syscall with integer arguments; the new descriptor is owned
+    // only by the OwnedFd wrapping it.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if fd < 0 {
             return Err(Error::io("pidfd_open", io::Error::last_os_error()));
         }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        Ok(OwnedFd::from_raw_fd(fd as i32))
+    }
+}
+
+/// Copies descriptor `fd` of the process behind `pidfd` into ours (pidfd_getfd(2), Linux 5.6+).
+fn take_fd(pidfd: &OwnedFd, fd: u32) -> Result<OwnedFd> {
+    // SAFETY: raw syscall with integer arguments; the new descriptor is owned
+    // only by the OwnedFd wrapping it.
+    unsafe {
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         if got < 0 {
             return Err(Error::io("pidfd_getfd", io::Error::last_os_error()));
@@ -357,19 +381,19 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     drop(cmd);
     drop(theirs);
     let log_id = req.log_id.clone();
-    let mut pid = None;
-    let r = handshake(&mut sock, req, &mut pid);
+    let mut child = None;
+    let r = handshake(&mut sock, req, &mut child);
     let tty = match r {
         Ok(tty) => tty,
         Err(e) => {
-            if let Some(pid) = pid {
+            if let Some((pid, _)) = child {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             tracing::warn!(id = %log_id, helper_pid, error = %e, "container process setup failed");
             return Err(e);
         }
     };
-    let pid = pid.ok_or_else(|| Error::Internal("no pid from helper".into()))?;
+    let (pid, pidfd) = child.ok_or_else(|| Error::Internal("no pid from helper".into()))?;
     tracing::info!(id = %log_id, pid, helper_pid, "container process ready");
     let (stdin, stdout) = match (&tty, pipes.stdin, pipes.stdout) {
         (Some(master), _, _) => {
@@ -389,6 +413,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     };
     Ok(Spawned {
         pid,
+        pidfd,
         exit,
         stdin,
         stdout,
@@ -402,7 +427,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
 fn handshake(
     sock: &mut UnixStream,
     req: SpawnRequest,
-    pid: &mut Option<i32>,
+    child: &mut Option<(i32, OwnedFd)>,
 ) -> Result<Option<OwnedFd>> {
     let ioerr = |what: &'static str| move |e| Error::io(what, e);
     sock.set_read_timeout(Some(SETUP_TIMEOUT))
@@ -426,7 +451,7 @@ fn handshake(
             }
             Some((sync::PID, p)) if want == sync::PID && p.len() == 4 => {
                 let p = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as i32;
-                *pid = Some(p);
+                *child = Some((p, pidfd_open(p)?));
                 if let Some(cg) = &req.cgroup {
                     cg.add(p)?;
                 }
@@ -435,8 +460,10 @@ fn handshake(
             }
             Some((sync::TTY, fd)) if want == sync::READY && fd.len() == 4 => {
                 let fd = u32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]);
-                let p = pid.ok_or_else(|| Error::Internal("tty before pid".into()))?;
-                tty = Some(take_fd(p, fd)?);
+                let (_, pidfd) = child
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("tty before pid".into()))?;
+                tty = Some(take_fd(pidfd, fd)?);
             }
             Some((sync::READY, _)) if want == sync::READY => break,
             Some((t, _)) => {
