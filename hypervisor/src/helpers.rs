@@ -194,7 +194,8 @@ mod tests {
             "{msg}"
         );
 
-        let args = vec!["-c".to_string(), "sleep 30".to_string()];
+        // A wrapper with a child of its own: killing it kills the child too.
+        let args = vec!["-c".to_string(), "sleep 30; true".to_string()];
         let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring).expect("spawn");
         let deadline = Instant::now() + Duration::from_millis(100);
         let e = wait_for_socket(
@@ -207,6 +208,18 @@ mod tests {
         .await
         .expect_err("timeout");
         assert!(matches!(e, Error::StartTimeout { .. }), "{e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", p.pid, p.pid))
+            .expect("children");
+        let sleep_pid: u32 = children.trim().parse().expect("one child");
         p.kill_and_wait().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while crate::process::proc_start_time(sleep_pid).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            crate::process::proc_start_time(sleep_pid).is_none(),
+            "grandchild survived"
+        );
     }
 }

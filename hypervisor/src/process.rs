@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::sync::{watch, Notify};
 
@@ -30,6 +32,12 @@ impl Supervised {
             let status = tokio::select! {
                 status = child.wait() => status,
                 () = kill_rx.notified() => {
+                    // Its process group too (spawned as a group leader): a
+                    // wrapper's children must not outlive it. The child is not
+                    // reaped yet, so the group id cannot name anything else.
+                    if let Ok(p) = i32::try_from(pid) {
+                        let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+                    }
                     if let Err(e) = child.start_kill() {
                         tracing::debug!(sandbox = %sandbox, process = name, "kill: {e}");
                     }

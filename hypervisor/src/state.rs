@@ -82,6 +82,11 @@ pub async fn kill_recorded(state: &StateFile, sandbox: &str) -> Vec<ProcessRecor
         let Ok(pid) = i32::try_from(rec.pid) else {
             continue;
         };
+        // The recorded processes were spawned as process group leaders.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         match nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
