@@ -3,7 +3,8 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{open, OFlag};
 use nix::kmod::{finit_module, ModuleInitFlags};
@@ -119,25 +120,85 @@ fn load_module_file(path: &str, params: &str) -> Result<(), String> {
     }
 }
 
-/// Loads the image's modules in the listed order.
-pub fn load_modules() {
-    let Ok(list) = fs::read_to_string(MODULE_LIST) else {
-        tracing::info!("no module list at {MODULE_LIST}");
-        return;
-    };
+fn load_list(paths: &[&str], what: &str) {
     let t0 = Instant::now();
     let mut n = 0;
-    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for path in paths {
+        let t = Instant::now();
         match load_module_file(path, "") {
-            Ok(()) => n += 1,
+            Ok(()) => {
+                n += 1;
+                let elapsed_us = t.elapsed().as_micros() as u64;
+                tracing::debug!(module = path, elapsed_us, "module loaded");
+            }
             Err(e) => tracing::warn!("loading module {e}"),
         }
     }
-    tracing::info!(
-        modules = n,
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        "kernel modules loaded"
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    tracing::info!(modules = n, elapsed_ms, "{what} kernel modules loaded");
+}
+
+/// Set once the modules loaded in the background are in.
+static LATE_MODULES_DONE: Mutex<bool> = Mutex::new(false);
+static LATE_MODULES_CV: Condvar = Condvar::new();
+
+pub fn late_modules_done() {
+    *LATE_MODULES_DONE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = true;
+    LATE_MODULES_CV.notify_all();
+}
+
+/// Loads the image's modules in the listed order (dependencies first). The
+/// vsock chain (everything up to the last `*vsock*` module) is loaded now, so
+/// the agent can listen; the rest (fuse, virtiofs, overlay) in a background
+/// thread, overlapping the host's dial: storage mounts wait for it.
+pub fn load_modules() {
+    let Ok(list) = fs::read_to_string(MODULE_LIST) else {
+        tracing::info!("no module list at {MODULE_LIST}");
+        late_modules_done();
+        return;
+    };
+    let paths: Vec<String> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let split = paths
+        .iter()
+        .rposition(|p| p.contains("vsock"))
+        .map_or(0, |i| i + 1);
+    let (early, late) = paths.split_at(split);
+    load_list(
+        &early.iter().map(String::as_str).collect::<Vec<_>>(),
+        "vsock",
     );
+    let late: Vec<String> = late.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("modules".into())
+        .spawn(move || {
+            load_list(
+                &late.iter().map(String::as_str).collect::<Vec<_>>(),
+                "other",
+            );
+            late_modules_done();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "module thread");
+        late_modules_done();
+    }
+}
+
+/// Waits (up to `timeout`) for the modules loaded in the background.
+pub fn wait_for_modules(timeout: Duration) {
+    let done = LATE_MODULES_DONE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let r = LATE_MODULES_CV.wait_timeout_while(done, timeout, |d| !*d);
+    if r.is_ok_and(|(_, t)| t.timed_out()) {
+        tracing::warn!("kernel modules still loading after {timeout:?}");
+    }
 }
 
 /// Loads a module the shim asked for by name, from the image's module directory.

@@ -49,6 +49,9 @@ fn main() {
     if pid1 {
         init::load_modules();
         init::loopback_up();
+    } else {
+        // Not our system to set up: nothing to wait for before mounting.
+        init::late_modules_done();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,6 +6,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::error::{Error, Result};
 use protocols::agent::Storage;
 
+/// Longest a storage mount waits for the background module loading.
+const MODULES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Splits mount(8)-style options into flags and the filesystem data string.
 pub fn parse_options(options: &[String]) -> (MsFlags, String) {
     let mut flags = MsFlags::empty();
@@ -95,6 +98,8 @@ pub fn mount_storage(s: &Storage) -> Result<Option<Mounted>> {
             )))
         }
     };
+    // virtiofs and overlay may still be loading (see init::load_modules).
+    crate::init::wait_for_modules(MODULES_TIMEOUT);
     if is_mount_point(&s.mount_point) {
         tracing::info!(mount_point = %s.mount_point, "storage already mounted");
         return Ok(None);
