@@ -34,8 +34,8 @@ fn main() {
     } else {
         Vec::new()
     };
-    let filter =
-        EnvFilter::try_from_env("KATA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("KATA_AGENT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cmdline_log_level(pid1)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -73,6 +73,20 @@ fn main() {
         }
     }
     std::process::exit(1);
+}
+
+/// `agent.log=<level>` on the kernel command line (upstream's parameter), else "info".
+fn cmdline_log_level(pid1: bool) -> String {
+    let cmdline = if pid1 {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("agent.log="))
+        .unwrap_or("info")
+        .to_string()
 }
 
 /// Log timestamps as the kernel's uptime, comparable with its own messages.
