@@ -420,7 +420,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     make_rootfs(&vm.shared(), cid)?;
     let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; \
                   grep -c ' /run/x tmpfs' /proc/mounts; \
-                  grep SigIgn /proc/self/status; hostname";
+                  grep SigIgn /proc/self/status; cat /proc/1/oom_score_adj /proc/self/oom_score_adj; \
+                  hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     spec.Mounts.push(oci::Mount {
         destination: "/var/run/x".into(),
@@ -444,7 +445,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let out = drain(&agent, cid, "", false).await?;
     assert_eq!(wait(&agent, cid, "").await?, 0);
     assert!(
-        out.starts_with("init\n") && out.ends_with("\n1\nSigIgn:\t0000000000000000\nsandbox\n"),
+        out.starts_with("init\n")
+            && out.ends_with("\n1\nSigIgn:\t0000000000000000\n-1000\n0\nsandbox\n"),
         "{out}"
     );
     eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());

@@ -293,10 +293,9 @@ fn container_process(
         // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     }
-    if process.OOMScoreAdj != 0 {
-        if let Ok(mut f) = File::create("/proc/self/oom_score_adj") {
-            let _ = write!(f, "{}", process.OOMScoreAdj);
-        }
+    // Always written: the agent (and so the helper) runs at -1000.
+    if let Ok(mut f) = File::create("/proc/self/oom_score_adj") {
+        let _ = write!(f, "{}", process.OOMScoreAdj);
     }
     let mut warn = |msg: String| {
         let _ = write_frame(&mut *sock, sync::WARN, msg.as_bytes());
