@@ -416,12 +416,13 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.remove_container(ctx(), &rm).await?;
 
     // Without a pid namespace the container sees the VM's processes: the agent is PID 1.
+    // Also: no inherited ignored signals, OOM scores, no leaked descriptors (3 = ls's own).
     let cid = "c5";
     make_rootfs(&vm.shared(), cid)?;
     let script = "cat /proc/1/comm; grep -E '^VmRSS' /proc/1/status; \
                   grep -c ' /run/x tmpfs' /proc/mounts; \
                   grep SigIgn /proc/self/status; cat /proc/1/oom_score_adj /proc/self/oom_score_adj; \
-                  hostname";
+                  ls /proc/self/fd | tr '\\n' ' '; echo; hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     spec.Mounts.push(oci::Mount {
         destination: "/var/run/x".into(),
@@ -446,7 +447,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     assert_eq!(wait(&agent, cid, "").await?, 0);
     assert!(
         out.starts_with("init\n")
-            && out.ends_with("\n1\nSigIgn:\t0000000000000000\n-1000\n0\nsandbox\n"),
+            && out.ends_with("\n1\nSigIgn:\t0000000000000000\n-1000\n0\n0 1 2 3 \nsandbox\n"),
         "{out}"
     );
     eprintln!("agent (PID 1) {}", out.lines().nth(1).unwrap_or_default());
