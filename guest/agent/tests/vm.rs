@@ -425,6 +425,13 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
                   ls /proc/self/fd | tr '\\n' ' '; echo; hostname";
     let mut spec = container_spec(cid, &["sh", "-c", script]);
     spec.Mounts.push(oci::Mount {
+        destination: "/etc/hosts".into(),
+        source: "/var/lib/containerd/not-in-the-guest/hosts".into(),
+        type_: "bind".into(),
+        options: vec!["rbind".into(), "ro".into()],
+        ..Default::default()
+    });
+    spec.Mounts.push(oci::Mount {
         destination: "/var/run/x".into(),
         source: "tmpfs".into(),
         type_: "tmpfs".into(),

@@ -179,7 +179,17 @@ fn mask(path: &str, warn: &mut dyn FnMut(String)) {
 fn mount_one(m: &Mount, dest: &Path, warn: &mut dyn FnMut(String)) -> Res<()> {
     let (flags, data) = parse_options(&m.options);
     if m.type_ == "bind" || flags.contains(MsFlags::MS_BIND) {
-        let meta = fs::metadata(&m.source).map_err(err(format!("bind source {}", m.source)))?;
+        let meta = match fs::metadata(&m.source) {
+            Ok(meta) => meta,
+            Err(e) => {
+                // Typically a host path the shim did not share: skip, loudly.
+                warn(format!(
+                    "skipping bind mount on {}: source {}: {e}",
+                    m.destination, m.source
+                ));
+                return Ok(());
+            }
+        };
         if meta.is_dir() {
             fs::create_dir_all(dest).map_err(err(format!("mkdir {}", dest.display())))?;
         } else if !dest.exists() {
