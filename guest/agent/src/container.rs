@@ -340,3 +340,73 @@ impl Container {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::oci;
+
+    fn spec(cwd: &str, args: &[&str], ns: &[(&str, &str)]) -> Spec {
+        Spec {
+            Process: Some(oci::Process {
+                Args: args.iter().map(|s| s.to_string()).collect(),
+                Cwd: cwd.into(),
+                ..Default::default()
+            })
+            .into(),
+            Root: Some(oci::Root {
+                Path: "/".into(),
+                ..Default::default()
+            })
+            .into(),
+            Linux: Some(oci::Linux {
+                Namespaces: ns
+                    .iter()
+                    .map(|(t, p)| LinuxNamespace {
+                        Type: t.to_string(),
+                        Path: p.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn invalid(s: &Spec) -> bool {
+        matches!(validate_spec(s), Err(Error::InvalidArgument(_)))
+    }
+
+    #[test]
+    fn specs_the_runtime_cannot_run_are_invalid_arguments() {
+        assert!(validate_spec(&spec(
+            "/",
+            &["sh"],
+            &[("pid", ""), ("network", "/host/netns")]
+        ))
+        .is_ok());
+        assert!(invalid(&spec("relative", &["sh"], &[])));
+        assert!(invalid(&spec("", &["sh"], &[])));
+        assert!(invalid(&spec("/", &[], &[])));
+        assert!(invalid(&spec("/", &["sh"], &[("time", "")])));
+        assert!(invalid(&spec("/", &["sh"], &[("mount", "/proc/1/ns/mnt")])));
+        assert!(invalid(&spec("/", &["sh"], &[("ipc", "/no/such/ns")])));
+        let mut no_process = spec("/", &["sh"], &[]);
+        no_process.Process.clear();
+        assert!(invalid(&no_process));
+        let mut no_root = spec("/", &["sh"], &[]);
+        no_root.Root.clear();
+        assert!(invalid(&no_root));
+        assert_eq!(
+            Error::ContainerNotFound("x".into()).code(),
+            ttrpc::Code::NOT_FOUND
+        );
+        assert_eq!(
+            Error::AlreadyExists("x".into()).code(),
+            ttrpc::Code::ALREADY_EXISTS
+        );
+        assert_eq!(Error::Eof.to_string(), "EOF");
+    }
+}
