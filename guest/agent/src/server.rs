@@ -310,7 +310,7 @@ impl Health for HealthService {
     async fn version(&self, _: &TtrpcContext, _: CheckRequest) -> R<VersionCheckResponse> {
         Ok(VersionCheckResponse {
             agent_version: AGENT_VERSION.to_string(),
-            grpc_version: "ttrpc-0.8".to_string(),
+            grpc_version: "ttrpc".to_string(),
             ..Default::default()
         })
     }
