@@ -142,9 +142,61 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&text, path)
 }
 
+/// Keys this project reads, per section; others are Kata keys we do not
+/// implement (or typos) and are warned about, not fatal.
+const KNOWN_KEYS: [(&str, &[&str]); 3] = [
+    (
+        "hypervisor.qemu",
+        &[
+            "path",
+            "kernel",
+            "initrd",
+            "machine_type",
+            "kernel_params",
+            "default_vcpus",
+            "default_memory",
+            "shared_fs",
+            "virtio_fs_daemon",
+            "accel",
+            "vsock",
+            "vhost_user_vsock_daemon",
+            "enable_annotations",
+            "valid_hypervisor_paths",
+            "valid_virtio_fs_daemon_paths",
+        ],
+    ),
+    ("agent.kata", &["dial_timeout"]),
+    ("runtime", &["enable_debug"]),
+];
+
+/// Keys present in `text` that this project does not implement, as `section.key`.
+pub fn unknown_keys(text: &str) -> Vec<String> {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    for (section, known) in KNOWN_KEYS {
+        let mut table = Some(&doc);
+        for part in section.split('.') {
+            table = table
+                .and_then(|t| t.get(part))
+                .and_then(toml::Value::as_table);
+        }
+        for key in table.into_iter().flat_map(|t| t.keys()) {
+            if !known.contains(&key.as_str()) {
+                unknown.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    unknown
+}
+
 fn parse(text: &str, source: &Path) -> Result<Config> {
     let raw: RawFile =
         toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", source.display())))?;
+    for key in unknown_keys(text) {
+        tracing::warn!(config = %source.display(), "{key} is not implemented by this shim; ignored");
+    }
     let q = raw.hypervisor.qemu.ok_or_else(|| {
         Error::Config(format!(
             "{}: no [hypervisor.qemu] section",
@@ -269,6 +321,18 @@ mod tests {
         assert!(err.to_string().contains("kernel"), "{err}");
         let err = parse_str("not toml [").unwrap_err();
         assert!(err.to_string().contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_listed_for_warning() {
+        let text = "[hypervisor.qemu]\nkernel = \"/k\"\nblock_device_driver = \"x\"\n[runtime]\nsandbox_cgroup_only = true\n";
+        assert_eq!(
+            unknown_keys(text),
+            vec![
+                "hypervisor.qemu.block_device_driver",
+                "runtime.sandbox_cgroup_only"
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `containerd-shim-kata-v2`: containerd's runtime `io.containerd.kata.v2`,
 //! running each pod's containers in a QEMU VM through the kata agent.
 
+mod annotations;
 mod cli;
 mod config;
 mod error;
@@ -8,10 +9,12 @@ mod events;
 mod io;
 mod persist;
 mod process;
+mod resources;
 mod rootfs;
 mod sandbox;
 mod service;
 mod spec;
+mod stats;
 
 use std::io::Write;
 

@@ -3,7 +3,7 @@
 
 use protocols::containerd::api::Status;
 use protocols::protobuf::well_known_types::timestamp::Timestamp;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// containerd's stdio paths (fifos) for a process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +39,11 @@ impl ProcessState {
 pub struct Process {
     pub stdio: Stdio,
     state: watch::Sender<ProcessState>,
+    /// CloseIO: the stdin copier forwards what is buffered, then closes
+    /// the process's stdin in the guest.
+    pub stdin_closed: Notify,
+    /// For an exec: the process the agent is asked to start.
+    pub exec_spec: Option<protocols::oci::Process>,
 }
 
 impl Process {
@@ -46,6 +51,15 @@ impl Process {
         Self {
             stdio,
             state: watch::Sender::new(ProcessState::Created),
+            stdin_closed: Notify::new(),
+            exec_spec: None,
+        }
+    }
+
+    pub fn new_exec(stdio: Stdio, spec: protocols::oci::Process) -> Self {
+        Self {
+            exec_spec: Some(spec),
+            ..Self::new(stdio)
         }
     }
 

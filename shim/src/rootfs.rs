@@ -106,19 +106,58 @@ pub async fn mount_rootfs(
     .map_err(|e| Error::io("mount task", std::io::Error::other(e)))?
 }
 
-/// Unmounts and removes a container's directory on the share. Missing is fine.
+/// Bind-mounts a host file or directory at `target` (created to match).
+pub async fn bind_share(source: PathBuf, target: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| Error::io(format!("bind source {}", source.display()), e))?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        if meta.is_dir() {
+            std::fs::create_dir_all(&target)
+        } else {
+            std::fs::File::create(&target).map(drop)
+        }
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::io(format!("bind-mounting {}", source.display()), e.into()))
+    })
+    .await
+    .map_err(|e| Error::io("mount task", std::io::Error::other(e)))?
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading mountinfo", e))?;
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| *mp == prefix || mp.starts_with(&format!("{prefix}/")))
+        .map(PathBuf::from)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// Unmounts everything under a container's directory on the share (rootfs
+/// and shared binds) and removes it. Missing is fine.
 pub async fn unmount_rootfs(container_dir: PathBuf) -> Result<()> {
     tokio::task::spawn_blocking(move || {
-        let rootfs = container_dir.join("rootfs");
-        if rootfs.exists() {
-            match umount2(&rootfs, MntFlags::MNT_DETACH) {
+        for mp in mounts_below(&container_dir)? {
+            match umount2(&mp, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("unmounting {}", rootfs.display()),
-                        e.into(),
-                    ))
-                }
+                Err(e) => return Err(Error::io(format!("unmounting {}", mp.display()), e.into())),
             }
         }
         remove_tree_if_unmounted(&container_dir)
@@ -134,20 +173,46 @@ pub fn remove_tree_if_unmounted(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::io("reading mountinfo", e))?;
-    let prefix = dir.to_string_lossy();
-    if mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == prefix || mp.starts_with(&format!("{prefix}/")))
-    {
+    if !mounts_below(dir)?.is_empty() {
         return Err(Error::FailedPrecondition(format!(
             "{} still has mounts below it",
             dir.display()
         )));
     }
     std::fs::remove_dir_all(dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))
+}
+
+/// The host-side mounting of container rootfs, a seam so the Task service
+/// can be unit-tested without root.
+#[async_trait::async_trait]
+pub trait Mounter: Send + Sync {
+    async fn mount(&self, mounts: Vec<RootfsMount>, bundle: PathBuf, target: PathBuf)
+        -> Result<()>;
+    async fn unmount(&self, container_dir: PathBuf) -> Result<()>;
+    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<()>;
+}
+
+/// Real mounts with mount(2).
+pub struct HostMounter;
+
+#[async_trait::async_trait]
+impl Mounter for HostMounter {
+    async fn mount(
+        &self,
+        mounts: Vec<RootfsMount>,
+        bundle: PathBuf,
+        target: PathBuf,
+    ) -> Result<()> {
+        mount_rootfs(mounts, bundle, target).await
+    }
+
+    async fn unmount(&self, container_dir: PathBuf) -> Result<()> {
+        unmount_rootfs(container_dir).await
+    }
+
+    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<()> {
+        bind_share(source, target).await
+    }
 }
 
 #[cfg(test)]

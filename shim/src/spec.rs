@@ -20,6 +20,16 @@ pub fn guest_rootfs(cid: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{cid}/rootfs")
 }
 
+/// A host path the container bind-mounts (volume, /etc/hosts, ...): the
+/// shim bind-mounts it under the container's directory on the share, where
+/// the guest finds it as `guest_source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    pub source: std::path::PathBuf,
+    /// Path relative to the container's directory on the share.
+    pub share_path: String,
+}
+
 /// Filesystem types the guest creates itself; everything else must be shared.
 const KERNEL_FS: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
@@ -168,8 +178,14 @@ fn resources(r: &oci::LinuxResources) -> grpc::LinuxResources {
     out
 }
 
-/// The agent's spec for container `cid`, whose rootfs is on the share.
-pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
+fn is_bind(typ: &str, options: &[String]) -> bool {
+    typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+/// The agent's spec for container `cid`, whose rootfs is on the share,
+/// and the host paths that must be shared for its bind mounts.
+pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<HostBind>)> {
+    let mut binds = Vec::new();
     let process = spec
         .process()
         .as_ref()
@@ -197,12 +213,34 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
     });
     for m in spec.mounts().iter().flatten() {
         let typ = m.typ().clone().unwrap_or_default();
+        let options = m.options().clone().unwrap_or_default();
+        if is_bind(&typ, &options) {
+            let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
+                return Err(Error::InvalidArgument(format!(
+                    "bind mount to {} has no absolute source",
+                    m.destination().display()
+                )));
+            };
+            let name = source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let share_path = format!("mounts/{}-{name}", binds.len());
+            out.Mounts.push(grpc::Mount {
+                destination: m.destination().to_string_lossy().into_owned(),
+                source: format!("{GUEST_SHARED_DIR}/{cid}/{share_path}"),
+                type_: "bind".into(),
+                options,
+                ..Default::default()
+            });
+            binds.push(HostBind { source, share_path });
+            continue;
+        }
         if !KERNEL_FS.contains(&typ.as_str()) {
-            // Host binds (volumes, /etc/hosts, ...) need the share; not yet carried.
             tracing::warn!(
                 container = cid,
                 destination = %m.destination().display(),
-                "mount of type {typ:?} is not shared with the guest yet; skipped"
+                "mount of type {typ:?} is not supported in the guest; skipped"
             );
             continue;
         }
@@ -253,7 +291,7 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<grpc::Spec> {
         }
         out.Linux = protocols::protobuf::MessageField::some(l);
     }
-    Ok(out)
+    Ok((out, binds))
 }
 
 #[cfg(test)]
@@ -280,7 +318,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "mount"}],
                       "resources": {"memory": {"limit": 33554432}}}
         }));
-        let g = to_agent_spec(&s, "c1").expect("converts");
+        let (g, binds) = to_agent_spec(&s, "c1").expect("converts");
         let p = g.Process.as_ref().expect("process");
         assert_eq!(p.Args, vec!["sh", "-c", "echo hi"]);
         assert_eq!(p.Cwd, "/work");
@@ -292,8 +330,21 @@ mod tests {
         );
         assert!(g.Root.Readonly);
         assert_eq!(g.Hostname, "box");
-        assert_eq!(g.Mounts.len(), 1, "host bind is not passed as-is");
+        assert_eq!(g.Mounts.len(), 2);
         assert_eq!(g.Mounts[0].type_, "proc");
+        // The host bind reaches the guest through the share.
+        assert_eq!(
+            g.Mounts[1].source,
+            "/run/kata-containers/shared/containers/c1/mounts/0-data"
+        );
+        assert_eq!(g.Mounts[1].destination, "/data");
+        assert_eq!(
+            binds,
+            vec![HostBind {
+                source: "/host/data".into(),
+                share_path: "mounts/0-data".into()
+            }]
+        );
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
         assert_eq!(ns, vec!["pid", "mount"]);
         assert_eq!(g.Linux.Resources.Memory.Limit, 33554432);

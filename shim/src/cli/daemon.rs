@@ -66,6 +66,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
         Arc::new(hypervisor::Qemu::default()),
         Arc::new(VsockDialer),
         events,
+        Arc::new(crate::rootfs::HostMounter),
     ));
     let exit = service.exit.clone();
 

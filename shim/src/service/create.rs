@@ -65,7 +65,7 @@ impl TaskService {
             )));
         }
         let spec = spec::load(Path::new(&req.bundle)).await?;
-        let agent_spec = spec::to_agent_spec(&spec, &cid)?;
+        let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -110,12 +110,13 @@ impl TaskService {
                     .await?,
                 );
                 self.watch_vm(sb.clone());
+                self.watch_oom(sb.clone());
                 (sb, true)
             }
         };
 
         let result = self
-            .create_in_sandbox(&sandbox, &cid, mounts, &req.bundle, agent_spec)
+            .create_in_sandbox(&sandbox, &cid, mounts, binds, &req.bundle, agent_spec)
             .await;
         match result {
             Ok(()) => {
@@ -140,11 +141,7 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let container = Arc::new(Container {
-            id: cid.clone(),
-            bundle: req.bundle.clone(),
-            init: Arc::new(Process::new(stdio)),
-        });
+        let container = Arc::new(Container::new(&cid, &req.bundle, Process::new(stdio)));
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
@@ -178,11 +175,20 @@ impl TaskService {
         sandbox: &Sandbox,
         cid: &str,
         mounts: Vec<RootfsMount>,
+        binds: Vec<spec::HostBind>,
         bundle: &str,
         agent_spec: protocols::oci::Spec,
     ) -> Result<()> {
         let dir = sandbox.paths.container_dir(cid);
-        rootfs::mount_rootfs(mounts, bundle.into(), dir.join("rootfs")).await?;
+        self.mounter
+            .mount(mounts, bundle.into(), dir.join("rootfs"))
+            .await?;
+        for b in binds {
+            if let Err(e) = self.mounter.bind(b.source, dir.join(&b.share_path)).await {
+                let _ = self.mounter.unmount(dir).await;
+                return Err(e);
+            }
+        }
         let req = CreateContainerRequest {
             container_id: cid.to_owned(),
             exec_id: cid.to_owned(),
@@ -190,7 +196,7 @@ impl TaskService {
             ..Default::default()
         };
         if let Err(e) = sandbox.agent.create_container(req).await {
-            let _ = rootfs::unmount_rootfs(dir).await;
+            let _ = self.mounter.unmount(dir).await;
             return Err(e.into());
         }
         Ok(())

@@ -1,4 +1,4 @@
-//! Task.Start, the exit watcher, Task.Delete, and what happens when the VM dies.
+//! Task.Start, the exit watchers, Task.Delete, and what happens when the VM dies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,9 @@ use protocols::protobuf::MessageField;
 
 use super::{Container, TaskService};
 use crate::error::{Error, Result};
-use crate::io::{copy_out, Stream};
-use crate::process::ProcessState;
-use crate::rootfs;
+use crate::events::EventSink;
+use crate::io::{copy_in, copy_out, Stream};
+use crate::process::{Process, ProcessState};
 use crate::sandbox::Sandbox;
 
 /// Exit status reported for processes lost with their VM (SIGKILL).
@@ -23,83 +23,153 @@ impl TaskService {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
         if process.state() != ProcessState::Created {
             return Err(Error::FailedPrecondition(format!(
-                "container {:?} was already started",
-                req.id
+                "process {:?} of container {:?} was already started",
+                req.exec_id, req.id
             )));
         }
-        let sandbox = self
-            .running_sandbox()
-            .await
-            .ok_or_else(|| Error::FailedPrecondition("sandbox is not running".into()))?;
-        sandbox.agent.start_container(&container.id).await?;
+        let sandbox = self.live_sandbox().await?;
+        if req.exec_id.is_empty() {
+            sandbox.agent.start_container(&container.id).await?;
+        } else {
+            self.start_exec(&sandbox, &container, &req.exec_id).await?;
+        }
         if !process.set_running() {
             return Err(Error::FailedPrecondition(format!(
                 "container {:?} was already started",
                 req.id
             )));
         }
-        self.spawn_exit_watcher(sandbox.clone(), container.clone());
+        self.spawn_watcher(
+            sandbox.clone(),
+            container.clone(),
+            process,
+            req.exec_id.clone(),
+        );
         let pid = Self::task_pid(&sandbox);
-        tracing::info!(container = %container.id, "container started");
-        self.events
-            .publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: container.id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        tracing::info!(container = %container.id, exec = %req.exec_id, "started");
+        if req.exec_id.is_empty() {
+            self.events
+                .publish(
+                    topics::TASK_START_EVENT_TOPIC,
+                    Box::new(TaskStart {
+                        container_id: container.id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        } else {
+            self.events
+                .publish(
+                    topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                    Box::new(protocols::containerd::events::task::TaskExecStarted {
+                        container_id: container.id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        }
         Ok(api::StartResponse {
             pid,
             ..Default::default()
         })
     }
 
-    /// Copies the init process's output, waits for its exit, then publishes
+    /// Copies the process's stdio, waits for its exit, then publishes
     /// TaskExit — after the output is drained, as containerd expects.
-    fn spawn_exit_watcher(&self, sandbox: Arc<Sandbox>, container: Arc<Container>) {
+    fn spawn_watcher(
+        &self,
+        sandbox: Arc<Sandbox>,
+        container: Arc<Container>,
+        process: Arc<Process>,
+        exec_id: String,
+    ) {
         let agent = sandbox.agent.clone();
         let events = self.events.clone();
         let pid = Self::task_pid(&sandbox);
         tokio::spawn(async move {
             let cid = container.id.clone();
-            let stdio = container.init.stdio.clone();
+            let stdio = process.stdio.clone();
+            if stdio.stdin.is_empty() {
+                // The guest gives every process a stdin pipe: close it so a
+                // program reading stdin sees EOF instead of blocking.
+                if let Err(e) = agent.close_stdin(&cid, &exec_id).await {
+                    tracing::debug!(container = %cid, exec = %exec_id, error = %e, "CloseStdin failed");
+                }
+            } else {
+                tokio::spawn(copy_in(
+                    agent.clone(),
+                    cid.clone(),
+                    exec_id.clone(),
+                    process.clone(),
+                ));
+            }
             let out = tokio::spawn(copy_out(
                 agent.clone(),
                 cid.clone(),
-                String::new(),
+                exec_id.clone(),
                 Stream::Stdout,
                 stdio.stdout,
             ));
-            let err = tokio::spawn(copy_out(
-                agent.clone(),
-                cid.clone(),
-                String::new(),
-                Stream::Stderr,
-                stdio.stderr,
-            ));
-            let status = match agent.wait_process(&cid, "").await {
+            let err = (!stdio.terminal).then(|| {
+                tokio::spawn(copy_out(
+                    agent.clone(),
+                    cid.clone(),
+                    exec_id.clone(),
+                    Stream::Stderr,
+                    stdio.stderr,
+                ))
+            });
+            let status = match agent.wait_process(&cid, &exec_id).await {
                 Ok(s) => u32::try_from(s).unwrap_or(255),
                 Err(e) => {
-                    tracing::warn!(container = %cid, error = %e, "WaitProcess failed");
+                    tracing::warn!(container = %cid, exec = %exec_id, error = %e, "WaitProcess failed");
                     VM_GONE_STATUS
                 }
             };
             let _ = out.await;
-            let _ = err.await;
-            publish_exit(events.as_ref(), &container, pid, status).await;
+            if let Some(err) = err {
+                let _ = err.await;
+            }
+            publish_exit(events.as_ref(), &container, &process, &exec_id, pid, status).await;
         });
     }
 
-    /// When the VM dies, every live process is reported exited.
+    /// When the VM dies, every live process is reported exited, and the
+    /// VM's helpers and directories are cleaned up; containerd then deletes
+    /// the tasks and shuts the daemon down.
     pub(super) fn watch_vm(&self, sandbox: Arc<Sandbox>) {
         let events = self.events.clone();
         let map = self.containers.clone();
+        let slot = self.sandbox_slot();
         tokio::spawn(async move {
             sandbox.vm.wait_exit().await;
-            tracing::warn!(sandbox = %sandbox.id, "VM exited");
+            let mut guard = slot.lock().await;
+            let ours = guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sandbox));
+            if !ours {
+                return; // stopped on purpose
+            }
+            tracing::warn!(sandbox = %sandbox.id, "VM exited unexpectedly");
+            guard.take();
+            drop(guard);
+            // Clean up first (bounded), so that when containerd hears of
+            // the exits nothing of the VM is left.
+            let cleanup = async {
+                if let Err(e) = sandbox.vm.stop().await {
+                    tracing::warn!(sandbox = %sandbox.id, error = %e, "stopping dead VM's helpers");
+                }
+                if let Err(e) = crate::sandbox::cleanup_dirs(&sandbox.paths).await {
+                    tracing::warn!(sandbox = %sandbox.id, error = %e, "cleaning up after dead VM");
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), cleanup)
+                .await
+                .is_err()
+            {
+                tracing::warn!(sandbox = %sandbox.id, "cleanup after VM death timed out");
+            }
             let pid = TaskService::task_pid(&sandbox);
             let live: Vec<Arc<Container>> = map
                 .lock()
@@ -108,7 +178,42 @@ impl TaskService {
                 .cloned()
                 .collect();
             for c in live {
-                publish_exit(events.as_ref(), &c, pid, VM_GONE_STATUS).await;
+                let execs: Vec<(String, Arc<Process>)> = c
+                    .execs()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (eid, p) in execs {
+                    publish_exit(events.as_ref(), &c, &p, &eid, pid, VM_GONE_STATUS).await;
+                }
+                publish_exit(events.as_ref(), &c, &c.init, "", pid, VM_GONE_STATUS).await;
+            }
+        });
+    }
+
+    /// Forwards the agent's OOM notifications as TaskOOM until the agent goes away.
+    pub(super) fn watch_oom(&self, sandbox: Arc<Sandbox>) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match sandbox.agent.get_oom_event().await {
+                    Ok(cid) => {
+                        tracing::info!(container = %cid, "OOM in the guest");
+                        events
+                            .publish(
+                                topics::TASK_OOM_EVENT_TOPIC,
+                                Box::new(protocols::containerd::events::task::TaskOOM {
+                                    container_id: cid,
+                                    ..Default::default()
+                                }),
+                            )
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(sandbox = %sandbox.id, error = %e, "OOM event loop ends");
+                        return;
+                    }
+                }
             }
         });
     }
@@ -117,12 +222,29 @@ impl TaskService {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
         if process.state() == ProcessState::Running {
             return Err(Error::FailedPrecondition(format!(
-                "container {:?} is running; kill it first",
-                req.id
+                "process {:?} of container {:?} is running; kill it first",
+                req.exec_id, req.id
             )));
         }
         let sandbox = self.running_sandbox().await;
         let pid = sandbox.as_deref().map(Self::task_pid).unwrap_or(0);
+        let (exit_status, exited_at) = match process.state() {
+            ProcessState::Stopped {
+                exit_status,
+                exited_at,
+            } => (exit_status, Some(exited_at)),
+            _ => (0, None),
+        };
+        let exited_at = MessageField::from_option(exited_at);
+        if !req.exec_id.is_empty() {
+            container.execs().remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status,
+                exited_at,
+                ..Default::default()
+            });
+        }
         if let Some(sb) = &sandbox {
             match tokio::time::timeout(
                 Duration::from_secs(15),
@@ -136,15 +258,10 @@ impl TaskService {
                 Err(_) => tracing::warn!(container = %container.id, "RemoveContainer timed out"),
                 Ok(Ok(())) => {}
             }
-            rootfs::unmount_rootfs(sb.paths.container_dir(&container.id)).await?;
+            self.mounter
+                .unmount(sb.paths.container_dir(&container.id))
+                .await?;
         }
-        let (exit_status, exited_at) = match process.state() {
-            ProcessState::Stopped {
-                exit_status,
-                exited_at,
-            } => (exit_status, Some(exited_at)),
-            _ => (0, None),
-        };
         let now_empty = {
             let mut map = self.containers();
             map.remove(&container.id);
@@ -154,7 +271,6 @@ impl TaskService {
             self.teardown_sandbox().await?;
         }
         tracing::info!(container = %container.id, "container deleted");
-        let exited_at = MessageField::from_option(exited_at);
         self.events
             .publish(
                 topics::TASK_DELETE_EVENT_TOPIC,
@@ -186,21 +302,35 @@ impl TaskService {
     }
 }
 
-async fn publish_exit(events: &dyn crate::events::EventSink, c: &Container, pid: u32, status: u32) {
-    if !c.init.set_exited(status) {
+/// Records the exit and publishes TaskExit, once per process.
+async fn publish_exit(
+    events: &dyn EventSink,
+    c: &Container,
+    p: &Process,
+    exec_id: &str,
+    pid: u32,
+    status: u32,
+) {
+    if !p.set_exited(status) {
         return;
     }
-    let exited_at = match c.init.state() {
+    let exited_at = match p.state() {
         ProcessState::Stopped { exited_at, .. } => MessageField::some(exited_at),
         _ => MessageField::none(),
     };
-    tracing::info!(container = %c.id, status, "container exited");
+    tracing::info!(container = %c.id, exec = exec_id, status, "process exited");
+    // For the init process containerd (and CRI) look the exit up by container id.
+    let id = if exec_id.is_empty() {
+        c.id.clone()
+    } else {
+        exec_id.to_owned()
+    };
     events
         .publish(
             topics::TASK_EXIT_EVENT_TOPIC,
             Box::new(TaskExit {
                 container_id: c.id.clone(),
-                id: c.id.clone(),
+                id,
                 pid,
                 exit_status: status,
                 exited_at,

@@ -3,8 +3,12 @@
 //! state and the dispatch.
 
 pub mod create;
+mod exec;
 mod lifecycle;
 mod query;
+mod resources;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,15 +24,39 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::process::Process;
+use crate::rootfs::Mounter;
 use crate::sandbox::{AgentDialer, Sandbox};
 
 type TtrpcResult<T> = protocols::containerd::ttrpc::Result<T>;
 
-/// A container the shim manages: its bundle and init process.
+/// A container the shim manages: its bundle, init process and execs.
 pub struct Container {
     pub id: String,
     pub bundle: String,
     pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Frozen by Pause (the agent's freezer, or the whole VM for the sandbox).
+    pub paused: std::sync::atomic::AtomicBool,
+}
+
+impl Container {
+    pub fn new(id: &str, bundle: &str, init: Process) -> Self {
+        Self {
+            id: id.to_owned(),
+            bundle: bundle.to_owned(),
+            init: Arc::new(init),
+            execs: Mutex::new(HashMap::new()),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Shared state of the daemon: one sandbox, its containers.
@@ -38,8 +66,9 @@ pub struct TaskService {
     hypervisor: Arc<dyn Hypervisor>,
     dialer: Arc<dyn AgentDialer>,
     events: Arc<dyn EventSink>,
+    mounter: Arc<dyn Mounter>,
     /// Serialises sandbox boot/teardown; `None` until the first Create.
-    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    sandbox: Arc<tokio::sync::Mutex<Option<Arc<Sandbox>>>>,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
     /// Signalled when the daemon should exit (Shutdown with nothing left).
     pub exit: Arc<Notify>,
@@ -51,13 +80,15 @@ impl TaskService {
         hypervisor: Arc<dyn Hypervisor>,
         dialer: Arc<dyn AgentDialer>,
         events: Arc<dyn EventSink>,
+        mounter: Arc<dyn Mounter>,
     ) -> Self {
         Self {
             run_root,
             hypervisor,
             dialer,
             events,
-            sandbox: tokio::sync::Mutex::new(None),
+            mounter,
+            sandbox: Arc::new(tokio::sync::Mutex::new(None)),
             containers: Arc::new(Mutex::new(HashMap::new())),
             exit: Arc::new(Notify::new()),
         }
@@ -78,17 +109,29 @@ impl TaskService {
     /// The process `exec_id` of container `id` (init when empty).
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
         let c = self.container(id)?;
-        if exec_id.is_empty() || exec_id == id {
+        if exec_id.is_empty() {
             let p = c.init.clone();
             return Ok((c, p));
         }
-        Err(Error::NotFound(format!(
-            "exec {exec_id:?} of container {id:?} not found"
-        )))
+        let p = c.execs().get(exec_id).cloned().ok_or_else(|| {
+            Error::NotFound(format!("exec {exec_id:?} of container {id:?} not found"))
+        })?;
+        Ok((c, p))
     }
 
     async fn running_sandbox(&self) -> Option<Arc<Sandbox>> {
         self.sandbox.lock().await.clone()
+    }
+
+    /// The running sandbox, or FailedPrecondition when its VM is gone.
+    async fn live_sandbox(&self) -> Result<Arc<Sandbox>> {
+        self.running_sandbox()
+            .await
+            .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))
+    }
+
+    fn sandbox_slot(&self) -> Arc<tokio::sync::Mutex<Option<Arc<Sandbox>>>> {
+        self.sandbox.clone()
     }
 
     /// QEMU's pid stands for the container on the host: nothing else there runs it.
@@ -166,21 +209,21 @@ impl Task for TaskService {
     async fn pids(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::PidsRequest,
+        req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        unimplemented("Pids")
+        Ok(self.do_pids(req).await?)
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Ok(self.do_pause(req).await?)
     }
 
     async fn resume(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResumeRequest,
+        req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        unimplemented("Resume")
+        Ok(self.do_resume(req).await?)
     }
 
     async fn checkpoint(
@@ -194,40 +237,40 @@ impl Task for TaskService {
     async fn exec(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ExecProcessRequest,
+        req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        unimplemented("Exec")
+        Ok(self.do_exec(req).await?)
     }
 
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        unimplemented("ResizePty")
+        Ok(self.do_resize_pty(req).await?)
     }
 
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::CloseIORequest,
+        req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        unimplemented("CloseIO")
+        Ok(self.do_close_io(req).await?)
     }
 
     async fn update(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
+        req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        unimplemented("Update")
+        Ok(self.do_update(req).await?)
     }
 
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        unimplemented("Stats")
+        Ok(self.do_stats(req).await?)
     }
 }

@@ -19,7 +19,14 @@ impl TaskService {
             id: req.id.clone(),
             bundle: container.bundle.clone(),
             pid,
-            status: state.status().into(),
+            status: if req.exec_id.is_empty()
+                && container.is_paused()
+                && state == ProcessState::Running
+            {
+                protocols::containerd::api::Status::PAUSED.into()
+            } else {
+                state.status().into()
+            },
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
             stderr: process.stdio.stderr.clone(),

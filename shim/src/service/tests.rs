@@ -1,0 +1,596 @@
+//! The Task service on fakes: every RPC, allowed and refused transitions,
+//! events in containerd's order, teardown on failure and on VM death.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_client::fake::{Call as AgentCall, FakeAgent};
+use agent_client::{Address, Agent};
+use async_trait::async_trait;
+use hypervisor::fake::{Call as VmCall, FakeHypervisor};
+use protocols::containerd::api;
+use protocols::containerd::protobuf::MessageDyn;
+use protocols::containerd::shim_async::Task;
+use protocols::containerd::ttrpc::r#async::TtrpcContext;
+use protocols::protobuf::well_known_types::any::Any;
+
+use super::TaskService;
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::rootfs::{Mounter, RootfsMount};
+use crate::sandbox::AgentDialer;
+
+#[derive(Default)]
+struct Events(Mutex<Vec<(String, String)>>);
+
+#[async_trait]
+impl EventSink for Events {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let text = protocols::protobuf::text_format::print_to_string(event.as_ref());
+        self.0
+            .lock()
+            .expect("events")
+            .push((topic.to_owned(), text));
+    }
+}
+
+impl Events {
+    fn topics(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("events")
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+    fn last(&self, topic: &str) -> Option<String> {
+        self.0
+            .lock()
+            .expect("events")
+            .iter()
+            .rev()
+            .find(|(t, _)| t == topic)
+            .map(|(_, e)| e.clone())
+    }
+}
+
+struct Dialer(FakeAgent);
+
+#[async_trait]
+impl AgentDialer for Dialer {
+    async fn dial(
+        &self,
+        _addr: &Address,
+        _timeout: Duration,
+        _tail: &(dyn Fn() -> String + Send + Sync),
+    ) -> agent_client::Result<Box<dyn Agent>> {
+        Ok(Box::new(self.0.clone()))
+    }
+}
+
+#[derive(Default)]
+struct Mounts(Mutex<Vec<String>>);
+
+#[async_trait]
+impl Mounter for Mounts {
+    async fn mount(&self, _m: Vec<RootfsMount>, _bundle: PathBuf, target: PathBuf) -> Result<()> {
+        self.0
+            .lock()
+            .expect("mounts")
+            .push(format!("mount {}", target.display()));
+        Ok(())
+    }
+    async fn unmount(&self, dir: PathBuf) -> Result<()> {
+        self.0
+            .lock()
+            .expect("mounts")
+            .push(format!("unmount {}", dir.display()));
+        Ok(())
+    }
+    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<()> {
+        self.0.lock().expect("mounts").push(format!(
+            "bind {} {}",
+            source.display(),
+            target.display()
+        ));
+        Ok(())
+    }
+}
+
+struct Rig {
+    svc: TaskService,
+    hv: FakeHypervisor,
+    agent: FakeAgent,
+    events: Arc<Events>,
+    mounts: Arc<Mounts>,
+    dir: tempfile::TempDir,
+}
+
+fn ctx() -> TtrpcContext {
+    TtrpcContext {
+        mh: Default::default(),
+        metadata: Default::default(),
+        timeout_nano: 0,
+        connection_data: Default::default(),
+    }
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hv = FakeHypervisor::default();
+    let agent = FakeAgent::new();
+    let events = Arc::new(Events::default());
+    let mounts = Arc::new(Mounts::default());
+    std::fs::write(
+        dir.path().join("kata.toml"),
+        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\n",
+    )
+    .expect("config");
+    let svc = TaskService::new(
+        dir.path().join("run"),
+        Arc::new(hv.clone()),
+        Arc::new(Dialer(agent.clone())),
+        events.clone(),
+        mounts.clone(),
+    );
+    Rig {
+        svc,
+        hv,
+        agent,
+        events,
+        mounts,
+        dir,
+    }
+}
+
+impl Rig {
+    fn bundle(&self, id: &str, annotations: serde_json::Value) -> String {
+        let b = self.dir.path().join(format!("bundle-{id}"));
+        std::fs::create_dir_all(b.join("rootfs")).expect("bundle");
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sleep", "1"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "annotations": annotations,
+        });
+        std::fs::write(b.join("config.json"), spec.to_string()).expect("spec");
+        b.to_string_lossy().into_owned()
+    }
+
+    fn options(&self) -> Any {
+        let mut value = Vec::new();
+        {
+            let mut os = protocols::protobuf::CodedOutputStream::vec(&mut value);
+            os.write_string(2, &self.dir.path().join("kata.toml").to_string_lossy())
+                .expect("write");
+            os.flush().expect("flush");
+        }
+        Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        id: &str,
+        annotations: serde_json::Value,
+    ) -> Result<api::CreateTaskResponse> {
+        let req = api::CreateTaskRequest {
+            id: id.into(),
+            bundle: self.bundle(id, annotations),
+            options: Some(self.options()).into(),
+            ..Default::default()
+        };
+        self.svc.do_create(req).await
+    }
+
+    async fn start(&self, id: &str, exec: &str) -> Result<api::StartResponse> {
+        self.svc
+            .do_start(api::StartRequest {
+                id: id.into(),
+                exec_id: exec.into(),
+                ..Default::default()
+            })
+            .await
+    }
+
+    async fn delete(&self, id: &str, exec: &str) -> Result<api::DeleteResponse> {
+        self.svc
+            .do_delete(api::DeleteRequest {
+                id: id.into(),
+                exec_id: exec.into(),
+                ..Default::default()
+            })
+            .await
+    }
+
+    async fn wait(&self, id: &str, exec: &str) -> u32 {
+        let req = api::WaitRequest {
+            id: id.into(),
+            exec_id: exec.into(),
+            ..Default::default()
+        };
+        tokio::time::timeout(Duration::from_secs(5), self.svc.do_wait(req))
+            .await
+            .expect("wait timed out")
+            .expect("wait")
+            .exit_status
+    }
+
+    async fn status(&self, id: &str, exec: &str) -> api::Status {
+        let req = api::StateRequest {
+            id: id.into(),
+            exec_id: exec.into(),
+            ..Default::default()
+        };
+        self.svc
+            .do_state(req)
+            .await
+            .expect("state")
+            .status
+            .enum_value_or_default()
+    }
+
+    fn run_dir_empty(&self) -> bool {
+        std::fs::read_dir(self.dir.path().join("run"))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    }
+}
+
+fn assert_kind(r: Result<impl std::fmt::Debug>, want: &str) {
+    let e = r.expect_err("should fail");
+    let got = format!("{e:?}");
+    assert!(got.starts_with(want), "want {want}, got {got}");
+}
+
+#[tokio::test]
+async fn lifecycle_publishes_events_in_order_and_cleans_up() {
+    let r = rig();
+    let created = r.create("c1", serde_json::json!({})).await.expect("create");
+    assert_eq!(r.status("c1", "").await, api::Status::CREATED);
+    assert!(r
+        .agent
+        .calls()
+        .iter()
+        .any(|c| matches!(c, AgentCall::CreateSandbox(_))));
+    r.start("c1", "").await.expect("start");
+    assert_eq!(r.status("c1", "").await, api::Status::RUNNING);
+    r.agent.push_stdout("c1", "", b"hello");
+    r.agent.exit_process("c1", "", 7);
+    assert_eq!(r.wait("c1", "").await, 7);
+    assert_eq!(r.status("c1", "").await, api::Status::STOPPED);
+    let exit = r.events.last("/tasks/exit").expect("exit event");
+    assert!(
+        exit.contains("id: \"c1\"") && exit.contains("exit_status: 7"),
+        "{exit}"
+    );
+    let del = r.delete("c1", "").await.expect("delete");
+    assert_eq!(del.exit_status, 7);
+    assert_eq!(del.pid, created.pid);
+    assert_eq!(
+        r.events.topics(),
+        vec![
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+    assert!(r
+        .agent
+        .calls()
+        .iter()
+        .any(|c| matches!(c, AgentCall::DestroySandbox)));
+    assert!(r
+        .hv
+        .calls()
+        .iter()
+        .any(|c| matches!(c, VmCall::Stop { .. })));
+    let mounts = r.mounts.0.lock().expect("mounts").clone();
+    assert!(
+        mounts[0].starts_with("mount ") && mounts.last().is_some_and(|m| m.starts_with("unmount "))
+    );
+    assert!(r.run_dir_empty(), "sandbox directory removed");
+    r.svc
+        .do_shutdown(api::ShutdownRequest::default())
+        .await
+        .expect("shutdown");
+    tokio::time::timeout(Duration::from_secs(1), r.svc.exit.notified())
+        .await
+        .expect("exit signalled");
+}
+
+#[tokio::test]
+async fn refuses_what_the_state_machine_refuses() {
+    let r = rig();
+    assert_kind(r.start("ghost", "").await, "NotFound");
+    assert_kind(r.delete("ghost", "").await, "NotFound");
+    r.create("c1", serde_json::json!({})).await.expect("create");
+    assert_kind(r.create("c1", serde_json::json!({})).await, "AlreadyExists");
+    let pause = api::PauseRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_pause(pause.clone()).await, "FailedPrecondition");
+    r.start("c1", "").await.expect("start");
+    assert_kind(r.start("c1", "").await, "FailedPrecondition");
+    assert_kind(r.delete("c1", "").await, "FailedPrecondition");
+    let resume = api::ResumeRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_resume(resume.clone()).await, "FailedPrecondition");
+    r.svc.do_pause(pause.clone()).await.expect("pause");
+    assert_eq!(r.status("c1", "").await, api::Status::PAUSED);
+    assert_kind(r.svc.do_pause(pause).await, "FailedPrecondition");
+    r.svc.do_resume(resume).await.expect("resume");
+    // The sandbox container pauses the whole VM.
+    assert!(r
+        .hv
+        .calls()
+        .iter()
+        .any(|c| matches!(c, VmCall::Pause { .. })));
+    assert!(r
+        .hv
+        .calls()
+        .iter()
+        .any(|c| matches!(c, VmCall::Resume { .. })));
+    let topics = r.events.topics();
+    assert!(
+        topics.contains(&"/tasks/paused".to_owned())
+            && topics.contains(&"/tasks/resumed".to_owned())
+    );
+    // Shutdown is ignored while a container remains.
+    r.svc
+        .do_shutdown(api::ShutdownRequest::default())
+        .await
+        .expect("shutdown");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), r.svc.exit.notified())
+            .await
+            .is_err()
+    );
+    r.agent.exit_process("c1", "", 0);
+    r.wait("c1", "").await;
+    let kill = api::KillRequest {
+        id: "c1".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_kill(kill).await, "NotFound");
+    let exec = api::ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "e".into(),
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_exec(exec).await, "FailedPrecondition");
+}
+
+fn exec_req(id: &str, exec: &str) -> api::ExecProcessRequest {
+    let process =
+        serde_json::json!({"args": ["echo", "hi"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    api::ExecProcessRequest {
+        id: id.into(),
+        exec_id: exec.into(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: process.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn exec_runs_and_reports_its_own_exit() {
+    let r = rig();
+    r.create("c1", serde_json::json!({})).await.expect("create");
+    r.start("c1", "").await.expect("start");
+    r.svc.do_exec(exec_req("c1", "e1")).await.expect("exec");
+    assert_kind(r.svc.do_exec(exec_req("c1", "e1")).await, "AlreadyExists");
+    assert_eq!(r.status("c1", "e1").await, api::Status::CREATED);
+    r.start("c1", "e1").await.expect("start exec");
+    assert!(r
+        .agent
+        .calls()
+        .iter()
+        .any(|c| matches!(c, AgentCall::ExecProcess(req) if req.exec_id == "e1")));
+    let kill = api::KillRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        signal: 15,
+        ..Default::default()
+    };
+    r.svc.do_kill(kill).await.expect("kill exec");
+    assert!(r.agent.calls().iter().any(
+        |c| matches!(c, AgentCall::SignalProcess { exec_id, signal: 15, .. } if exec_id == "e1")
+    ));
+    r.agent.exit_process("c1", "e1", 143);
+    assert_eq!(r.wait("c1", "e1").await, 143);
+    let exit = r.events.last("/tasks/exit").expect("exit");
+    assert!(
+        exit.contains("id: \"e1\""),
+        "exec exit carries the exec id: {exit}"
+    );
+    assert_eq!(
+        r.status("c1", "").await,
+        api::Status::RUNNING,
+        "init unaffected"
+    );
+    r.delete("c1", "e1").await.expect("delete exec");
+    assert_kind(r.delete("c1", "e1").await, "NotFound");
+    let topics = r.events.topics();
+    assert!(
+        topics.contains(&"/tasks/exec-added".to_owned())
+            && topics.contains(&"/tasks/exec-started".to_owned())
+    );
+    // Kill with `all` reaches every process: the agent's empty exec id.
+    let all = api::KillRequest {
+        id: "c1".into(),
+        signal: 9,
+        all: true,
+        ..Default::default()
+    };
+    r.svc.do_kill(all).await.expect("kill all");
+    assert!(r.agent.calls().iter().any(
+        |c| matches!(c, AgentCall::SignalProcess { exec_id, signal: 9, .. } if exec_id.is_empty())
+    ));
+}
+
+#[tokio::test]
+async fn vm_death_reports_every_live_process_exited() {
+    let r = rig();
+    r.create("c1", serde_json::json!({})).await.expect("create");
+    r.start("c1", "").await.expect("start");
+    r.hv.vms()[0].exit("killed");
+    assert_eq!(r.wait("c1", "").await, 137);
+    assert!(r.events.topics().contains(&"/tasks/exit".to_owned()));
+    // containerd then deletes; that works without a VM.
+    r.delete("c1", "").await.expect("delete after VM death");
+    assert!(r.run_dir_empty());
+}
+
+#[tokio::test]
+async fn failed_boot_or_create_leaves_nothing() {
+    let r = rig();
+    r.hv.fail_next_launch(hypervisor::Error::InvalidConfig(
+        "kernel /k does not exist".into(),
+    ));
+    let e = r
+        .create("c1", serde_json::json!({}))
+        .await
+        .expect_err("launch fails");
+    assert!(matches!(e, Error::Hypervisor(_)), "{e:?}");
+    assert!(e.to_string().contains("/k"), "{e}");
+    assert!(r.run_dir_empty(), "nothing left after failed launch");
+    r.agent.fail_next(
+        "CreateContainer",
+        protocols::ttrpc::Code::INVALID_ARGUMENT,
+        "bad spec",
+    );
+    let e = r
+        .create("c1", serde_json::json!({}))
+        .await
+        .expect_err("agent refuses");
+    assert!(e.to_string().contains("bad spec"), "{e}");
+    assert!(
+        r.hv.calls()
+            .iter()
+            .any(|c| matches!(c, VmCall::Stop { .. })),
+        "VM stopped"
+    );
+    assert!(r.run_dir_empty());
+    // And the service still works afterwards.
+    r.create("c1", serde_json::json!({}))
+        .await
+        .expect("create after failures");
+}
+
+#[tokio::test]
+async fn app_container_needs_its_pod_and_joins_it() {
+    let r = rig();
+    let app = serde_json::json!({"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod"});
+    assert_kind(r.create("app", app.clone()).await, "FailedPrecondition");
+    r.create(
+        "pod",
+        serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"}),
+    )
+    .await
+    .expect("pod");
+    r.create("app", app).await.expect("app joins");
+    assert_eq!(
+        r.hv.calls()
+            .iter()
+            .filter(|c| matches!(c, VmCall::Launch { .. }))
+            .count(),
+        1
+    );
+    // Pausing an app container uses the agent's freezer, not the VM.
+    r.start("app", "").await.expect("start");
+    r.svc
+        .do_pause(api::PauseRequest {
+            id: "app".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+    assert!(r
+        .agent
+        .calls()
+        .iter()
+        .any(|c| matches!(c, AgentCall::PauseContainer { container_id } if container_id == "app")));
+    assert!(!r
+        .hv
+        .calls()
+        .iter()
+        .any(|c| matches!(c, VmCall::Pause { .. })));
+}
+
+#[tokio::test]
+async fn bad_inputs_get_typed_errors() {
+    let r = rig();
+    let missing = api::CreateTaskRequest {
+        id: "x".into(),
+        bundle: "/nonexistent".into(),
+        ..Default::default()
+    };
+    let e = r.svc.do_create(missing).await.expect_err("missing bundle");
+    assert!(format!("{e:?}").starts_with("Io"), "{e:?}");
+    let b = r.bundle("y", serde_json::json!({}));
+    std::fs::write(PathBuf::from(&b).join("config.json"), "{not json").expect("write");
+    let bad = api::CreateTaskRequest {
+        id: "y".into(),
+        bundle: b.clone(),
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_create(bad).await, "InvalidArgument");
+    let b = r.bundle("z", serde_json::json!({}));
+    let weird = api::CreateTaskRequest {
+        id: "z".into(),
+        bundle: b,
+        rootfs: vec![protocols::containerd::types::mount::Mount {
+            type_: "zfs".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_kind(r.svc.do_create(weird).await, "InvalidArgument");
+    assert!(r.run_dir_empty(), "no VM started for bad input");
+    assert!(r.hv.calls().is_empty());
+}
+
+#[tokio::test]
+async fn task_trait_maps_errors_to_codes() {
+    let r = rig();
+    let e = Task::start(
+        &r.svc,
+        &ctx(),
+        api::StartRequest {
+            id: "ghost".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("unknown");
+    match e {
+        protocols::containerd::ttrpc::Error::RpcStatus(s) => {
+            assert_eq!(s.code(), protocols::containerd::ttrpc::Code::NOT_FOUND);
+            assert!(s.message().contains("ghost"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = Task::checkpoint(&r.svc, &ctx(), api::CheckpointTaskRequest::default())
+        .await
+        .expect_err("unimplemented");
+    match e {
+        protocols::containerd::ttrpc::Error::RpcStatus(s) => {
+            assert_eq!(s.code(), protocols::containerd::ttrpc::Code::UNIMPLEMENTED)
+        }
+        other => panic!("{other:?}"),
+    }
+}
