@@ -9,6 +9,7 @@ use std::time::Duration;
 use hypervisor::{Accel, MachineType, VsockKind};
 use serde::Deserialize;
 
+use crate::annotations::{self, AnnotationPolicy, Overrides};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_PATHS: [&str; 2] = [
@@ -23,6 +24,8 @@ pub struct Config {
     pub qemu: QemuConfig,
     pub agent_dial_timeout: Duration,
     pub debug: bool,
+    /// Which `io.katacontainers.config.*` annotations may override this.
+    pub annotation_policy: AnnotationPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +72,9 @@ struct RawQemu {
     accel: String,
     vsock: String,
     vhost_user_vsock_daemon: String,
+    enable_annotations: Vec<String>,
+    valid_hypervisor_paths: Vec<String>,
+    valid_virtio_fs_daemon_paths: Vec<String>,
 }
 
 impl Default for RawQemu {
@@ -86,6 +92,9 @@ impl Default for RawQemu {
             accel: "auto".into(),
             vsock: "auto".into(),
             vhost_user_vsock_daemon: "/usr/local/bin/vhost-device-vsock".into(),
+            enable_annotations: Vec::new(),
+            valid_hypervisor_paths: Vec::new(),
+            valid_virtio_fs_daemon_paths: Vec::new(),
         }
     }
 }
@@ -284,7 +293,58 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
             raw.agent.kata.unwrap_or_default().dial_timeout.max(1),
         ),
         debug: raw.runtime.enable_debug,
+        annotation_policy: {
+            let policy = AnnotationPolicy {
+                enable_annotations: q.enable_annotations,
+                valid_hypervisor_paths: q.valid_hypervisor_paths,
+                valid_virtio_fs_daemon_paths: q.valid_virtio_fs_daemon_paths,
+            };
+            annotations::check_policy(&policy)?;
+            policy
+        },
     })
+}
+
+impl Config {
+    /// This configuration with the pod's allowed kata annotations applied.
+    pub fn with_annotations(
+        &self,
+        pod: &std::collections::HashMap<String, String>,
+    ) -> Result<Config> {
+        let mut o = Overrides::default();
+        annotations::apply(pod, &self.annotation_policy, &mut o)?;
+        let mut c = self.clone();
+        if let Some(p) = o.path {
+            c.qemu.path = p;
+        }
+        if let Some(k) = o.kernel_params {
+            c.qemu.kernel_params = [c.qemu.kernel_params.as_str(), k.as_str()]
+                .join(" ")
+                .trim()
+                .to_owned();
+        }
+        if let Some(v) = o.default_vcpus {
+            c.qemu.vcpus = v;
+        }
+        if let Some(m) = o.default_memory {
+            c.qemu.memory_mib = m;
+        }
+        if let Some(d) = o.virtio_fs_daemon {
+            c.qemu.virtiofsd = d;
+        }
+        if let Some(m) = o.machine_type {
+            c.qemu.machine = match m.as_str() {
+                "q35" => MachineType::Q35,
+                "microvm" => MachineType::Microvm,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "annotation machine_type {other:?} is not supported (q35, microvm)"
+                    )))
+                }
+            };
+        }
+        Ok(c)
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +381,31 @@ mod tests {
         assert!(err.to_string().contains("kernel"), "{err}");
         let err = parse_str("not toml [").unwrap_err();
         assert!(err.to_string().contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn pod_annotations_apply_only_where_enabled() {
+        let c = parse_str(
+            "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\nkernel_params = \"a=1\"\nenable_annotations = [\"default_vcpus\", \"kernel_params\"]\n",
+        )
+        .expect("parses");
+        let pod: std::collections::HashMap<String, String> = [
+            ("io.katacontainers.config.hypervisor.default_vcpus", "2"),
+            ("io.katacontainers.config.hypervisor.kernel_params", "b=2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let applied = c.with_annotations(&pod).expect("allowed");
+        assert_eq!(applied.qemu.vcpus, 2);
+        assert_eq!(applied.qemu.kernel_params, "a=1 b=2");
+        let bad: std::collections::HashMap<String, String> = [(
+            "io.katacontainers.config.hypervisor.path".to_owned(),
+            "/tmp/evil".to_owned(),
+        )]
+        .into();
+        let err = c.with_annotations(&bad).expect_err("not enabled");
+        assert!(err.to_string().contains("path"), "{err}");
     }
 
     #[test]

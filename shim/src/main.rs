@@ -1,20 +1,8 @@
 //! `containerd-shim-kata-v2`: containerd's runtime `io.containerd.kata.v2`,
-//! running each pod's containers in a QEMU VM through the kata agent.
+//! running each pod's containers in a QEMU VM through the kata agent. The
+//! work is in the library; this is the command line.
 
-mod annotations;
-mod cli;
-mod config;
-mod error;
-mod events;
-mod io;
-mod persist;
-mod process;
-mod resources;
-mod rootfs;
-mod sandbox;
-mod service;
-mod spec;
-mod stats;
+use containerd_shim_kata_v2::cli;
 
 use std::io::Write;
 

@@ -82,6 +82,7 @@ impl Sandbox {
         })
         .await?;
         let q = &config.qemu;
+        let t = std::time::Instant::now();
         let vm = hypervisor
             .launch(VmConfig {
                 id: id.to_owned(),
@@ -111,6 +112,8 @@ impl Sandbox {
                 port: protocols::AGENT_VSOCK_PORT,
             },
         };
+        phase(id, "vm_launch", t);
+        let t = std::time::Instant::now();
         let agent: Arc<dyn Agent> = match dialer
             .dial(&addr, config.agent_dial_timeout, &|| vm.console_tail())
             .await
@@ -132,10 +135,13 @@ impl Sandbox {
             }],
             ..Default::default()
         };
+        phase(id, "agent_connect", t);
+        let t = std::time::Instant::now();
         if let Err(e) = agent.create_sandbox(req).await {
             let _ = vm.stop().await;
             return Err(e.into());
         }
+        phase(id, "create_sandbox", t);
         tracing::info!(sandbox = id, "sandbox ready");
         Ok(Sandbox {
             id: id.to_owned(),
@@ -170,4 +176,14 @@ pub async fn cleanup_dirs(paths: &SandboxPaths) -> Result<()> {
     tokio::task::spawn_blocking(move || crate::rootfs::remove_tree_if_unmounted(&base))
         .await
         .map_err(|e| Error::io("cleanup task", std::io::Error::other(e)))?
+}
+
+/// Logs how long one phase of pod start took (`make bench` reads these).
+pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
+    tracing::info!(
+        sandbox,
+        phase = name,
+        ms = since.elapsed().as_secs_f64() * 1000.0,
+        "phase done"
+    );
 }

@@ -95,8 +95,12 @@ impl TaskService {
                         "sandbox {sid:?} of container {cid:?} is not running in this shim"
                     )));
                 }
+                let t = std::time::Instant::now();
                 let path = config::locate(config_path_option(req.options.as_ref()).as_deref())?;
-                let cfg = config::load(&path)?;
+                let pod: std::collections::HashMap<String, String> =
+                    annotations.clone().into_iter().collect();
+                let cfg = config::load(&path)?.with_annotations(&pod)?;
+                crate::sandbox::phase(&cid, "config", t);
                 let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
                 let sb = Arc::new(
                     Sandbox::boot(
@@ -115,9 +119,11 @@ impl TaskService {
             }
         };
 
+        let t = std::time::Instant::now();
         let result = self
             .create_in_sandbox(&sandbox, &cid, mounts, binds, &req.bundle, agent_spec)
             .await;
+        crate::sandbox::phase(&sandbox.id, "create_container", t);
         match result {
             Ok(()) => {
                 if booted_here {

@@ -29,7 +29,9 @@ impl TaskService {
         }
         let sandbox = self.live_sandbox().await?;
         if req.exec_id.is_empty() {
+            let t = std::time::Instant::now();
             sandbox.agent.start_container(&container.id).await?;
+            crate::sandbox::phase(&sandbox.id, "start_container", t);
         } else {
             self.start_exec(&sandbox, &container, &req.exec_id).await?;
         }

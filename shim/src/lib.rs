@@ -1,0 +1,17 @@
+//! The shim as a library: the Task service and everything under it, so the
+//! binary, benchmarks and tests share one implementation.
+
+pub mod annotations;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod io;
+pub mod persist;
+pub mod process;
+pub mod resources;
+pub mod rootfs;
+pub mod sandbox;
+pub mod service;
+pub mod spec;
+pub mod stats;
