@@ -1,7 +1,10 @@
 //! Test harness: a private containerd (own root, state and socket; never the
 //! system's), the project's offline busybox image, `ctr` helpers, and leak
-//! checks for VMs, helper daemons, mounts and directories.
+//! checks for VMs, helper daemons, mounts and directories. With
+//! [`Containerd::start_cri`] the same containerd also serves Kubernetes CRI
+//! (see [`cri`]).
 
+pub mod cri;
 pub mod leaks;
 
 use std::path::{Path, PathBuf};
@@ -66,11 +69,23 @@ pub fn write_config(path: &Path, edit: impl Fn(String) -> String) -> Result<()> 
     Ok(())
 }
 
+/// What a private containerd serves besides the Task API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// CRI disabled: tests drive it with `ctr`.
+    Plain,
+    /// CRI enabled with runtime handler `kata`, CNI, the pause image.
+    Cri,
+}
+
 /// A private containerd for one test binary.
 pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub config: PathBuf,
+    pub flavor: Flavor,
+    /// The CNI bridge of a CRI containerd (deleted on drop).
+    pub bridge: Option<String>,
     child: Child,
 }
 
@@ -79,6 +94,16 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl Containerd {
     /// Starts containerd with the shim on its PATH and imports the test image.
     pub fn start() -> Result<Self> {
+        Self::start_flavor(Flavor::Plain)
+    }
+
+    /// Starts containerd with its CRI plugin (runtime handler `kata`, CNI,
+    /// pause image), and imports the test image into CRI's namespace too.
+    pub fn start_cri() -> Result<Self> {
+        Self::start_flavor(Flavor::Cri)
+    }
+
+    fn start_flavor(flavor: Flavor) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!(
             "/var/lib/kata-shim-test/{}-{n}",
@@ -90,16 +115,23 @@ impl Containerd {
         let config = dir.join("kata.toml");
         write_config(&config, |t| t)?;
         let ctd_config = dir.join("containerd.toml");
-        std::fs::write(
-            &ctd_config,
-            format!(
+        let mut bridge = None;
+        let text = match flavor {
+            Flavor::Plain => format!(
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{s}\"\n[debug]\n  level = \"debug\"\n",
                 d = dir.display(),
                 s = socket.display()
             ),
-        )?;
+            Flavor::Cri => {
+                let name = cri::config::bridge_name(n);
+                cri::config::write_cni(&dir, &name)?;
+                bridge = Some(name);
+                cri::config::containerd_toml(&dir, &socket, &config)?
+            }
+        };
+        std::fs::write(&ctd_config, text)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let path = format!(
             "{}:{}",
@@ -120,24 +152,39 @@ impl Containerd {
             dir,
             socket,
             config,
+            flavor,
+            bridge,
             child,
         };
         wait_until(Duration::from_secs(20), || ctd.socket.exists())
             .context("containerd socket did not appear")?;
-        ctd.import_image()?;
+        let tar = ctd.dir.join("busybox.tar");
+        ctd.build_image("busybox-image.sh", &tar, IMAGE)?;
+        ctd.import_image(NAMESPACE, &tar)?;
+        if flavor == Flavor::Cri {
+            ctd.import_image(cri::NAMESPACE, &tar)?;
+            let pause = ctd.dir.join("pause.tar");
+            ctd.build_image("pause-image.sh", &pause, cri::PAUSE_IMAGE)?;
+            ctd.import_image(cri::NAMESPACE, &pause)?;
+        }
         Ok(ctd)
     }
 
-    fn import_image(&self) -> Result<()> {
-        let tar = self.dir.join("busybox.tar");
-        let st = Command::new(repo_root().join("tests/scripts/busybox-image.sh"))
-            .arg(&tar)
-            .arg(IMAGE)
+    /// Runs `tests/scripts/<script> OUT NAME` (an offline OCI archive builder).
+    pub fn build_image(&self, script: &str, out: &Path, name: &str) -> Result<()> {
+        let st = Command::new(repo_root().join("tests/scripts").join(script))
+            .arg(out)
+            .arg(name)
             .status()?;
         if !st.success() {
-            bail!("building the busybox image failed");
+            bail!("{script} failed");
         }
-        let out = self.ctr(&["images", "import", &tar.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// `ctr -n <namespace> images import <tar>`, checked.
+    pub fn import_image(&self, namespace: &str, tar: &Path) -> Result<()> {
+        let out = self.ctr_in(namespace, &["images", "import", &tar.to_string_lossy()])?;
         if !out.status.success() {
             bail!(
                 "ctr images import: {}",
@@ -149,11 +196,16 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Runs `ctr` against this containerd in `namespace` (CRI's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Output> {
         Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -170,6 +222,67 @@ impl Containerd {
         self.ctr(&args)
     }
 
+    /// `ctr run -d --runtime io.containerd.kata.v2 [extra] IMAGE ID CMD...`, checked.
+    pub fn run_detached(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Result<()> {
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args)?;
+        if !out.status.success() {
+            bail!(
+                "ctr run -d {id}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `ctr` and fails unless it succeeds; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        if !out.status.success() {
+            bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Kills, deletes the task and removes the container; errors ignored.
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = wait_until(Duration::from_secs(10), || {
+            self.ctr(&["task", "delete", id])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+                || self.task_status(id).is_none()
+        });
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+
+    /// The task's status as `ctr task ls` shows it (RUNNING, STOPPED, PAUSED, ...).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]).ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&id))
+            .and_then(|cols| cols.get(2).map(|s| (*s).to_owned()))
+    }
+
+    /// The shim's ttrpc address for task `id` (from its bundle's `address` file).
+    pub fn shim_address(&self, id: &str) -> Result<String> {
+        let path = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NAMESPACE)
+            .join(id)
+            .join("address");
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
     /// containerd's ttrpc socket, where shims publish events.
     pub fn ttrpc_socket(&self) -> PathBuf {
         PathBuf::from(format!("{}.ttrpc", self.socket.display()))
@@ -182,6 +295,17 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A test that failed half-way leaves tasks: remove them first so
+        // their VMs do not outlive the test.
+        if let Ok(out) = self.ctr(&["container", "ls", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                self.remove(id.trim());
+            }
+        }
+        if self.flavor == Flavor::Cri {
+            // Pods a failed test left behind: their VMs outlive containerd otherwise.
+            cri::cleanup::remove_everything(self);
+        }
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -193,11 +317,15 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("root"))
-            .output();
+        // Snapshots under root/, CRI's sandbox /dev/shm mounts under state/.
+        let mut mounts = leaks::mounts_under(&format!("{}/", self.dir.display()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).output();
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -212,4 +340,54 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<(
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("condition not met within {timeout:?}")
+}
+
+/// `ctr events` running in the background, its output kept in a file.
+pub struct Events {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Containerd {
+    pub fn events(&self) -> Result<Events> {
+        let path = self.dir.join(format!(
+            "events-{}.log",
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&path)?;
+        // Events of every namespace: `ctr events` is not namespaced.
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Events { child, path })
+    }
+}
+
+impl Events {
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits until a line has `topic` and mentions `id`.
+    pub fn wait_for(&self, topic: &str, id: &str, timeout: Duration) -> Result<()> {
+        wait_until(timeout, || {
+            self.text()
+                .lines()
+                .any(|l| l.contains(topic) && l.contains(id))
+        })
+        .with_context(|| format!("no {topic} event for {id}; saw:\n{}", self.text()))
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
