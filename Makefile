@@ -40,6 +40,11 @@ integration-test: build image
 
 test: unit-test integration-test
 
+# This runtime against runc and the VM floor, same machine, same run:
+# writes $(BUILD)/bench/{report.md,report.json,scaling.svg}, prints the ratios.
+bench: build image
+	BUILD=$(BUILD) $(CARGO) run --release -q -p integration-tests --bin kata-bench -- --out $(BUILD)/bench
+
 install: build image
 	install -D -m 0755 $(SHIM) $(PREFIX)/bin/containerd-shim-kata-v2
 	install -D -m 0644 $(GUEST_OUT)/vmlinux $(PREFIX)/share/kata-shim/vmlinux

@@ -1,0 +1,282 @@
+//! The VM floor: the same guest kernel booted by QEMU with the fastest path
+//! this machine allows (PVH boot of the uncompressed `vmlinux`, q35, the
+//! accelerator `auto` resolves to, hybrid vsock through vhost-device-vsock)
+//! and a trivial static init that writes one byte to vsock port 1024.
+//! Timed from QEMU's launch to that byte arriving on the host's
+//! `<uds-path>_1024` listener. With `bench.bytes=N` the init then streams
+//! N zero bytes: the raw vsock throughput floor.
+
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hypervisor::accel::{resolve_accel, ResolvedAccel};
+use hypervisor::cmdline::{boot, console, machine, vsock, QemuArgs, Transport};
+use hypervisor::{Accel, HostProbe, MachineType};
+
+/// The init's C source (built with `gcc -static`).
+const INIT_C: &str = include_str!("floor_init.c");
+/// Modules the floor's init loads (and their dependencies, which the guest
+/// image's load order lists first).
+const VSOCK_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
+
+/// Guest size: the shim's defaults (`default_vcpus`, `default_memory`).
+pub const VCPUS: u32 = 1;
+pub const MEMORY_MIB: u32 = 256;
+
+/// A prepared floor: kernel, initramfs, accelerator.
+pub struct Floor {
+    work: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    pub accel: ResolvedAccel,
+    pub accel_reason: String,
+    next: u32,
+}
+
+/// One floor boot.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorSample {
+    /// QEMU launch to the first byte on the host.
+    pub first_byte: Duration,
+    /// Bytes streamed after the first and how long they took.
+    pub stream: Option<(u64, Duration)>,
+}
+
+impl Floor {
+    /// Builds the init and its initramfs under `work` from the guest image's
+    /// modules (`guest_dir`/initrd.img holds them, uncompressed cpio).
+    pub fn prepare(work: &Path, guest_dir: &Path) -> Result<Floor> {
+        let stage = work.join("floor-initrd");
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(&stage)?;
+        let src = work.join("floor_init.c");
+        std::fs::write(&src, INIT_C)?;
+        run(Command::new("gcc")
+            .args(["-static", "-Os", "-o"])
+            .arg(stage.join("init"))
+            .arg(&src))
+        .context("compiling the floor's init (apt-get install gcc libc6-dev)")?;
+
+        // The guest image's modules: extract lib/modules from its initramfs.
+        let initrd_src = guest_dir.join("initrd.img");
+        let listing = output(
+            Command::new("cpio").arg("-it").stdin(
+                std::fs::File::open(&initrd_src)
+                    .with_context(|| format!("opening {}", initrd_src.display()))?,
+            ),
+        )?;
+        let wanted: Vec<&str> = listing
+            .lines()
+            .filter(|l| l.starts_with("lib/modules/"))
+            .collect();
+        if wanted.is_empty() {
+            bail!(
+                "{} holds no lib/modules (compressed initrd?)",
+                initrd_src.display()
+            );
+        }
+        run(Command::new("cpio")
+            .args(["-id", "--quiet"])
+            .args(&wanted)
+            .current_dir(&stage)
+            .stdin(std::fs::File::open(&initrd_src)?))?;
+        let order = std::fs::read_to_string(stage.join("lib/modules/load-order"))
+            .context("guest image has no lib/modules/load-order")?;
+        let keep: Vec<&str> = order
+            .lines()
+            .filter(|p| {
+                let base = p.rsplit('/').next().unwrap_or("");
+                let name = base.trim_end_matches(".ko").replace('-', "_");
+                VSOCK_MODULES.contains(&name.as_str())
+            })
+            .collect();
+        for entry in std::fs::read_dir(stage.join("lib/modules"))? {
+            let entry = entry?;
+            let path = format!("/lib/modules/{}", entry.file_name().to_string_lossy());
+            if path.ends_with(".ko") && !keep.contains(&path.as_str()) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        std::fs::write(stage.join("lib/modules/load-order"), keep.join("\n") + "\n")?;
+        std::fs::create_dir_all(stage.join("proc"))?;
+        let initrd = work.join("floor-initrd.img");
+        let cpio = std::fs::File::create(&initrd)?;
+        let files = output(
+            Command::new("find")
+                .args([".", "-mindepth", "1", "-printf", "%P\\n"])
+                .current_dir(&stage),
+        )?;
+        let mut child = Command::new("cpio")
+            .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
+            .current_dir(&stage)
+            .stdin(Stdio::piped())
+            .stdout(cpio)
+            .spawn()
+            .context("cpio")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, files.as_bytes())?;
+        }
+        if !child.wait()?.success() {
+            bail!("cpio -o failed");
+        }
+        let (accel, accel_reason) = resolve_accel(Accel::Auto, &HostProbe::default())?;
+        Ok(Floor {
+            work: work.to_path_buf(),
+            kernel: guest_dir.join("vmlinux"),
+            initrd,
+            accel,
+            accel_reason,
+            next: 0,
+        })
+    }
+
+    /// The QEMU arguments for one boot (hypervisor crate's typed pieces,
+    /// minus QMP and virtio-fs).
+    fn qemu_args(&self, vhost_socket: &Path, extra_params: &str) -> Vec<String> {
+        let parts: [&dyn QemuArgs; 7] = [
+            &machine::Machine {
+                kind: MachineType::Q35,
+                memory_backend: "mem".into(),
+            },
+            &machine::AccelArg(self.accel),
+            &machine::Memory {
+                id: "mem".into(),
+                size_mib: MEMORY_MIB,
+            },
+            &machine::Smp { cpus: VCPUS },
+            &machine::Cpu(self.accel),
+            &boot::DirectKernel {
+                kernel: self.kernel.clone(),
+                initrd: self.initrd.clone(),
+                extra_params: extra_params.into(),
+            },
+            &console::SerialConsole,
+        ];
+        let mut args = vec!["-name".to_string(), "bench-floor".to_string()];
+        for p in parts {
+            p.append_to(&mut args);
+        }
+        vsock::VsockDevice::VhostUser {
+            socket: vhost_socket.to_path_buf(),
+            transport: Transport::Pci,
+        }
+        .append_to(&mut args);
+        args
+    }
+
+    /// Boots once; `stream_bytes` > 0 also measures the raw vsock stream.
+    pub fn boot(&mut self, stream_bytes: u64) -> Result<FloorSample> {
+        self.next += 1;
+        let dir = self.work.join(format!("floor-{}", self.next));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let vhost_socket = dir.join("vhost.sock");
+        let uds = dir.join("vsock.sock");
+        let listener = UnixListener::bind(format!("{}_1024", uds.display()))?;
+        let helper = Guard(
+            Command::new("vhost-device-vsock")
+                .arg("--guest-cid")
+                .arg("3")
+                .arg("--socket")
+                .arg(&vhost_socket)
+                .arg("--uds-path")
+                .arg(&uds)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting vhost-device-vsock")?,
+        );
+        integration_tests::wait_until(Duration::from_secs(10), || vhost_socket.exists())
+            .context("vhost-device-vsock socket")?;
+
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = (|| -> std::io::Result<(Instant, u64, Instant)> {
+                let (mut s, _) = listener.accept()?;
+                let mut one = [0u8; 1];
+                s.read_exact(&mut one)?;
+                let first = Instant::now();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0u64;
+                loop {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                Ok((first, total, Instant::now()))
+            })();
+            let _ = tx.send(r);
+        });
+        let params = if stream_bytes > 0 {
+            format!("quiet bench.bytes={stream_bytes}")
+        } else {
+            "quiet".to_string()
+        };
+        let args = self.qemu_args(&vhost_socket, &params);
+        let launched = Instant::now();
+        let qemu = Guard(
+            Command::new("qemu-system-x86_64")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("qemu.err"))?)
+                .spawn()
+                .context("starting qemu-system-x86_64")?,
+        );
+        let timeout = Duration::from_secs(60 + stream_bytes / (1 << 20));
+        let (first, total, end) = rx
+            .recv_timeout(timeout)
+            .context("floor guest wrote nothing to vsock port 1024")?
+            .context("reading the floor guest's vsock stream")?;
+        drop(qemu);
+        drop(helper);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(FloorSample {
+            first_byte: first - launched,
+            stream: (stream_bytes > 0).then_some((total, end - first)),
+        })
+    }
+}
+
+/// Kills and reaps a child on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

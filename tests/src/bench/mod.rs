@@ -1,0 +1,323 @@
+//! `make bench`: the project measured side by side with its references (runc
+//! and the VM floor) in one run on this machine, reported as ratios
+//! (Markdown, JSON, an SVG plot of the scaling figure).
+//!
+//! Runs are interleaved (ours, runc, floor, ours, …) so background load on a
+//! shared machine hits every side alike.
+
+pub mod floor;
+pub mod pods;
+pub mod procmem;
+pub mod report;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use integration_tests::{guest_dir, write_config, Containerd};
+
+use floor::Floor;
+use pods::{KATA, RUNC};
+use procmem::{Mem, QemuBreakdown};
+use stats::Summary;
+
+/// What to run and how often.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub out: PathBuf,
+    /// Samples of pod start (each side) and of the floor.
+    pub runs: usize,
+    /// Samples of exec latency.
+    pub exec_runs: usize,
+    /// Stdout throughput: MiB per run (0 = skip) and runs.
+    pub throughput_mib: u64,
+    pub throughput_runs: usize,
+    /// Pod counts started at once, and rounds per count (empty = skip).
+    pub scaling: Vec<usize>,
+    pub scaling_rounds: usize,
+    /// Shim memory with this many containers in the pod besides one (0 = skip).
+    pub many_containers: usize,
+}
+
+impl Opts {
+    /// The full run (`make bench`).
+    pub fn full(out: PathBuf) -> Self {
+        Self {
+            out,
+            runs: 5,
+            exec_runs: 10,
+            throughput_mib: 256,
+            throughput_runs: 5,
+            scaling: vec![1, 2, 4, 8],
+            scaling_rounds: 3,
+            many_containers: 10,
+        }
+    }
+
+    /// One iteration of the cheap parts (the smoke test in `make test`).
+    pub fn smoke(out: PathBuf) -> Self {
+        Self {
+            out,
+            runs: 1,
+            exec_runs: 1,
+            throughput_mib: 0,
+            throughput_runs: 0,
+            scaling: vec![],
+            scaling_rounds: 0,
+            many_containers: 0,
+        }
+    }
+}
+
+/// Shim daemon memory for one configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ShimMem {
+    pub containers: usize,
+    pub kata: Mem,
+    pub kata_threads: u64,
+    pub runc: Mem,
+    pub runc_threads: u64,
+}
+
+/// One scaling point.
+#[derive(Debug, Clone, Default)]
+pub struct ScalePoint {
+    pub pods: usize,
+    /// ms until all pods run.
+    pub time_ms: Summary,
+    /// Peak PSS of all shim trees (MiB).
+    pub peak_pss_mib: Summary,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub host: String,
+    pub accel: String,
+    pub started: String,
+    pub duration_s: f64,
+    pub start_kata: Summary,
+    pub start_runc: Summary,
+    pub start_floor: Summary,
+    pub phases: BTreeMap<String, Summary>,
+    pub exec_kata: Summary,
+    pub exec_runc: Summary,
+    pub shim_mem: Vec<ShimMem>,
+    /// Per-pod host memory by process (shim tree), and QEMU's breakdown.
+    pub pod_mem: BTreeMap<String, Mem>,
+    pub qemu: QemuBreakdown,
+    pub tput_kata: Summary,
+    pub tput_runc: Summary,
+    pub tput_floor: Summary,
+    pub tput_mib: u64,
+    pub scaling: Vec<ScalePoint>,
+    pub notes: Vec<String>,
+}
+
+fn log(msg: &str) {
+    eprintln!("kata-bench: {msg}");
+}
+
+/// Runs every measurement `opts` asks for and writes the report.
+pub fn run(opts: &Opts) -> Result<Results> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&opts.out)?;
+    let mut r = Results {
+        host: host_line(),
+        started: chrono_now(),
+        ..Default::default()
+    };
+    let ctd = Containerd::start().context("starting the private containerd")?;
+    // Benchmarks run the shim as deployed: without debug logging.
+    write_config(&ctd.config, |t| {
+        t.replace("enable_debug = true", "enable_debug = false")
+    })?;
+    let mut fl = Floor::prepare(&ctd.dir, &guest_dir()).context("preparing the VM floor")?;
+    r.accel = format!("{:?} ({})", fl.accel, fl.accel_reason);
+    log(&format!("accelerator: {}", r.accel));
+
+    // Warm-up (page cache, snapshotter): one of each, not counted.
+    pods::pod_start(&ctd, RUNC, "warm-runc")?;
+    pods::pod_start(&ctd, KATA, "warm-kata")?;
+
+    // 1. Pod start, interleaved.
+    let (mut k, mut c, mut f) = (vec![], vec![], vec![]);
+    let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for i in 0..opts.runs {
+        let id = format!("start-kata-{i}");
+        k.push(pods::pod_start(&ctd, KATA, &id)?);
+        for (p, v) in pods::phases(&ctd.log(), &id) {
+            phases.entry(p).or_default().push(v);
+        }
+        c.push(pods::pod_start(&ctd, RUNC, &format!("start-runc-{i}"))?);
+        f.push(fl.boot(0)?.first_byte.as_secs_f64() * 1000.0);
+        log(&format!(
+            "pod start {}/{}: kata {:.0} ms, runc {:.0} ms, floor {:.0} ms",
+            i + 1,
+            opts.runs,
+            k[i],
+            c[i],
+            f[i]
+        ));
+    }
+    r.start_kata = Summary::new(k);
+    r.start_runc = Summary::new(c);
+    r.start_floor = Summary::new(f);
+    r.phases = phases
+        .into_iter()
+        .map(|(p, v)| (p, Summary::new(v)))
+        .collect();
+    if r.phases.is_empty() {
+        r.notes.push(
+            "no `phase done` lines from the shim in containerd's log: phase breakdown missing"
+                .into(),
+        );
+    }
+
+    // 2–4. One-container pods: shim memory, per-pod memory, exec latency.
+    pods::start_pod(&ctd, KATA, "mem-kata", 1)?;
+    pods::start_pod(&ctd, RUNC, "mem-runc", 1)?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (kpid, kmem, kthr) = pods::shim_of(KATA, "mem-kata")?;
+    let (_, cmem, cthr) = pods::shim_of(RUNC, "mem-runc")?;
+    r.shim_mem.push(ShimMem {
+        containers: 1,
+        kata: kmem,
+        kata_threads: kthr,
+        runc: cmem,
+        runc_threads: cthr,
+    });
+    r.pod_mem = procmem::by_process(kpid);
+    if let Some(qpid) = procmem::tree(kpid)
+        .into_iter()
+        .find(|p| procmem::comm(*p).starts_with("qemu"))
+    {
+        r.qemu = procmem::qemu_breakdown(qpid);
+    }
+    let (mut ek, mut ec) = (vec![], vec![]);
+    for _ in 0..opts.exec_runs {
+        ek.extend(pods::exec_latency(&ctd, "mem-kata", 1)?);
+        ec.extend(pods::exec_latency(&ctd, "mem-runc", 1)?);
+    }
+    r.exec_kata = Summary::new(ek);
+    r.exec_runc = Summary::new(ec);
+    log(&format!(
+        "exec: kata {}, runc {} ms",
+        r.exec_kata.show(1),
+        r.exec_runc.show(1)
+    ));
+    pods::remove_pod(&ctd, "mem-kata", 1);
+    pods::remove_pod(&ctd, "mem-runc", 1);
+
+    if opts.many_containers > 1 {
+        let n = opts.many_containers;
+        pods::start_pod(&ctd, KATA, "many-kata", n)?;
+        pods::start_pod(&ctd, RUNC, "many-runc", n)?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (_, kmem, kthr) = pods::shim_of(KATA, "many-kata")?;
+        let (_, cmem, cthr) = pods::shim_of(RUNC, "many-runc")?;
+        r.shim_mem.push(ShimMem {
+            containers: n,
+            kata: kmem,
+            kata_threads: kthr,
+            runc: cmem,
+            runc_threads: cthr,
+        });
+        pods::remove_pod(&ctd, "many-kata", n);
+        pods::remove_pod(&ctd, "many-runc", n);
+        log("shim memory measured");
+    }
+
+    // 5. Stdout throughput (MiB/s): transfer time = wall − median start.
+    if opts.throughput_mib > 0 && opts.throughput_runs > 0 {
+        let mib = opts.throughput_mib;
+        r.tput_mib = mib;
+        let (mut tk, mut tc, mut tf) = (vec![], vec![], vec![]);
+        for i in 0..opts.throughput_runs {
+            let (wall, bytes) = pods::stdout_run(&ctd, KATA, &format!("tput-kata-{i}"), mib)?;
+            check_bytes(bytes, mib, KATA)?;
+            tk.push(mib as f64 / ((wall - r.start_kata.median()).max(1.0) / 1000.0));
+            let (wall, bytes) = pods::stdout_run(&ctd, RUNC, &format!("tput-runc-{i}"), mib)?;
+            check_bytes(bytes, mib, RUNC)?;
+            tc.push(mib as f64 / ((wall - r.start_runc.median()).max(1.0) / 1000.0));
+            let s = fl.boot(mib << 20)?;
+            if let Some((bytes, d)) = s.stream {
+                check_bytes(bytes, mib, "floor")?;
+                tf.push(mib as f64 / d.as_secs_f64().max(0.001));
+            }
+            log(&format!(
+                "stdout {}/{}: kata {:.0}, runc {:.0}, floor {:.0} MiB/s",
+                i + 1,
+                opts.throughput_runs,
+                tk[i],
+                tc[i],
+                tf.last().copied().unwrap_or(f64::NAN)
+            ));
+        }
+        r.tput_kata = Summary::new(tk);
+        r.tput_runc = Summary::new(tc);
+        r.tput_floor = Summary::new(tf);
+    }
+
+    // 6. Scaling.
+    for &n in &opts.scaling {
+        let (mut times, mut peaks) = (vec![], vec![]);
+        for round in 0..opts.scaling_rounds {
+            let (ms, peak) = pods::start_many(&ctd, KATA, &format!("scale{n}-{round}"), n)?;
+            times.push(ms);
+            peaks.push(peak as f64 / 1024.0);
+            log(&format!(
+                "scaling N={n} round {}: {ms:.0} ms, peak {:.0} MiB",
+                round + 1,
+                peak as f64 / 1024.0
+            ));
+        }
+        r.scaling.push(ScalePoint {
+            pods: n,
+            time_ms: Summary::new(times),
+            peak_pss_mib: Summary::new(peaks),
+        });
+    }
+
+    r.notes.push(
+        "shim RPC overhead with fakes (criterion) not measured yet: see the closing note".into(),
+    );
+    r.duration_s = t0.elapsed().as_secs_f64();
+    report::write(&r, &opts.out)?;
+    Ok(r)
+}
+
+fn check_bytes(bytes: u64, mib: u64, what: &str) -> Result<()> {
+    if bytes != mib << 20 {
+        anyhow::bail!("{what}: {bytes} bytes arrived, expected {}", mib << 20);
+    }
+    Ok(())
+}
+
+fn host_line() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpus} CPUs, {} GiB, Linux {}",
+        mem / (1024 * 1024),
+        kernel.trim()
+    )
+}
+
+fn chrono_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,421 @@
+//! The report: a ratio table (printed and at the top of `report.md`), the
+//! detailed Markdown, `report.json`, and `scaling.svg` (drawn by hand).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::procmem::Mem;
+use super::Results;
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+/// One row of the ratio table: what, ours, reference, ratio, target, verdict.
+pub struct Row {
+    pub what: String,
+    pub ours: String,
+    pub reference: String,
+    pub ratio: f64,
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+pub fn rows(r: &Results) -> Vec<Row> {
+    let mut rows = vec![];
+    if r.start_kata.n() > 0 {
+        let refm = r.start_runc.median() + r.start_floor.median();
+        let q = ratio(r.start_kata.median(), refm);
+        rows.push(Row {
+            what: "pod start / (runc start + VM floor)".into(),
+            ours: format!("{:.0} ms", r.start_kata.median()),
+            reference: format!(
+                "{:.0} + {:.0} ms",
+                r.start_runc.median(),
+                r.start_floor.median()
+            ),
+            ratio: q,
+            target: "≤ 1.10".into(),
+            met: Some(q <= 1.10),
+        });
+    }
+    if r.exec_kata.n() > 0 {
+        rows.push(Row {
+            what: "exec latency / runc".into(),
+            ours: format!("{:.0} ms", r.exec_kata.median()),
+            reference: format!("{:.0} ms", r.exec_runc.median()),
+            ratio: ratio(r.exec_kata.median(), r.exec_runc.median()),
+            target: "report".into(),
+            met: None,
+        });
+    }
+    for s in &r.shim_mem {
+        let q = ratio(s.kata.pss_kib as f64, s.runc.pss_kib as f64);
+        rows.push(Row {
+            what: format!("shim PSS / runc shim, {} container(s)", s.containers),
+            ours: format!("{:.1} MiB", mib(s.kata.pss_kib)),
+            reference: format!("{:.1} MiB", mib(s.runc.pss_kib)),
+            ratio: q,
+            target: "≤ 0.33".into(),
+            met: Some(q <= 1.0 / 3.0),
+        });
+    }
+    if !r.pod_mem.is_empty() {
+        let total = r.pod_mem.values().fold(Mem::default(), |a, b| a + *b);
+        let q = ratio(mib(total.pss_kib), 96.0);
+        rows.push(Row {
+            what: "per-pod host PSS / 96 MiB budget".into(),
+            ours: format!("{:.1} MiB", mib(total.pss_kib)),
+            reference: "96 MiB".into(),
+            ratio: q,
+            target: "≤ 1.00".into(),
+            met: Some(q <= 1.0),
+        });
+    }
+    if r.tput_kata.n() > 0 {
+        let q = ratio(r.tput_kata.median(), r.tput_floor.median());
+        rows.push(Row {
+            what: "stdout throughput / raw vsock floor".into(),
+            ours: format!("{:.0} MiB/s", r.tput_kata.median()),
+            reference: format!("{:.0} MiB/s", r.tput_floor.median()),
+            ratio: q,
+            target: "≥ 0.80".into(),
+            met: Some(q >= 0.8),
+        });
+        rows.push(Row {
+            what: "stdout throughput / runc".into(),
+            ours: format!("{:.0} MiB/s", r.tput_kata.median()),
+            reference: format!("{:.0} MiB/s", r.tput_runc.median()),
+            ratio: ratio(r.tput_kata.median(), r.tput_runc.median()),
+            target: "report".into(),
+            met: None,
+        });
+    }
+    if let (Some(one), Some(last)) = (r.scaling.first(), r.scaling.last()) {
+        if last.pods > one.pods {
+            rows.push(Row {
+                what: format!("start of {} pods at once / 1 pod", last.pods),
+                ours: format!("{:.0} ms", last.time_ms.median()),
+                reference: format!("{:.0} ms", one.time_ms.median()),
+                ratio: ratio(last.time_ms.median(), one.time_ms.median()),
+                target: "report".into(),
+                met: None,
+            });
+        }
+    }
+    rows
+}
+
+/// The ratio table as Markdown (also what `kata-bench` prints).
+pub fn ratio_table(r: &Results) -> String {
+    let mut s = String::from(
+        "| measure | ours | reference | ratio | target | met |\n|---|---|---|---|---|---|\n",
+    );
+    for row in rows(r) {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} | {} | {} |",
+            row.what, row.ours, row.reference, row.ratio, row.target, met
+        );
+    }
+    s
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# kata shim benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Run {} on {}; accelerator {}; guest {} vCPU / {} MiB; took {:.0} s. \
+         Figures are `median (min–max, n)`.\n",
+        r.started,
+        r.host,
+        r.accel,
+        super::floor::VCPUS,
+        super::floor::MEMORY_MIB,
+        r.duration_s
+    );
+    let _ = writeln!(s, "## Ratios\n\n{}", ratio_table(r));
+
+    let _ = writeln!(s, "## 1. Pod start (`ctr run --rm … true`, ms)\n");
+    let _ = writeln!(s, "| side | wall time |\n|---|---|");
+    let _ = writeln!(s, "| kata (this shim) | {} |", r.start_kata.show(0));
+    let _ = writeln!(s, "| runc | {} |", r.start_runc.show(0));
+    let _ = writeln!(
+        s,
+        "| VM floor (QEMU launch → first vsock byte) | {} |",
+        r.start_floor.show(0)
+    );
+    let overhead = r.start_kata.median() - r.start_runc.median() - r.start_floor.median();
+    let _ = writeln!(
+        s,
+        "\nOverhead over runc + floor: **{overhead:.0} ms** (medians).\n"
+    );
+    if !r.phases.is_empty() {
+        let _ = writeln!(
+            s,
+            "Shim phases (from its `phase done` log lines, ms):\n\n| phase | time |\n|---|---|"
+        );
+        let mut sum = 0.0;
+        for (p, v) in &r.phases {
+            sum += v.median();
+            let _ = writeln!(s, "| {p} | {} |", v.show(0));
+        }
+        let _ = writeln!(
+            s,
+            "| outside the phases (containerd, ctr, shim start, IO, exit, delete) | {:.0} |\n",
+            r.start_kata.median() - sum
+        );
+    }
+
+    let _ = writeln!(s, "## 2. Shim daemon memory (KiB)\n");
+    let _ = writeln!(
+        s,
+        "| containers in the pod | kata RSS | kata PSS | kata threads | runc shim RSS | runc shim PSS | runc threads |\n|---|---|---|---|---|---|---|"
+    );
+    for m in &r.shim_mem {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.containers,
+            m.kata.rss_kib,
+            m.kata.pss_kib,
+            m.kata_threads,
+            m.runc.rss_kib,
+            m.runc.pss_kib,
+            m.runc_threads
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\n## 3. Per-pod host memory (one pod, `sleep`, KiB)\n\n| process | RSS | PSS |\n|---|---|---|"
+    );
+    let mut total = Mem::default();
+    for (name, m) in &r.pod_mem {
+        total = total + *m;
+        let _ = writeln!(s, "| {name} | {} | {} |", m.rss_kib, m.pss_kib);
+    }
+    let _ = writeln!(s, "| **total** | {} | {} |\n", total.rss_kib, total.pss_kib);
+    let q = &r.qemu;
+    let _ = writeln!(
+        s,
+        "QEMU by mapping: guest RAM touched (memfd) {} KiB PSS, TCG translation cache \
+         (anonymous rwx) {} KiB, the rest of QEMU (heap, libraries, kernel + initrd copies) {} KiB.\n",
+        q.guest_ram.pss_kib, q.tcg_code.pss_kib, q.other.pss_kib
+    );
+
+    let _ = writeln!(
+        s,
+        "## 4. Exec latency (`ctr task exec … true`, ms)\n\n| side | round trip |\n|---|---|\n| kata | {} |\n| runc | {} |\n",
+        r.exec_kata.show(1),
+        r.exec_runc.show(1)
+    );
+
+    let _ = writeln!(s, "## 5. Stdout throughput (MiB/s)\n");
+    if r.tput_kata.n() > 0 {
+        let _ = writeln!(
+            s,
+            "{} MiB of `dd if=/dev/zero bs=1M` through `ctr run` into a file; transfer time = \
+             wall time − the side's median pod start. Floor: the trivial init streaming the same \
+             bytes over vsock port 1024 to the host.\n\n| side | throughput |\n|---|---|\n| kata | {} |\n| runc | {} |\n| raw vsock floor | {} |\n",
+            r.tput_mib,
+            r.tput_kata.show(0),
+            r.tput_runc.show(0),
+            r.tput_floor.show(0)
+        );
+    } else {
+        let _ = writeln!(s, "skipped in this run\n");
+    }
+
+    let _ = writeln!(s, "## 6. Scaling (N pods started at once)\n");
+    if r.scaling.is_empty() {
+        let _ = writeln!(s, "skipped in this run\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "![scaling](scaling.svg)\n\n| N | time until all run (ms) | peak PSS of all shim trees (MiB) |\n|---|---|---|"
+        );
+        for p in &r.scaling {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                p.pods,
+                p.time_ms.show(0),
+                p.peak_pss_mib.show(0)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "## 7. Shim RPC overhead with fakes\n\nnot measured yet.\n"
+    );
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
+
+fn mem_json(m: &Mem) -> Value {
+    json!({"rss_kib": m.rss_kib, "pss_kib": m.pss_kib})
+}
+
+pub fn json(r: &Results) -> Value {
+    json!({
+        "started": r.started,
+        "host": r.host,
+        "accel": r.accel,
+        "duration_s": r.duration_s,
+        "guest": {"vcpus": super::floor::VCPUS, "memory_mib": super::floor::MEMORY_MIB},
+        "pod_start_ms": {
+            "kata": r.start_kata.json(),
+            "runc": r.start_runc.json(),
+            "floor": r.start_floor.json(),
+            "phases": r.phases.iter().map(|(k, v)| (k.clone(), v.json())).collect::<serde_json::Map<_, _>>(),
+        },
+        "exec_ms": {"kata": r.exec_kata.json(), "runc": r.exec_runc.json()},
+        "shim_memory": r.shim_mem.iter().map(|m| json!({
+            "containers": m.containers,
+            "kata": mem_json(&m.kata), "kata_threads": m.kata_threads,
+            "runc": mem_json(&m.runc), "runc_threads": m.runc_threads,
+        })).collect::<Vec<_>>(),
+        "pod_memory": {
+            "by_process": r.pod_mem.iter().map(|(k, v)| (k.clone(), mem_json(v))).collect::<serde_json::Map<_, _>>(),
+            "qemu": {
+                "guest_ram": mem_json(&r.qemu.guest_ram),
+                "tcg_code": mem_json(&r.qemu.tcg_code),
+                "other": mem_json(&r.qemu.other),
+            },
+        },
+        "stdout_mib_per_s": {
+            "mib": r.tput_mib,
+            "kata": r.tput_kata.json(), "runc": r.tput_runc.json(), "floor": r.tput_floor.json(),
+        },
+        "scaling": r.scaling.iter().map(|p| json!({
+            "pods": p.pods, "time_ms": p.time_ms.json(), "peak_pss_mib": p.peak_pss_mib.json(),
+        })).collect::<Vec<_>>(),
+        "ratios": rows(r).iter().map(|row| json!({
+            "what": row.what, "ratio": if row.ratio.is_finite() { json!(row.ratio) } else { Value::Null },
+            "target": row.target, "met": row.met,
+        })).collect::<Vec<_>>(),
+        "notes": r.notes,
+    })
+}
+
+/// Time until all pods run against N: medians joined by a line, min–max bars.
+pub fn svg(r: &Results) -> String {
+    let (w, h) = (640.0, 400.0);
+    let (l, rt, t, b) = (70.0, 20.0, 40.0, 50.0);
+    let pts: Vec<(f64, f64, f64, f64)> = r
+        .scaling
+        .iter()
+        .map(|p| {
+            (
+                p.pods as f64,
+                p.time_ms.median() / 1000.0,
+                p.time_ms.min() / 1000.0,
+                p.time_ms.max() / 1000.0,
+            )
+        })
+        .collect();
+    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymax = pts.iter().map(|p| p.3).fold(1.0, f64::max) * 1.1;
+    let x = |v: f64| l + (w - l - rt) * v / xmax;
+    let y = |v: f64| h - b - (h - t - b) * v / ymax;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Pods started at once: time until all run</text>\n\
+         <line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">pods (N)</text>\n\
+         <text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">seconds</text>\n",
+        w / 2.0,
+        h - b,
+        w - rt,
+        h - b,
+        h - b,
+        (l + w - rt) / 2.0,
+        h - 12.0,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0,
+    );
+    for i in 0..=5 {
+        let v = ymax * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" y1=\"{:.1}\" x2=\"{l}\" y2=\"{:.1}\" stroke=\"black\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            l - 4.0,
+            y(v),
+            y(v),
+            l - 6.0,
+            y(v) + 4.0
+        );
+    }
+    for p in &pts {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#4477aa\" stroke-width=\"2\"/>",
+            x(p.0),
+            h - b + 16.0,
+            p.0,
+            x(p.0),
+            y(p.2),
+            x(p.0),
+            y(p.3)
+        );
+    }
+    let line: Vec<String> = pts
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#4477aa\" stroke-width=\"2\"/>",
+        line.join(" ")
+    );
+    for p in &pts {
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#4477aa\"/><text x=\"{:.1}\" y=\"{:.1}\">{:.1} s</text>",
+            x(p.0),
+            y(p.1),
+            x(p.0) + 6.0,
+            y(p.1) - 6.0,
+            p.1
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Writes report.md, report.json and scaling.svg into `dir`.
+pub fn write(r: &Results, dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("report.md"), markdown(r))?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&json(r))? + "\n",
+    )?;
+    std::fs::write(dir.join("scaling.svg"), svg(r))?;
+    Ok(())
+}

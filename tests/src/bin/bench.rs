@@ -1,0 +1,55 @@
+//! `kata-bench` (`make bench`): pod start, shim and per-pod memory, exec
+//! latency, stdout throughput and scaling of this runtime against runc and
+//! the VM floor; writes `report.md`, `report.json`, `scaling.svg` and prints
+//! the ratio table.
+//!
+//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N]`
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let mut out = None;
+    let mut smoke = false;
+    let mut runs = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
+            "--smoke" => smoke = true,
+            "--runs" => runs = Some(args.next().context("--runs N")?.parse::<usize>()?),
+            "-h" | "--help" => {
+                println!("kata-bench [--out DIR] [--smoke] [--runs N]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    integration_tests::vm_tests_ready()?;
+    let out = out.unwrap_or_else(|| {
+        let build = std::env::var_os("BUILD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| integration_tests::repo_root().join("build"));
+        build.join("bench")
+    });
+    let mut opts = if smoke {
+        bench::Opts::smoke(out)
+    } else {
+        bench::Opts::full(out)
+    };
+    if let Some(n) = runs {
+        opts.runs = n;
+    }
+    let results = bench::run(&opts)?;
+    println!("{}", bench::report::ratio_table(&results));
+    println!(
+        "report: {} (took {:.0} s)",
+        opts.out.join("report.md").display(),
+        results.duration_s
+    );
+    Ok(())
+}
