@@ -62,6 +62,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS not set")?;
     let events = Arc::new(Containerd::connect(&ttrpc_address, &flags.namespace).await?);
     let service = Arc::new(TaskService::new(
+        &flags.namespace,
         PathBuf::from(RUN_ROOT),
         Arc::new(hypervisor::Qemu::default()),
         Arc::new(VsockDialer),

@@ -11,7 +11,7 @@ use protocols::protobuf::MessageField;
 use super::{Container, TaskService};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::io::{copy_in, copy_out, Stream};
+use crate::io::{copy_in, copy_out, open_outputs, Stream};
 use crate::process::{Process, ProcessState};
 use crate::sandbox::Sandbox;
 
@@ -91,6 +91,7 @@ impl TaskService {
         let agent = sandbox.agent.clone();
         let events = self.events.clone();
         let pid = Self::task_pid(&sandbox);
+        let namespace = self.namespace.clone();
         tokio::spawn(async move {
             let cid = container.id.clone();
             let stdio = process.stdio.clone();
@@ -108,12 +109,20 @@ impl TaskService {
                     process.clone(),
                 ));
             }
+            let (out_sink, err_sink) = open_outputs(
+                &stdio.stdout,
+                &stdio.stderr,
+                stdio.terminal,
+                &cid,
+                &namespace,
+            )
+            .await;
             let out = tokio::spawn(copy_out(
                 agent.clone(),
                 cid.clone(),
                 exec_id.clone(),
                 Stream::Stdout,
-                stdio.stdout,
+                out_sink,
             ));
             let err = (!stdio.terminal).then(|| {
                 tokio::spawn(copy_out(
@@ -121,7 +130,7 @@ impl TaskService {
                     cid.clone(),
                     exec_id.clone(),
                     Stream::Stderr,
-                    stdio.stderr,
+                    err_sink,
                 ))
             });
             let status = match agent.wait_process(&cid, &exec_id).await {

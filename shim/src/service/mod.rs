@@ -61,6 +61,8 @@ impl Container {
 
 /// Shared state of the daemon: one sandbox, its containers.
 pub struct TaskService {
+    /// containerd namespace (given to logging binaries).
+    pub namespace: String,
     /// Where sandbox directories live (`persist::RUN_ROOT` in production).
     run_root: PathBuf,
     hypervisor: Arc<dyn Hypervisor>,
@@ -76,6 +78,7 @@ pub struct TaskService {
 
 impl TaskService {
     pub fn new(
+        namespace: &str,
         run_root: PathBuf,
         hypervisor: Arc<dyn Hypervisor>,
         dialer: Arc<dyn AgentDialer>,
@@ -83,6 +86,7 @@ impl TaskService {
         mounter: Arc<dyn Mounter>,
     ) -> Self {
         Self {
+            namespace: namespace.to_owned(),
             run_root,
             hypervisor,
             dialer,

@@ -128,6 +128,7 @@ fn rig() -> Rig {
     )
     .expect("config");
     let svc = TaskService::new(
+        "test-ns",
         dir.path().join("run"),
         Arc::new(hv.clone()),
         Arc::new(Dialer(agent.clone())),
