@@ -207,9 +207,15 @@ impl Floor {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let r = (|| -> std::io::Result<(Instant, u64, Instant)> {
-                let (mut s, _) = listener.accept()?;
+                // A guest connect that failed and was retried leaves an
+                // empty connection behind: take the first that carries data.
                 let mut one = [0u8; 1];
-                s.read_exact(&mut one)?;
+                let mut s = loop {
+                    let (mut s, _) = listener.accept()?;
+                    if s.read(&mut one)? == 1 {
+                        break s;
+                    }
+                };
                 let first = Instant::now();
                 let mut buf = vec![0u8; 1 << 16];
                 let mut total = 0u64;

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod pods;
 pub mod procmem;
 pub mod report;
+pub mod rpc;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct Opts {
     pub scaling_rounds: usize,
     /// Shim memory with this many containers in the pod besides one (0 = skip).
     pub many_containers: usize,
+    /// Pod lifecycles on fakes for the shim RPC overhead (0 = skip).
+    pub rpc_lifecycles: usize,
 }
 
 impl Opts {
@@ -53,6 +56,7 @@ impl Opts {
             scaling: vec![1, 2, 4, 8],
             scaling_rounds: 3,
             many_containers: 10,
+            rpc_lifecycles: 200,
         }
     }
 
@@ -67,6 +71,7 @@ impl Opts {
             scaling: vec![],
             scaling_rounds: 0,
             many_containers: 0,
+            rpc_lifecycles: 5,
         }
     }
 }
@@ -113,6 +118,10 @@ pub struct Results {
     pub tput_floor: Summary,
     pub tput_mib: u64,
     pub scaling: Vec<ScalePoint>,
+    /// Shim RPC latency on fakes (µs by RPC), CPU ms per pod lifecycle.
+    pub rpc_us: BTreeMap<String, Summary>,
+    pub rpc_cpu_ms_per_pod: f64,
+    pub rpc_lifecycles: usize,
     pub notes: Vec<String>,
 }
 
@@ -281,9 +290,21 @@ pub fn run(opts: &Opts) -> Result<Results> {
         });
     }
 
-    r.notes.push(
-        "shim RPC overhead with fakes (criterion) not measured yet: see the closing note".into(),
-    );
+    // 7. Shim RPC overhead on fakes.
+    if opts.rpc_lifecycles > 0 {
+        let rpc = rpc::measure(&ctd.dir.join("rpc"), opts.rpc_lifecycles)?;
+        r.rpc_us = rpc
+            .calls_us
+            .into_iter()
+            .map(|(k, v)| (k, Summary::new(v)))
+            .collect();
+        r.rpc_cpu_ms_per_pod = rpc.cpu_ms_per_pod;
+        r.rpc_lifecycles = rpc.lifecycles;
+        log(&format!(
+            "shim on fakes: {:.2} ms CPU per pod lifecycle",
+            r.rpc_cpu_ms_per_pod
+        ));
+    }
     r.duration_s = t0.elapsed().as_secs_f64();
     report::write(&r, &opts.out)?;
     Ok(r)
