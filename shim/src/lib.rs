@@ -15,3 +15,4 @@ pub mod sandbox;
 pub mod service;
 pub mod spec;
 pub mod stats;
+pub mod testing;

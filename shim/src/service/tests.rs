@@ -2,101 +2,21 @@
 //! events in containerd's order, teardown on failure and on VM death.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_client::fake::{Call as AgentCall, FakeAgent};
-use agent_client::{Address, Agent};
-use async_trait::async_trait;
 use hypervisor::fake::{Call as VmCall, FakeHypervisor};
 use protocols::containerd::api;
-use protocols::containerd::protobuf::MessageDyn;
 use protocols::containerd::shim_async::Task;
-use protocols::containerd::ttrpc::r#async::TtrpcContext;
 use protocols::protobuf::well_known_types::any::Any;
 
 use super::TaskService;
 use crate::error::{Error, Result};
-use crate::events::EventSink;
-use crate::rootfs::{Mounter, RootfsMount};
-use crate::sandbox::AgentDialer;
+use crate::testing::{ttrpc_context, FakeDialer, RecordingEvents, RecordingMounter};
 
-#[derive(Default)]
-struct Events(Mutex<Vec<(String, String)>>);
-
-#[async_trait]
-impl EventSink for Events {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let text = protocols::protobuf::text_format::print_to_string(event.as_ref());
-        self.0
-            .lock()
-            .expect("events")
-            .push((topic.to_owned(), text));
-    }
-}
-
-impl Events {
-    fn topics(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .expect("events")
-            .iter()
-            .map(|(t, _)| t.clone())
-            .collect()
-    }
-    fn last(&self, topic: &str) -> Option<String> {
-        self.0
-            .lock()
-            .expect("events")
-            .iter()
-            .rev()
-            .find(|(t, _)| t == topic)
-            .map(|(_, e)| e.clone())
-    }
-}
-
-struct Dialer(FakeAgent);
-
-#[async_trait]
-impl AgentDialer for Dialer {
-    async fn dial(
-        &self,
-        _addr: &Address,
-        _timeout: Duration,
-        _tail: &(dyn Fn() -> String + Send + Sync),
-    ) -> agent_client::Result<Box<dyn Agent>> {
-        Ok(Box::new(self.0.clone()))
-    }
-}
-
-#[derive(Default)]
-struct Mounts(Mutex<Vec<String>>);
-
-#[async_trait]
-impl Mounter for Mounts {
-    async fn mount(&self, _m: Vec<RootfsMount>, _bundle: PathBuf, target: PathBuf) -> Result<()> {
-        self.0
-            .lock()
-            .expect("mounts")
-            .push(format!("mount {}", target.display()));
-        Ok(())
-    }
-    async fn unmount(&self, dir: PathBuf) -> Result<()> {
-        self.0
-            .lock()
-            .expect("mounts")
-            .push(format!("unmount {}", dir.display()));
-        Ok(())
-    }
-    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<()> {
-        self.0.lock().expect("mounts").push(format!(
-            "bind {} {}",
-            source.display(),
-            target.display()
-        ));
-        Ok(())
-    }
-}
+type Events = RecordingEvents;
+type Mounts = RecordingMounter;
 
 struct Rig {
     svc: TaskService,
@@ -107,13 +27,8 @@ struct Rig {
     dir: tempfile::TempDir,
 }
 
-fn ctx() -> TtrpcContext {
-    TtrpcContext {
-        mh: Default::default(),
-        metadata: Default::default(),
-        timeout_nano: 0,
-        connection_data: Default::default(),
-    }
+fn ctx() -> protocols::containerd::ttrpc::r#async::TtrpcContext {
+    ttrpc_context()
 }
 
 fn rig() -> Rig {
@@ -131,7 +46,7 @@ fn rig() -> Rig {
         "test-ns",
         dir.path().join("run"),
         Arc::new(hv.clone()),
-        Arc::new(Dialer(agent.clone())),
+        Arc::new(FakeDialer(agent.clone())),
         events.clone(),
         mounts.clone(),
     );
@@ -291,7 +206,7 @@ async fn lifecycle_publishes_events_in_order_and_cleans_up() {
         .calls()
         .iter()
         .any(|c| matches!(c, VmCall::Stop { .. })));
-    let mounts = r.mounts.0.lock().expect("mounts").clone();
+    let mounts = r.mounts.calls();
     assert!(
         mounts[0].starts_with("mount ") && mounts.last().is_some_and(|m| m.starts_with("unmount "))
     );
