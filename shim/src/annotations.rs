@@ -14,9 +14,6 @@
 //! - other enabled annotations, and other `io.katacontainers.*` keys, are not
 //!   implemented: logged and ignored.
 
-// used by the Task service
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 

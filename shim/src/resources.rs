@@ -2,9 +2,6 @@
 //! the OCI `LinuxResources` as JSON) checked and turned into the agent's
 //! `oci.LinuxResources`; also the OCI → agent conversion used for Create.
 
-// used by the Task service
-#![allow(dead_code)]
-
 use oci_spec::runtime as oci;
 use protocols::oci as grpc;
 use protocols::protobuf::well_known_types::any::Any;

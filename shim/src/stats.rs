@@ -8,9 +8,6 @@
 //! keys of `memory.stat`, e.g. `anon`, `inactive_file`); both key sets are
 //! understood, whichever metrics type is produced.
 
-// used by the Task service
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
