@@ -54,6 +54,12 @@ fn smoke_run_writes_a_report_with_numbers() -> Result<()> {
         let v = number(&json, path).with_context(|| format!("{path:?} missing in {json:#}"))?;
         assert!(v.is_finite() && v > 0.0, "{path:?} = {v}");
     }
+    assert_eq!(
+        json["failed_sections"],
+        serde_json::json!([]),
+        "notes: {}",
+        json["notes"]
+    );
     let shim = &json["shim_memory"][0];
     assert!(
         number(shim, &["kata", "pss_kib"]).unwrap_or(0.0) > 0.0,

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hypervisor::accel::{resolve_accel, ResolvedAccel};
-use hypervisor::cmdline::{boot, console, machine, vsock, QemuArgs, Transport};
-use hypervisor::{Accel, HostProbe, MachineType};
+use hypervisor::{Accel, HostProbe};
 
 /// The init's C source (built with `gcc -static`).
 const INIT_C: &str = include_str!("floor_init.c");
@@ -144,37 +143,54 @@ impl Floor {
         })
     }
 
-    /// The QEMU arguments for one boot (hypervisor crate's typed pieces,
-    /// minus QMP and virtio-fs).
+    /// The QEMU arguments for one boot: what the hypervisor crate passes
+    /// for q35 + PVH + hybrid vsock, minus QMP and virtio-fs. Written out
+    /// here (not built from the crate's typed pieces) so the floor stays
+    /// fixed while that command line evolves.
     fn qemu_args(&self, vhost_socket: &Path, extra_params: &str) -> Vec<String> {
-        let parts: [&dyn QemuArgs; 7] = [
-            &machine::Machine {
-                kind: MachineType::Q35,
-                memory_backend: "mem".into(),
-            },
-            &machine::AccelArg(self.accel),
-            &machine::Memory {
-                id: "mem".into(),
-                size_mib: MEMORY_MIB,
-            },
-            &machine::Smp { cpus: VCPUS },
-            &machine::Cpu(self.accel),
-            &boot::DirectKernel {
-                kernel: self.kernel.clone(),
-                initrd: self.initrd.clone(),
-                extra_params: extra_params.into(),
-            },
-            &console::SerialConsole,
-        ];
-        let mut args = vec!["-name".to_string(), "bench-floor".to_string()];
-        for p in parts {
-            p.append_to(&mut args);
-        }
-        vsock::VsockDevice::VhostUser {
-            socket: vhost_socket.to_path_buf(),
-            transport: Transport::Pci,
-        }
-        .append_to(&mut args);
+        let (accel, cpu) = match self.accel {
+            ResolvedAccel::Kvm => ("kvm", "host"),
+            ResolvedAccel::Tcg => ("tcg,thread=multi", "max"),
+        };
+        let append = format!("console=ttyS0 panic=-1 reboot=k {extra_params}");
+        let mut args: Vec<String> = [
+            "-name",
+            "bench-floor",
+            "-machine",
+            "q35,memory-backend=mem",
+            "-accel",
+            accel,
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"),
+            "-m",
+            &format!("{MEMORY_MIB}M"),
+            "-smp",
+            &VCPUS.to_string(),
+            "-cpu",
+            cpu,
+            "-kernel",
+            &self.kernel.to_string_lossy(),
+            "-initrd",
+            &self.initrd.to_string_lossy(),
+            "-append",
+            &append,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-chardev",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(format!(
+            "socket,id=vsock,path={}",
+            vhost_socket.to_string_lossy().replace(',', ",,")
+        ));
+        args.push("-device".into());
+        args.push("vhost-user-vsock-pci,chardev=vsock".into());
         args
     }
 

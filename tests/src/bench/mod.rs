@@ -123,13 +123,18 @@ pub struct Results {
     pub rpc_cpu_ms_per_pod: f64,
     pub rpc_lifecycles: usize,
     pub notes: Vec<String>,
+    /// Sections that failed (their error is in `notes`).
+    pub failed: Vec<String>,
 }
 
 fn log(msg: &str) {
     eprintln!("kata-bench: {msg}");
 }
 
-/// Runs every measurement `opts` asks for and writes the report.
+/// Runs every measurement `opts` asks for and writes the report. A section
+/// that fails is noted in the report (and in [`Results::failed`]) and the
+/// others still run; the report is written either way. Only a failed pod
+/// start (or floor) fails the run.
 pub fn run(opts: &Opts) -> Result<Results> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&opts.out)?;
@@ -143,32 +148,78 @@ pub fn run(opts: &Opts) -> Result<Results> {
     write_config(&ctd.config, |t| {
         t.replace("enable_debug = true", "enable_debug = false")
     })?;
-    let mut fl = Floor::prepare(&ctd.dir, &guest_dir()).context("preparing the VM floor")?;
-    r.accel = format!("{:?} ({})", fl.accel, fl.accel_reason);
-    log(&format!("accelerator: {}", r.accel));
+    let mut first_err = None;
+    let mut fl = match Floor::prepare(&ctd.dir, &guest_dir()).context("preparing the VM floor") {
+        Ok(fl) => {
+            r.accel = format!("{:?} ({})", fl.accel, fl.accel_reason);
+            log(&format!("accelerator: {}", r.accel));
+            Some(fl)
+        }
+        Err(e) => {
+            r.notes.push(format!("VM floor unavailable: {e:#}"));
+            first_err = Some(e);
+            None
+        }
+    };
+    let sections: [(&str, Section); 6] = [
+        ("pod start", pod_start),
+        ("memory and exec", memory_and_exec),
+        ("shim memory with many containers", many_containers),
+        ("stdout throughput", throughput),
+        ("scaling", scaling),
+        ("shim RPC overhead on fakes", rpc_overhead),
+    ];
+    for (name, section) in sections {
+        if let Err(e) = section(&ctd, fl.as_mut(), opts, &mut r) {
+            log(&format!("{name} failed: {e:#}"));
+            r.notes.push(format!("{name} failed: {e:#}"));
+            pods::remove_all(&ctd);
+            r.failed.push(name.to_owned());
+            // Without pod start there is no ratio to report: fail the run.
+            if name == "pod start" {
+                first_err.get_or_insert(e.context(format!("{name} failed")));
+            }
+        }
+    }
+    pods::remove_all(&ctd);
+    r.duration_s = t0.elapsed().as_secs_f64();
+    report::write(&r, &opts.out)?;
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(r),
+    }
+}
 
-    // Warm-up (page cache, snapshotter): one of each, not counted.
-    pods::pod_start(&ctd, RUNC, "warm-runc")?;
-    pods::pod_start(&ctd, KATA, "warm-kata")?;
+type Section = fn(&Containerd, Option<&mut Floor>, &Opts, &mut Results) -> Result<()>;
 
-    // 1. Pod start, interleaved.
+/// 1. Pod start, interleaved (ours, runc, floor), after one warm-up each.
+fn pod_start(
+    ctd: &Containerd,
+    mut fl: Option<&mut Floor>,
+    opts: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    pods::pod_start(ctd, RUNC, "warm-runc")?;
+    pods::pod_start(ctd, KATA, "warm-kata")?;
     let (mut k, mut c, mut f) = (vec![], vec![], vec![]);
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for i in 0..opts.runs {
         let id = format!("start-kata-{i}");
-        k.push(pods::pod_start(&ctd, KATA, &id)?);
+        k.push(pods::pod_start(ctd, KATA, &id)?);
         for (p, v) in pods::phases(&ctd.log(), &id) {
             phases.entry(p).or_default().push(v);
         }
-        c.push(pods::pod_start(&ctd, RUNC, &format!("start-runc-{i}"))?);
-        f.push(fl.boot(0)?.first_byte.as_secs_f64() * 1000.0);
+        c.push(pods::pod_start(ctd, RUNC, &format!("start-runc-{i}"))?);
+        if let Some(fl) = fl.as_deref_mut() {
+            f.push(fl.boot(0)?.first_byte.as_secs_f64() * 1000.0);
+        }
         log(&format!(
             "pod start {}/{}: kata {:.0} ms, runc {:.0} ms, floor {:.0} ms",
             i + 1,
             opts.runs,
             k[i],
             c[i],
-            f[i]
+            f.last().copied().unwrap_or(f64::NAN)
         ));
     }
     r.start_kata = Summary::new(k);
@@ -184,10 +235,18 @@ pub fn run(opts: &Opts) -> Result<Results> {
                 .into(),
         );
     }
+    Ok(())
+}
 
-    // 2–4. One-container pods: shim memory, per-pod memory, exec latency.
-    pods::start_pod(&ctd, KATA, "mem-kata", 1)?;
-    pods::start_pod(&ctd, RUNC, "mem-runc", 1)?;
+/// 2–4. One-container pods: shim memory, per-pod memory, exec latency.
+fn memory_and_exec(
+    ctd: &Containerd,
+    _: Option<&mut Floor>,
+    opts: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    pods::start_pod(ctd, KATA, "mem-kata", 1)?;
+    pods::start_pod(ctd, RUNC, "mem-runc", 1)?;
     std::thread::sleep(std::time::Duration::from_secs(1));
     let (kpid, kmem, kthr) = pods::shim_of(KATA, "mem-kata")?;
     let (_, cmem, cthr) = pods::shim_of(RUNC, "mem-runc")?;
@@ -207,8 +266,8 @@ pub fn run(opts: &Opts) -> Result<Results> {
     }
     let (mut ek, mut ec) = (vec![], vec![]);
     for _ in 0..opts.exec_runs {
-        ek.extend(pods::exec_latency(&ctd, "mem-kata", 1)?);
-        ec.extend(pods::exec_latency(&ctd, "mem-runc", 1)?);
+        ek.extend(pods::exec_latency(ctd, "mem-kata", 1)?);
+        ec.extend(pods::exec_latency(ctd, "mem-runc", 1)?);
     }
     r.exec_kata = Summary::new(ek);
     r.exec_runc = Summary::new(ec);
@@ -217,71 +276,105 @@ pub fn run(opts: &Opts) -> Result<Results> {
         r.exec_kata.show(1),
         r.exec_runc.show(1)
     ));
-    pods::remove_pod(&ctd, "mem-kata", 1);
-    pods::remove_pod(&ctd, "mem-runc", 1);
+    pods::remove_pod(ctd, "mem-kata", 1);
+    pods::remove_pod(ctd, "mem-runc", 1);
+    Ok(())
+}
 
-    if opts.many_containers > 1 {
-        let n = opts.many_containers;
-        pods::start_pod(&ctd, KATA, "many-kata", n)?;
-        pods::start_pod(&ctd, RUNC, "many-runc", n)?;
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        let (_, kmem, kthr) = pods::shim_of(KATA, "many-kata")?;
-        let (_, cmem, cthr) = pods::shim_of(RUNC, "many-runc")?;
-        r.shim_mem.push(ShimMem {
-            containers: n,
-            kata: kmem,
-            kata_threads: kthr,
-            runc: cmem,
-            runc_threads: cthr,
-        });
-        pods::remove_pod(&ctd, "many-kata", n);
-        pods::remove_pod(&ctd, "many-runc", n);
-        log("shim memory measured");
+/// 2. Shim memory with `many_containers` containers in one pod.
+fn many_containers(
+    ctd: &Containerd,
+    _: Option<&mut Floor>,
+    opts: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    let n = opts.many_containers;
+    if n < 2 {
+        return Ok(());
     }
+    pods::start_pod(ctd, KATA, "many-kata", n)?;
+    pods::start_pod(ctd, RUNC, "many-runc", n)?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (_, kmem, kthr) = pods::shim_of(KATA, "many-kata")?;
+    let (_, cmem, cthr) = pods::shim_of(RUNC, "many-runc")?;
+    r.shim_mem.push(ShimMem {
+        containers: n,
+        kata: kmem,
+        kata_threads: kthr,
+        runc: cmem,
+        runc_threads: cthr,
+    });
+    pods::remove_pod(ctd, "many-kata", n);
+    pods::remove_pod(ctd, "many-runc", n);
+    log("shim memory measured");
+    Ok(())
+}
 
-    // 5. Stdout throughput (MiB/s): transfer time = wall − median start.
-    if opts.throughput_mib > 0 && opts.throughput_runs > 0 {
-        let mib = opts.throughput_mib;
-        r.tput_mib = mib;
-        let (mut tk, mut tc, mut tf) = (vec![], vec![], vec![]);
-        for i in 0..opts.throughput_runs {
-            let (wall, bytes) = pods::stdout_run(&ctd, KATA, &format!("tput-kata-{i}"), mib)?;
-            check_bytes(bytes, mib, KATA)?;
-            tk.push(mib as f64 / ((wall - r.start_kata.median()).max(1.0) / 1000.0));
-            let (wall, bytes) = pods::stdout_run(&ctd, RUNC, &format!("tput-runc-{i}"), mib)?;
-            check_bytes(bytes, mib, RUNC)?;
-            tc.push(mib as f64 / ((wall - r.start_runc.median()).max(1.0) / 1000.0));
-            let s = fl.boot(mib << 20)?;
-            if let Some((bytes, d)) = s.stream {
+/// 5. Stdout throughput (MiB/s): transfer time = wall − the side's median start.
+fn throughput(
+    ctd: &Containerd,
+    mut fl: Option<&mut Floor>,
+    opts: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    let mib = opts.throughput_mib;
+    if mib == 0 || opts.throughput_runs == 0 {
+        return Ok(());
+    }
+    r.tput_mib = mib;
+    let (mut tk, mut tc, mut tf) = (vec![], vec![], vec![]);
+    for i in 0..opts.throughput_runs {
+        let (wall, bytes) = pods::stdout_run(ctd, KATA, &format!("tput-kata-{i}"), mib)?;
+        check_bytes(bytes, mib, KATA)?;
+        tk.push(mib as f64 / ((wall - r.start_kata.median()).max(1.0) / 1000.0));
+        let (wall, bytes) = pods::stdout_run(ctd, RUNC, &format!("tput-runc-{i}"), mib)?;
+        check_bytes(bytes, mib, RUNC)?;
+        tc.push(mib as f64 / ((wall - r.start_runc.median()).max(1.0) / 1000.0));
+        if let Some(fl) = fl.as_deref_mut() {
+            if let Some((bytes, d)) = fl.boot(mib << 20)?.stream {
                 check_bytes(bytes, mib, "floor")?;
                 tf.push(mib as f64 / d.as_secs_f64().max(0.001));
             }
-            log(&format!(
-                "stdout {}/{}: kata {:.0}, runc {:.0}, floor {:.0} MiB/s",
-                i + 1,
-                opts.throughput_runs,
-                tk[i],
-                tc[i],
-                tf.last().copied().unwrap_or(f64::NAN)
-            ));
         }
-        r.tput_kata = Summary::new(tk);
-        r.tput_runc = Summary::new(tc);
-        r.tput_floor = Summary::new(tf);
+        log(&format!(
+            "stdout {}/{}: kata {:.0}, runc {:.0}, floor {:.0} MiB/s",
+            i + 1,
+            opts.throughput_runs,
+            tk[i],
+            tc[i],
+            tf.last().copied().unwrap_or(f64::NAN)
+        ));
+        r.tput_kata = Summary::new(tk.clone());
+        r.tput_runc = Summary::new(tc.clone());
+        r.tput_floor = Summary::new(tf.clone());
     }
+    Ok(())
+}
 
-    // 6. Scaling.
+/// 6. N pods started at once. A failed round is noted; the next N still runs.
+fn scaling(ctd: &Containerd, _: Option<&mut Floor>, opts: &Opts, r: &mut Results) -> Result<()> {
+    let mut failed = None;
     for &n in &opts.scaling {
         let (mut times, mut peaks) = (vec![], vec![]);
         for round in 0..opts.scaling_rounds {
-            let (ms, peak) = pods::start_many(&ctd, KATA, &format!("scale{n}-{round}"), n)?;
-            times.push(ms);
-            peaks.push(peak as f64 / 1024.0);
-            log(&format!(
-                "scaling N={n} round {}: {ms:.0} ms, peak {:.0} MiB",
-                round + 1,
-                peak as f64 / 1024.0
-            ));
+            match pods::start_many(ctd, KATA, &format!("scale{n}-{round}"), n) {
+                Ok((ms, peak)) => {
+                    times.push(ms);
+                    peaks.push(peak as f64 / 1024.0);
+                    log(&format!(
+                        "scaling N={n} round {}: {ms:.0} ms, peak {:.0} MiB",
+                        round + 1,
+                        peak as f64 / 1024.0
+                    ));
+                }
+                Err(e) => {
+                    let msg = format!("scaling N={n} round {}: {e:#}", round + 1);
+                    log(&msg);
+                    r.notes.push(first_lines(&msg, 3));
+                    pods::remove_all(ctd);
+                    failed.get_or_insert(e);
+                }
+            }
         }
         r.scaling.push(ScalePoint {
             pods: n,
@@ -289,25 +382,36 @@ pub fn run(opts: &Opts) -> Result<Results> {
             peak_pss_mib: Summary::new(peaks),
         });
     }
+    failed.map_or(Ok(()), Err)
+}
 
-    // 7. Shim RPC overhead on fakes.
-    if opts.rpc_lifecycles > 0 {
-        let rpc = rpc::measure(&ctd.dir.join("rpc"), opts.rpc_lifecycles)?;
-        r.rpc_us = rpc
-            .calls_us
-            .into_iter()
-            .map(|(k, v)| (k, Summary::new(v)))
-            .collect();
-        r.rpc_cpu_ms_per_pod = rpc.cpu_ms_per_pod;
-        r.rpc_lifecycles = rpc.lifecycles;
-        log(&format!(
-            "shim on fakes: {:.2} ms CPU per pod lifecycle",
-            r.rpc_cpu_ms_per_pod
-        ));
+/// 7. Shim RPC overhead on fakes.
+fn rpc_overhead(
+    ctd: &Containerd,
+    _: Option<&mut Floor>,
+    opts: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    if opts.rpc_lifecycles == 0 {
+        return Ok(());
     }
-    r.duration_s = t0.elapsed().as_secs_f64();
-    report::write(&r, &opts.out)?;
-    Ok(r)
+    let rpc = rpc::measure(&ctd.dir.join("rpc"), opts.rpc_lifecycles)?;
+    r.rpc_us = rpc
+        .calls_us
+        .into_iter()
+        .map(|(k, v)| (k, Summary::new(v)))
+        .collect();
+    r.rpc_cpu_ms_per_pod = rpc.cpu_ms_per_pod;
+    r.rpc_lifecycles = rpc.lifecycles;
+    log(&format!(
+        "shim on fakes: {:.2} ms CPU per pod lifecycle",
+        r.rpc_cpu_ms_per_pod
+    ));
+    Ok(())
+}
+
+fn first_lines(s: &str, n: usize) -> String {
+    s.lines().take(n).collect::<Vec<_>>().join(" / ")
 }
 
 fn check_bytes(bytes: u64, mib: u64, what: &str) -> Result<()> {

@@ -173,6 +173,29 @@ pub fn remove_pod(ctd: &Containerd, pod: &str, containers: usize) {
     ctd.remove(pod);
 }
 
+/// Removes every container in the bench namespace (after a failure, and at
+/// the end: the harness's containerd does not stop VMs it leaves behind).
+pub fn remove_all(ctd: &Containerd) {
+    let ids: Vec<String> = ctd
+        .ctr(&["containers", "ls", "-q"])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Sandboxes (no `-c<n>` suffix) last.
+    let (containers, sandboxes): (Vec<_>, Vec<_>) = ids.iter().partition(|id| id.contains("-c"));
+    for group in [containers, sandboxes] {
+        std::thread::scope(|s| {
+            for id in group {
+                s.spawn(move || ctd.remove(id));
+            }
+        });
+    }
+}
+
 /// Shim daemon of `pod`: pid, memory, thread count.
 pub fn shim_of(runtime: &str, pod: &str) -> Result<(u32, Mem, u64)> {
     let daemons = procmem::shim_daemons(shim_binary(runtime), NAMESPACE);

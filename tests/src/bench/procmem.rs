@@ -164,12 +164,25 @@ pub struct QemuBreakdown {
     pub guest_ram: Mem,
     /// Largest private anonymous mapping with execute permission: TCG's code buffer.
     pub tcg_code: Mem,
-    /// Everything else: QEMU's heap, libraries, its copy of kernel and initrd.
+    /// QEMU's mappings of the `-kernel` and `-initrd` files (the PVH
+    /// `vmlinux` is read into a private mapping QEMU keeps).
+    pub kernel_file: Mem,
+    pub initrd_file: Mem,
+    /// Everything else: QEMU's heap, binary and libraries.
     pub other: Mem,
 }
 
 pub fn qemu_breakdown(pid: u32) -> QemuBreakdown {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let argv = cmdline(pid);
+    let arg = |flag: &str| {
+        argv.iter()
+            .position(|a| a == flag)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| "\0".into())
+    };
+    let (kernel, initrd) = (arg("-kernel"), arg("-initrd"));
     let mut b = QemuBreakdown::default();
     let mut header = String::new();
     let mut cur = Mem::default();
@@ -184,6 +197,10 @@ pub fn qemu_breakdown(pid: u32) -> QemuBreakdown {
             b.guest_ram = b.guest_ram + m;
         } else if perms.starts_with("rwx") && name.is_empty() {
             b.tcg_code = b.tcg_code + m;
+        } else if name == kernel {
+            b.kernel_file = b.kernel_file + m;
+        } else if name == initrd {
+            b.initrd_file = b.initrd_file + m;
         } else {
             b.other = b.other + m;
         }

@@ -117,6 +117,86 @@ pub fn rows(r: &Results) -> Vec<Row> {
     rows
 }
 
+/// Where a target is missed: what costs what (from the figures of this run)
+/// and the next idea.
+pub fn findings(r: &Results) -> Vec<String> {
+    let mut out = vec![];
+    let floor = r.start_floor.median();
+    if r.start_kata.n() > 0 {
+        let over = r.start_kata.median() - r.start_runc.median() - floor;
+        let vm = ["vm_launch", "agent_connect"]
+            .iter()
+            .filter_map(|p| r.phases.get(*p).map(|s| s.median()))
+            .sum::<f64>();
+        let rpcs = ["create_sandbox", "create_container", "start_container"]
+            .iter()
+            .filter_map(|p| r.phases.get(*p).map(|s| s.median()))
+            .sum::<f64>();
+        if over > 0.1 * (r.start_runc.median() + floor) {
+            out.push(format!(
+                "pod start is {over:.0} ms over runc + floor. VM launch to agent answering \
+                 (vm_launch + agent_connect) takes {vm:.0} ms against the floor's {floor:.0} ms \
+                 ({:+.0} ms: the real guest loads fuse/virtiofs/overlay too, prints its console \
+                 (the floor boots `quiet`), starts virtiofsd, and the agent's ttrpc server must \
+                 come up); the agent RPCs (CreateSandbox, CreateContainer, StartContainer) \
+                 take {rpcs:.0} ms. Next: `quiet` in the default kernel parameters, load \
+                 virtiofs/overlay after the agent listens, dial the agent as soon as QEMU \
+                 starts (already done if agent_connect ≈ floor).",
+                vm - floor
+            ));
+        }
+    }
+    if !r.pod_mem.is_empty() {
+        let total = r.pod_mem.values().fold(Mem::default(), |a, b| a + *b);
+        if mib(total.pss_kib) > 96.0 {
+            let q = &r.qemu;
+            out.push(format!(
+                "per-pod PSS is {:.0} MiB (budget 96): guest RAM touched {:.0} MiB, TCG \
+                 translation cache {:.0} MiB, QEMU's private mapping of the PVH vmlinux \
+                 {:.0} MiB, initrd file {:.0} MiB, rest of QEMU {:.0} MiB, shim + helpers \
+                 {:.0} MiB. Next: `-accel tcg,tb-size=16` (caps the translation cache), a \
+                 smaller vmlinux (strip it, or a kernel built for the guest: the mapping is \
+                 page cache shared between pods, so PSS drops with more pods), free page \
+                 reporting / balloon for guest RAM, a smaller initramfs (agent size).",
+                mib(total.pss_kib),
+                mib(q.guest_ram.pss_kib),
+                mib(q.tcg_code.pss_kib),
+                mib(q.kernel_file.pss_kib),
+                mib(q.initrd_file.pss_kib),
+                mib(q.other.pss_kib),
+                mib(total.pss_kib)
+                    - mib(q.guest_ram.pss_kib + q.tcg_code.pss_kib + q.kernel_file.pss_kib)
+                    - mib(q.initrd_file.pss_kib + q.other.pss_kib)
+            ));
+        }
+    }
+    for m in &r.shim_mem {
+        if m.kata.pss_kib * 3 > m.runc.pss_kib {
+            out.push(format!(
+                "shim PSS with {} container(s) is {:.1} MiB, over a third of runc's shim \
+                 ({:.1} MiB); {} threads. Next: fewer tokio workers, smaller buffers per stream.",
+                m.containers,
+                mib(m.kata.pss_kib),
+                mib(m.runc.pss_kib),
+                m.kata_threads
+            ));
+        }
+    }
+    if r.tput_kata.n() > 0 && r.tput_kata.median() < 0.8 * r.tput_floor.median() {
+        let per_chunk_ms = 1000.0 / (r.tput_kata.median() * 16.0);
+        out.push(format!(
+            "stdout moves {:.0} MiB/s against the raw vsock floor's {:.0} MiB/s. The shim reads \
+             stdout with one ReadStdout RPC of 64 KiB at a time: {per_chunk_ms:.1} ms per round \
+             trip at this rate. Next: larger reads (1 MiB), several reads in flight, a bigger \
+             pipe in the guest (F_SETPIPE_SZ), or a raw vsock stream per stdio (no protobuf \
+             framing).",
+            r.tput_kata.median(),
+            r.tput_floor.median()
+        ));
+    }
+    out
+}
+
 /// The ratio table as Markdown (also what `kata-bench` prints).
 pub fn ratio_table(r: &Results) -> String {
     let mut s = String::from(
@@ -216,9 +296,17 @@ pub fn markdown(r: &Results) -> String {
     let q = &r.qemu;
     let _ = writeln!(
         s,
-        "QEMU by mapping: guest RAM touched (memfd) {} KiB PSS, TCG translation cache \
-         (anonymous rwx) {} KiB, the rest of QEMU (heap, libraries, kernel + initrd copies) {} KiB.\n",
-        q.guest_ram.pss_kib, q.tcg_code.pss_kib, q.other.pss_kib
+        "QEMU by mapping (PSS, KiB):\n\n| part | PSS |\n|---|---|\n\
+         | guest RAM the guest touched (memfd backend) | {} |\n\
+         | TCG translation cache (anonymous rwx) | {} |\n\
+         | QEMU's mapping of the `-kernel` file (PVH vmlinux) | {} |\n\
+         | QEMU's mapping of the `-initrd` file | {} |\n\
+         | the rest of QEMU (heap, binary, libraries) | {} |\n",
+        q.guest_ram.pss_kib,
+        q.tcg_code.pss_kib,
+        q.kernel_file.pss_kib,
+        q.initrd_file.pss_kib,
+        q.other.pss_kib
     );
 
     let _ = writeln!(
@@ -280,6 +368,14 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(s);
     }
+    let found = findings(r);
+    if !found.is_empty() {
+        let _ = writeln!(s, "## Where targets are missed\n");
+        for f in &found {
+            let _ = writeln!(s, "- {f}");
+        }
+        let _ = writeln!(s);
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(s, "## Notes\n");
         for n in &r.notes {
@@ -317,6 +413,8 @@ pub fn json(r: &Results) -> Value {
             "qemu": {
                 "guest_ram": mem_json(&r.qemu.guest_ram),
                 "tcg_code": mem_json(&r.qemu.tcg_code),
+                "kernel_file": mem_json(&r.qemu.kernel_file),
+                "initrd_file": mem_json(&r.qemu.initrd_file),
                 "other": mem_json(&r.qemu.other),
             },
         },
@@ -336,7 +434,9 @@ pub fn json(r: &Results) -> Value {
             "cpu_ms_per_pod": r.rpc_cpu_ms_per_pod,
             "latency_us": r.rpc_us.iter().map(|(k, v)| (k.clone(), v.json())).collect::<serde_json::Map<_, _>>(),
         },
+        "findings": findings(r),
         "notes": r.notes,
+        "failed_sections": r.failed,
     })
 }
 

@@ -51,5 +51,11 @@ fn main() -> Result<()> {
         opts.out.join("report.md").display(),
         results.duration_s
     );
+    if !results.failed.is_empty() {
+        eprintln!(
+            "kata-bench: WARNING: these sections failed (see the report's notes): {}",
+            results.failed.join(", ")
+        );
+    }
     Ok(())
 }
