@@ -149,35 +149,6 @@ fn namespace_name(t: LinuxNamespaceType) -> &'static str {
     }
 }
 
-fn resources(r: &oci::LinuxResources) -> grpc::LinuxResources {
-    let mut out = grpc::LinuxResources::default();
-    if let Some(m) = r.memory() {
-        out.Memory = protocols::protobuf::MessageField::some(grpc::LinuxMemory {
-            Limit: m.limit().unwrap_or(0),
-            Reservation: m.reservation().unwrap_or(0),
-            Swap: m.swap().unwrap_or(0),
-            ..Default::default()
-        });
-    }
-    if let Some(c) = r.cpu() {
-        out.CPU = protocols::protobuf::MessageField::some(grpc::LinuxCPU {
-            Shares: c.shares().unwrap_or(0),
-            Quota: c.quota().unwrap_or(0),
-            Period: c.period().unwrap_or(0),
-            Cpus: c.cpus().clone().unwrap_or_default(),
-            Mems: c.mems().clone().unwrap_or_default(),
-            ..Default::default()
-        });
-    }
-    if let Some(p) = r.pids() {
-        out.Pids = protocols::protobuf::MessageField::some(grpc::LinuxPids {
-            Limit: p.limit(),
-            ..Default::default()
-        });
-    }
-    out
-}
-
 fn is_bind(typ: &str, options: &[String]) -> bool {
     typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind")
 }
@@ -287,7 +258,8 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<Hos
             });
         }
         if let Some(r) = linux.resources() {
-            l.Resources = protocols::protobuf::MessageField::some(resources(r));
+            l.Resources =
+                protocols::protobuf::MessageField::some(crate::resources::oci_to_agent(r));
         }
         out.Linux = protocols::protobuf::MessageField::some(l);
     }
