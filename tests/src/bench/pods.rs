@@ -109,30 +109,43 @@ pub fn exec_latency(ctd: &Containerd, id: &str, n: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// One stdout throughput run: `ctr run --rm … dd if=/dev/zero bs=1M count=MiB`
-/// with ctr's stdout in a file. Returns (wall ms, bytes that arrived).
+/// One stdout throughput run: `ctr run --rm … dd if=/dev/zero bs=1M count=MiB`,
+/// ctr's stdout read here and written to a file. Returns (ms from the first
+/// byte to EOF, bytes that arrived): pod start and teardown are not in it.
 pub fn stdout_run(ctd: &Containerd, runtime: &str, id: &str, mib: u64) -> Result<(f64, u64)> {
     let path = ctd.dir.join(format!("{id}.out"));
-    let file = std::fs::File::create(&path)?;
+    let mut file = std::fs::File::create(&path)?;
     let count = format!("count={mib}");
-    let t = Instant::now();
-    let st = Command::new("ctr")
+    let mut child = Command::new("ctr")
         .args(ctr_args(ctd))
         .args(["run", "--rm", "--runtime", runtime, IMAGE, id])
         .args(["dd", "if=/dev/zero", "bs=1M", &count])
         .stdin(Stdio::null())
-        .stdout(file)
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .context("ctr run")?;
-    let elapsed = t.elapsed();
-    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut out = child.stdout.take().context("ctr stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut first, mut bytes) = (None, 0u64);
+    loop {
+        let n = std::io::Read::read(&mut out, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        bytes += n as u64;
+        std::io::Write::write_all(&mut file, &buf[..n])?;
+    }
+    let transfer = first.map(|t| t.elapsed()).unwrap_or_default();
+    let st = child.wait()?;
+    drop(file);
     let _ = std::fs::remove_file(&path);
     if !st.success() {
         ctd.remove(id);
         bail!("ctr run {id} dd ({runtime}) failed: {st}");
     }
-    Ok((ms(elapsed), bytes))
+    Ok((ms(transfer), bytes))
 }
 
 /// A pod (one sandbox container, `containers - 1` more in it) of `sleep`s.

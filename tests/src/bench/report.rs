@@ -320,9 +320,9 @@ pub fn markdown(r: &Results) -> String {
     if r.tput_kata.n() > 0 {
         let _ = writeln!(
             s,
-            "{} MiB of `dd if=/dev/zero bs=1M` through `ctr run` into a file; transfer time = \
-             wall time − the side's median pod start. Floor: the trivial init streaming the same \
-             bytes over vsock port 1024 to the host.\n\n| side | throughput |\n|---|---|\n| kata | {} |\n| runc | {} |\n| raw vsock floor | {} |\n",
+            "{} MiB of `dd if=/dev/zero bs=1M` through `ctr run`, ctr's stdout read by the bench \
+             and written to a file; timed from the first byte to EOF. Floor: the trivial init \
+             streaming the same bytes over vsock port 1024 straight to a host socket.\n\n| side | throughput |\n|---|---|\n| kata | {} |\n| runc | {} |\n| raw vsock floor | {} |\n",
             r.tput_mib,
             r.tput_kata.show(0),
             r.tput_runc.show(0),
