@@ -17,6 +17,10 @@ AGENT=$CARGO_TARGET_DIR/$TARGET/release/kata-agent
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
          fuse virtiofs overlay)
+# microvm's virtio-mmio transport (before the vsock chain: load order follows this list).
+MODULES=("${MODULES[@]:0:5}" virtio_mmio "${MODULES[@]:5}")
+# Entropy (virtio-rng) and the 9p shared fs (no host daemon); loaded in the background.
+MODULES+=(virtio-rng 9pnet_virtio 9p)
 # Directories the agent mounts on or writes to.
 DIRS=(dev proc sys run tmp etc lib/modules)
 # Fixed timestamp for every initrd entry (reproducibility).

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use crate::accel::ResolvedVsock;
-use crate::{Error, Result, VmConfig};
+use crate::options::{SharedFsKind, VmOptions};
+use crate::{Error, MachineType, Result, VmConfig};
 
 /// Smallest memory a guest gets.
 pub const MIN_MEMORY_MIB: u32 = 128;
@@ -27,9 +28,14 @@ fn require_file(field: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// Checks every field of `config`; `host_cpus` bounds `vcpus`, `vsock` says
-/// whether the vhost-device-vsock helper is needed.
-pub fn validate(config: &VmConfig, host_cpus: u32, vsock: ResolvedVsock) -> Result<()> {
+/// Checks every field of `config` and `options`; `host_cpus` bounds `vcpus`,
+/// `vsock` says whether the vhost-device-vsock helper is needed.
+pub fn validate(
+    config: &VmConfig,
+    options: &VmOptions,
+    host_cpus: u32,
+    vsock: ResolvedVsock,
+) -> Result<()> {
     if config.id.is_empty()
         || !config
             .id
@@ -57,7 +63,9 @@ pub fn validate(config: &VmConfig, host_cpus: u32, vsock: ResolvedVsock) -> Resu
     require_file("qemu_path", &config.qemu_path)?;
     require_file("kernel", &config.kernel)?;
     require_file("initrd", &config.initrd)?;
-    require_file("virtiofsd_path", &config.virtiofsd_path)?;
+    if options.shared_fs == SharedFsKind::VirtioFs {
+        require_file("virtiofsd_path", &config.virtiofsd_path)?;
+    }
     if vsock == ResolvedVsock::VhostUser {
         require_file("vhost_device_vsock_path", &config.vhost_device_vsock_path)?;
     }
@@ -93,6 +101,56 @@ pub fn validate(config: &VmConfig, host_cpus: u32, vsock: ResolvedVsock) -> Resu
     }
     if config.kernel_params.contains('"') {
         return Err(invalid("kernel_params: must not contain '\"'".into()));
+    }
+    validate_options(config, options, host_cpus)
+}
+
+fn validate_options(config: &VmConfig, options: &VmOptions, host_cpus: u32) -> Result<()> {
+    if let Some(source) = &options.entropy_source {
+        if !source.exists() {
+            return Err(invalid(format!(
+                "entropy_source: {} does not exist",
+                source.display()
+            )));
+        }
+    }
+    if options
+        .cpu_features
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"')
+    {
+        return Err(invalid(format!(
+            "cpu_features: {:?} must be a comma-separated list without spaces",
+            options.cpu_features
+        )));
+    }
+    let hotplug = options.max_vcpus.is_some() || options.memory_hotplug.is_some();
+    if hotplug && config.machine == MachineType::Microvm {
+        return Err(invalid(
+            "max_vcpus / memory_hotplug: microvm has no hotplug; use q35".into(),
+        ));
+    }
+    if let Some(max) = options.max_vcpus {
+        if max < config.vcpus || max > host_cpus {
+            return Err(invalid(format!(
+                "max_vcpus: {max} is not between vcpus ({}) and the host's {host_cpus} CPUs",
+                config.vcpus
+            )));
+        }
+    }
+    if let Some(h) = options.memory_hotplug {
+        if h.slots == 0 || h.slots > 256 {
+            return Err(invalid(format!(
+                "memory_hotplug.slots: {} is not between 1 and 256",
+                h.slots
+            )));
+        }
+        if h.max_mib <= config.memory_mib {
+            return Err(invalid(format!(
+                "memory_hotplug.max_mib: {} MiB is not above memory_mib ({} MiB)",
+                h.max_mib, config.memory_mib
+            )));
+        }
     }
     Ok(())
 }
@@ -134,7 +192,7 @@ pub(crate) mod tests {
     }
 
     fn err_of(c: &VmConfig) -> String {
-        match validate(c, 2, ResolvedVsock::VhostUser) {
+        match validate(c, &VmOptions::default(), 2, ResolvedVsock::VhostUser) {
             Err(Error::InvalidConfig(m)) => m,
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
@@ -143,7 +201,13 @@ pub(crate) mod tests {
     #[test]
     fn valid_config_passes() {
         let d = tempfile::tempdir().expect("tempdir");
-        validate(&valid_config(d.path()), 2, ResolvedVsock::VhostUser).expect("valid");
+        validate(
+            &valid_config(d.path()),
+            &VmOptions::default(),
+            2,
+            ResolvedVsock::VhostUser,
+        )
+        .expect("valid");
     }
 
     #[test]
@@ -187,6 +251,64 @@ pub(crate) mod tests {
         c.vhost_device_vsock_path = PathBuf::from("/nonexistent/vdv");
         assert!(err_of(&c).contains("vhost_device_vsock_path"));
         // Not needed with kernel vhost-vsock.
-        validate(&c, 2, ResolvedVsock::Vhost).expect("vhost needs no helper");
+        validate(&c, &VmOptions::default(), 2, ResolvedVsock::Vhost)
+            .expect("vhost needs no helper");
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        use crate::options::MemoryHotplug;
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = valid_config(d.path());
+        let check = |c: &VmConfig, o: VmOptions, field: &str| match validate(
+            c,
+            &o,
+            2,
+            ResolvedVsock::VhostUser,
+        ) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains(field), "{field}: {m}"),
+            other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+        };
+        let o = |f: fn(&mut VmOptions)| {
+            let mut o = VmOptions::default();
+            f(&mut o);
+            o
+        };
+        check(&c, o(|o| o.max_vcpus = Some(3)), "max_vcpus");
+        check(&c, o(|o| o.cpu_features = "a, b".into()), "cpu_features");
+        check(
+            &c,
+            o(|o| o.entropy_source = Some("/nonexistent/rng".into())),
+            "entropy_source",
+        );
+        check(
+            &c,
+            o(|o| {
+                o.memory_hotplug = Some(MemoryHotplug {
+                    slots: 2,
+                    max_mib: 128,
+                })
+            }),
+            "max_mib",
+        );
+        check(
+            &c,
+            o(|o| {
+                o.memory_hotplug = Some(MemoryHotplug {
+                    slots: 0,
+                    max_mib: 1024,
+                })
+            }),
+            "slots",
+        );
+        let mut micro = c.clone();
+        micro.machine = MachineType::Microvm;
+        check(&micro, o(|o| o.max_vcpus = Some(2)), "microvm");
+        // 9p needs no virtiofsd.
+        let mut no_fsd = c.clone();
+        no_fsd.virtiofsd_path = "/nonexistent/virtiofsd".into();
+        check(&no_fsd, VmOptions::default(), "virtiofsd_path");
+        let nine_p = o(|o| o.shared_fs = SharedFsKind::Virtio9p);
+        validate(&no_fsd, &nine_p, 2, ResolvedVsock::VhostUser).expect("9p needs no daemon");
     }
 }

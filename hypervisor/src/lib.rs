@@ -32,6 +32,7 @@ pub mod config;
 pub mod console;
 pub mod fake;
 pub mod helpers;
+pub mod options;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
@@ -39,6 +40,7 @@ pub mod state;
 
 pub use accel::HostProbe;
 pub use fake::{FakeHypervisor, FakeVm, FakeVmHandle};
+pub use options::{MemoryHotplug, Seccomp, SharedFsKind, VmOptions};
 pub use qemu::{Qemu, QemuVm};
 
 /// Errors of this crate; the shim maps them to ttrpc codes.
@@ -129,6 +131,59 @@ pub enum VsockEndpoint {
     Hybrid { uds_path: PathBuf },
 }
 
+/// Something QEMU reported about the VM (QMP events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The VM is shutting down; `guest` = the guest asked (power-off, reboot).
+    Shutdown { guest: bool, reason: String },
+    /// The guest kernel panicked (needs a pvpanic device in the guest).
+    GuestPanicked { action: String },
+    /// vCPUs stopped (QMP `stop`, or an error).
+    Stop,
+    /// vCPUs resumed.
+    Resume,
+    /// A `device_del` completed.
+    DeviceDeleted { id: String },
+    /// Any other event, by name.
+    Other(String),
+}
+
+impl VmEvent {
+    /// From a QMP event's name and `data`.
+    pub fn from_qmp(name: &str, data: &serde_json::Value) -> VmEvent {
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        match name {
+            "SHUTDOWN" => VmEvent::Shutdown {
+                guest: data
+                    .get("guest")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+                reason: text("reason"),
+            },
+            "GUEST_PANICKED" => VmEvent::GuestPanicked {
+                action: text("action"),
+            },
+            "STOP" => VmEvent::Stop,
+            "RESUME" => VmEvent::Resume,
+            "DEVICE_DELETED" => VmEvent::DeviceDeleted { id: text("device") },
+            other => VmEvent::Other(other.to_string()),
+        }
+    }
+}
+
+/// A vCPU as QEMU sees it (`query-cpus-fast`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuInfo {
+    pub index: u64,
+    /// The host thread running it.
+    pub thread_id: u64,
+}
+
 /// A running VM.
 #[async_trait]
 pub trait Vm: Send + Sync {
@@ -156,6 +211,27 @@ pub trait Vm: Send + Sync {
     /// Health of the VM process itself: QMP answers and the VM is running or paused.
     async fn check(&self) -> Result<()> {
         Err(Error::Qmp("check not supported".into()))
+    }
+    /// QEMU's events from now on (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, ...).
+    fn subscribe_events(&self) -> Option<tokio::sync::broadcast::Receiver<VmEvent>> {
+        None
+    }
+    /// The vCPUs (`query-cpus-fast`).
+    async fn vcpus(&self) -> Result<Vec<VcpuInfo>> {
+        Err(Error::Qmp("vcpus not supported".into()))
+    }
+    /// Hot-plugs (or unplugs what was hot-plugged) until the VM has `count`
+    /// vCPUs; returns the count reached. The guest must online new vCPUs
+    /// (agent `OnlineCPUMem`).
+    async fn resize_vcpus(&self, count: u32) -> Result<u32> {
+        let _ = count;
+        Err(Error::Qmp("vCPU hotplug not supported".into()))
+    }
+    /// Hot-plugs `size_mib` of RAM as a DIMM (a multiple of 128 MiB, the
+    /// guest's memory block); the guest must online it (`OnlineCPUMem`).
+    async fn add_memory(&self, size_mib: u32) -> Result<()> {
+        let _ = size_mib;
+        Err(Error::Qmp("memory hotplug not supported".into()))
     }
 }
 

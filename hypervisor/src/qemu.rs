@@ -7,19 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{watch, Mutex};
+use serde_json::json;
+use tokio::sync::{broadcast, watch, Mutex};
 use tokio::time::Instant;
 
 use crate::accel::{
     host_cpus, resolve_accel, resolve_vsock, HostProbe, ResolvedAccel, ResolvedVsock,
 };
-use crate::cmdline::{vsock, CommandLine};
+use crate::cmdline::{boot, vsock, CommandLine};
 use crate::console::{spawn_reader, Ring, Source};
 use crate::helpers::{self, HelperSpec};
+use crate::options::{SharedFsKind, VmOptions};
 use crate::process::Supervised;
+use crate::qmp::CpuSlot;
 use crate::qmp::Qmp;
 use crate::state::{self, ProcessRecord, StateFile};
-use crate::{config, Error, Hypervisor, Result, Vm, VmConfig, VsockEndpoint};
+use crate::{
+    config, Error, Hypervisor, MachineType, Result, VcpuInfo, Vm, VmConfig, VmEvent, VsockEndpoint,
+};
 
 /// Each QMP exchange is bounded by this.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +34,7 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 const EXIT_AFTER_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Guest CIDs tried before giving up (kernel vhost-vsock only).
 const MAX_CID_ATTEMPTS: u32 = 32;
-pub use crate::cmdline::{QMP_SOCKET, SHARED_FS_TAG};
+pub use crate::cmdline::{QMP_EVENTS_SOCKET, QMP_SOCKET, SHARED_FS_TAG};
 
 /// Next guest CID to try; 0-2 are reserved.
 static NEXT_CID: AtomicU32 = AtomicU32::new(3);
@@ -48,6 +53,7 @@ fn next_cid() -> u32 {
 #[derive(Debug, Clone, Default)]
 pub struct Qemu {
     probe: HostProbe,
+    options: VmOptions,
 }
 
 impl Qemu {
@@ -57,16 +63,35 @@ impl Qemu {
 
     /// With other host paths for the KVM / PVM / vhost-vsock probes.
     pub fn with_probe(probe: HostProbe) -> Self {
-        Self { probe }
+        Self {
+            probe,
+            options: VmOptions::default(),
+        }
+    }
+
+    /// Every VM launched gets these options (seccomp, entropy, CPU features,
+    /// hotplug room, shared fs kind).
+    pub fn with_options(mut self, options: VmOptions) -> Self {
+        self.options = options;
+        self
     }
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
-        Ok(Box::new(QemuVm::launch(config, &self.probe).await?))
+        Ok(Box::new(
+            QemuVm::launch(config, &self.probe, &self.options).await?,
+        ))
     }
 }
+
+/// Granularity of memory hotplug: the guest onlines memory in blocks of this size.
+pub const MEMORY_HOTPLUG_ALIGN_MIB: u32 = 128;
+/// How long an unplug waits for the guest to release a vCPU.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the event watcher tries to reach the event monitor.
+const EVENTS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running QEMU VM with its helpers.
 #[derive(Debug)]
@@ -80,6 +105,11 @@ pub struct QemuVm {
     any_exit: watch::Receiver<Option<String>>,
     qmp: Mutex<Option<Qmp>>,
     stopped: Mutex<bool>,
+    events: broadcast::Sender<VmEvent>,
+    event_watcher: tokio::task::JoinHandle<()>,
+    options: VmOptions,
+    /// Hot-plugged DIMMs so far (names `dimm<N>`).
+    dimms: Mutex<u32>,
 }
 
 /// The processes started so far, killed if the launch fails.
@@ -128,11 +158,11 @@ impl Launching {
 }
 
 impl QemuVm {
-    pub async fn launch(config: VmConfig, probe: &HostProbe) -> Result<Self> {
+    pub async fn launch(config: VmConfig, probe: &HostProbe, options: &VmOptions) -> Result<Self> {
         let sandbox = config.id.clone();
         let (accel, reason) = resolve_accel(config.accel, probe)?;
         let vsock_kind = resolve_vsock(config.vsock, probe)?;
-        config::validate(&config, host_cpus(), vsock_kind)?;
+        config::validate(&config, options, host_cpus(), vsock_kind)?;
         tracing::info!(sandbox = %sandbox, accel = ?accel, vsock = ?vsock_kind, "accelerator: {reason}");
 
         let started = Instant::now();
@@ -153,7 +183,17 @@ impl QemuVm {
             helpers: Vec::new(),
             qemu: None,
         };
-        match Self::start(&config, accel, vsock_kind, deadline, &ring, &mut launching).await {
+        match Self::start(
+            &config,
+            options,
+            accel,
+            vsock_kind,
+            deadline,
+            &ring,
+            &mut launching,
+        )
+        .await
+        {
             Ok((qmp, endpoint)) => {
                 let Launching { helpers, qemu, .. } = launching;
                 let Some(qemu) = qemu else {
@@ -164,7 +204,18 @@ impl QemuVm {
                     helpers.iter().map(Supervised::exit_watch),
                 );
                 tracing::info!(sandbox = %sandbox, elapsed = ?started.elapsed(), "VM launched");
+                let (events, _) = broadcast::channel(64);
+                let event_watcher = tokio::spawn(watch_events(
+                    config.run_dir.join(QMP_EVENTS_SOCKET),
+                    qemu.exit_watch(),
+                    events.clone(),
+                    sandbox.clone(),
+                ));
                 Ok(QemuVm {
+                    events,
+                    event_watcher,
+                    options: options.clone(),
+                    dimms: Mutex::new(0),
                     id: sandbox,
                     run_dir: config.run_dir,
                     endpoint,
@@ -186,6 +237,7 @@ impl QemuVm {
 
     async fn start(
         config: &VmConfig,
+        options: &VmOptions,
         accel: ResolvedAccel,
         vsock_kind: ResolvedVsock,
         deadline: Instant,
@@ -193,7 +245,10 @@ impl QemuVm {
         launching: &mut Launching,
     ) -> Result<(Qmp, VsockEndpoint)> {
         let sandbox = config.id.as_str();
-        let mut specs: Vec<HelperSpec> = vec![helpers::virtiofsd(config)];
+        let mut specs: Vec<HelperSpec> = Vec::new();
+        if options.shared_fs == SharedFsKind::VirtioFs {
+            specs.push(helpers::virtiofsd(config));
+        }
         if vsock_kind == ResolvedVsock::VhostUser {
             specs.push(helpers::vhost_device_vsock(config));
         }
@@ -242,7 +297,13 @@ impl QemuVm {
                     },
                 ),
             };
-            let args = CommandLine::for_config(config, accel, device).args();
+            let mut cmdline = CommandLine::for_config(config, options, accel, device);
+            if config.machine == MachineType::Microvm && accel == ResolvedAccel::Tcg {
+                let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                cmdline.boot.machine_params =
+                    boot::microvm_tcg_params(boot::tsc_khz_from_cpuinfo(&cpuinfo));
+            }
+            let args = cmdline.args();
             let (qemu, stdout) = helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring)?;
             if let Some(out) = stdout {
                 spawn_reader(out, ring.clone(), sandbox.to_string(), Source::Console);
@@ -307,6 +368,17 @@ impl QemuVm {
         result
     }
 
+    /// QMP `query-status`: running, paused, ...
+    pub async fn status(&self) -> Result<crate::qmp::Status> {
+        self.with_qmp(|q| Box::pin(q.query_status())).await
+    }
+
+    /// RAM in bytes: (at boot, hot-plugged).
+    pub async fn memory_summary(&self) -> Result<(u64, u64)> {
+        self.with_qmp(|q| Box::pin(q.query_memory_size_summary()))
+            .await
+    }
+
     /// The QEMU process id.
     pub fn qemu_pid(&self) -> u32 {
         self.qemu.pid
@@ -368,6 +440,65 @@ fn watch_any_exit(
         });
     }
     rx
+}
+
+/// Reads the event-only QMP monitor and broadcasts what QEMU reports, until
+/// QEMU goes away. Best effort: a QEMU without the monitor only loses events.
+async fn watch_events(
+    socket: PathBuf,
+    qemu_exit: watch::Receiver<Option<String>>,
+    tx: broadcast::Sender<VmEvent>,
+    sandbox: String,
+) {
+    let deadline = Instant::now() + EVENTS_CONNECT_TIMEOUT;
+    let mut qmp = loop {
+        if qemu_exit.borrow().is_some() {
+            return;
+        }
+        match Qmp::connect(&socket, QMP_TIMEOUT).await {
+            Ok(q) => break q,
+            Err(e) if Instant::now() >= deadline => {
+                tracing::warn!(sandbox, "QMP event monitor unreachable: {e}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    loop {
+        match qmp.next_event().await {
+            Ok((name, data)) => {
+                let event = VmEvent::from_qmp(&name, &data);
+                match &event {
+                    VmEvent::GuestPanicked { .. } => {
+                        tracing::error!(sandbox, ?event, "guest kernel panicked")
+                    }
+                    _ => tracing::info!(sandbox, ?event, "QEMU event"),
+                }
+                // No subscriber is fine.
+                let _ = tx.send(event);
+            }
+            Err(e) => {
+                tracing::debug!(sandbox, "QMP event monitor closed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The `device_add` id of a hot-plugged vCPU slot.
+fn vcpu_device_id(slot: &CpuSlot) -> String {
+    let prop = |k: &str| {
+        slot.props
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    format!(
+        "cpu-{}-{}-{}",
+        prop("socket-id"),
+        prop("core-id"),
+        prop("thread-id")
+    )
 }
 
 async fn connect_qmp(
@@ -445,6 +576,147 @@ impl Vm for QemuVm {
         }
     }
 
+    fn subscribe_events(&self) -> Option<broadcast::Receiver<VmEvent>> {
+        Some(self.events.subscribe())
+    }
+
+    async fn vcpus(&self) -> Result<Vec<VcpuInfo>> {
+        let cpus = self.with_qmp(|q| Box::pin(q.query_cpus_fast())).await?;
+        Ok(cpus
+            .into_iter()
+            .map(|c| VcpuInfo {
+                index: c.cpu_index,
+                thread_id: c.thread_id,
+            })
+            .collect())
+    }
+
+    async fn resize_vcpus(&self, count: u32) -> Result<u32> {
+        let Some(max) = self.options.max_vcpus else {
+            return Err(Error::InvalidConfig(
+                "vCPU hotplug: the VM was started without max_vcpus".into(),
+            ));
+        };
+        if count == 0 || count > max {
+            return Err(Error::InvalidConfig(format!(
+                "vCPU hotplug: {count} is not between 1 and max_vcpus ({max})"
+            )));
+        }
+        let slots = self
+            .with_qmp(|q| Box::pin(q.query_hotpluggable_cpus()))
+            .await?;
+        let plugged = slots.iter().filter(|s| s.qom_path.is_some()).count() as u32;
+        if count > plugged {
+            let free = slots.iter().filter(|s| s.qom_path.is_none());
+            for slot in free.take((count - plugged) as usize) {
+                let id = vcpu_device_id(slot);
+                let (driver, props) = (slot.driver.clone(), slot.props.clone());
+                tracing::info!(sandbox = %self.id, %id, "hot-plugging a vCPU");
+                self.with_qmp(move |q| {
+                    Box::pin(async move { q.device_add(&driver, &id, props).await })
+                })
+                .await?;
+            }
+        } else if count < plugged {
+            // Only hot-plugged vCPUs (ours have a device id) can go.
+            let mut events = self.events.subscribe();
+            let ours: Vec<String> = slots
+                .iter()
+                .filter(|s| {
+                    s.qom_path
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with("/machine/peripheral/"))
+                })
+                .map(vcpu_device_id)
+                .rev()
+                .take((plugged - count) as usize)
+                .collect();
+            for id in ours {
+                tracing::info!(sandbox = %self.id, %id, "unplugging a vCPU");
+                let del = id.clone();
+                self.with_qmp(move |q| Box::pin(async move { q.device_del(&del).await }))
+                    .await?;
+                let deleted = tokio::time::timeout(UNPLUG_TIMEOUT, async {
+                    loop {
+                        match events.recv().await {
+                            Ok(VmEvent::DeviceDeleted { id: d }) if d == id => return true,
+                            Err(broadcast::error::RecvError::Closed) => return false,
+                            _ => {}
+                        }
+                    }
+                })
+                .await;
+                if !matches!(deleted, Ok(true)) {
+                    tracing::warn!(sandbox = %self.id, %id, "guest did not release the vCPU");
+                    break;
+                }
+            }
+        }
+        Ok(self.vcpus().await?.len() as u32)
+    }
+
+    async fn add_memory(&self, size_mib: u32) -> Result<()> {
+        let Some(hotplug) = self.options.memory_hotplug else {
+            return Err(Error::InvalidConfig(
+                "memory hotplug: the VM was started without memory_hotplug".into(),
+            ));
+        };
+        if size_mib == 0 || !size_mib.is_multiple_of(MEMORY_HOTPLUG_ALIGN_MIB) {
+            return Err(Error::InvalidConfig(format!(
+                "memory hotplug: {size_mib} MiB is not a multiple of {MEMORY_HOTPLUG_ALIGN_MIB} MiB"
+            )));
+        }
+        let mut dimms = self.dimms.lock().await;
+        if *dimms >= hotplug.slots {
+            return Err(Error::InvalidConfig(format!(
+                "memory hotplug: all {} slots are used",
+                hotplug.slots
+            )));
+        }
+        let (base, plugged) = self
+            .with_qmp(|q| Box::pin(q.query_memory_size_summary()))
+            .await?;
+        let total_mib = ((base + plugged) >> 20) as u32 + size_mib;
+        if total_mib > hotplug.max_mib {
+            return Err(Error::InvalidConfig(format!(
+                "memory hotplug: {total_mib} MiB would exceed max_mib ({})",
+                hotplug.max_mib
+            )));
+        }
+        let n = *dimms;
+        let (mem, dimm) = (format!("dimm-mem{n}"), format!("dimm{n}"));
+        tracing::info!(sandbox = %self.id, size_mib, %dimm, "hot-plugging memory");
+        let bytes = u64::from(size_mib) << 20;
+        // Shared like the boot RAM: vhost-user daemons map every guest page.
+        let m = mem.clone();
+        self.with_qmp(move |q| {
+            Box::pin(async move {
+                q.object_add(
+                    "memory-backend-memfd",
+                    &m,
+                    json!({ "size": bytes, "share": true }),
+                )
+                .await
+            })
+        })
+        .await?;
+        let (m, d) = (mem.clone(), dimm.clone());
+        let added = self
+            .with_qmp(move |q| {
+                Box::pin(async move { q.device_add("pc-dimm", &d, json!({ "memdev": m })).await })
+            })
+            .await;
+        if let Err(e) = added {
+            let m = mem.clone();
+            let _ = self
+                .with_qmp(move |q| Box::pin(async move { q.object_del(&m).await }))
+                .await;
+            return Err(e);
+        }
+        *dimms += 1;
+        Ok(())
+    }
+
     async fn stop(&self) -> Result<()> {
         let mut stopped = self.stopped.lock().await;
         if *stopped {
@@ -484,6 +756,7 @@ impl Vm for QemuVm {
             h.kill_and_wait().await;
         }
         *self.qmp.lock().await = None;
+        self.event_watcher.abort();
         state::remove_run_dir(&self.run_dir).await?;
         tracing::info!(sandbox, "VM stopped");
         *stopped = true;
@@ -495,6 +768,7 @@ impl Drop for QemuVm {
     fn drop(&mut self) {
         // Dropped without stop(): do not leak processes (the run dir stays for
         // cleanup_run_dir; its recorded processes are gone by then).
+        self.event_watcher.abort();
         let stopped = self.stopped.try_lock().map(|s| *s).unwrap_or(true);
         if !stopped {
             self.qemu.kill();

@@ -31,6 +31,8 @@ pub enum Message {
     },
     Event {
         name: String,
+        /// The event's `data` member (`null` when absent).
+        data: Value,
     },
 }
 
@@ -59,6 +61,7 @@ pub fn parse_message(line: &str) -> Result<Message> {
     } else if let Some(name) = obj.get("event").and_then(Value::as_str) {
         Ok(Message::Event {
             name: name.to_string(),
+            data: obj.get("data").cloned().unwrap_or(Value::Null),
         })
     } else {
         Err(Error::Qmp(format!("unknown QMP message: {line:.200}")))
@@ -81,6 +84,8 @@ pub struct Qmp {
     timeout: Duration,
     next_id: u64,
     events: Vec<String>,
+    /// Events read while waiting for replies, not yet taken by [`Qmp::next_event`].
+    pending: std::collections::VecDeque<(String, Value)>,
 }
 
 impl Qmp {
@@ -106,6 +111,7 @@ impl Qmp {
             timeout,
             next_id: 1,
             events: Vec::new(),
+            pending: std::collections::VecDeque::new(),
         };
         match qmp.read_message().await? {
             Message::Greeting => {}
@@ -116,19 +122,22 @@ impl Qmp {
     }
 
     async fn read_message(&mut self) -> Result<Message> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.read_message_untimed())
+            .await
+            .map_err(|_| Error::Qmp(format!("no answer from QEMU within {timeout:?}")))?
+    }
+
+    async fn read_message_untimed(&mut self) -> Result<Message> {
         let mut line = String::new();
-        let n = tokio::time::timeout(
-            self.timeout,
-            (&mut self.reader)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line),
-        )
-        .await
-        .map_err(|_| Error::Qmp(format!("no answer from QEMU within {:?}", self.timeout)))?
-        .map_err(|e| Error::Io {
-            what: "reading QMP socket".into(),
-            source: e,
-        })?;
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| Error::Io {
+                what: "reading QMP socket".into(),
+                source: e,
+            })?;
         if n == 0 {
             return Err(Error::Qmp("QMP connection closed by QEMU".into()));
         }
@@ -154,12 +163,16 @@ impl Qmp {
             })?;
         loop {
             match self.read_message().await? {
-                Message::Event { name } => {
+                Message::Event { name, data } => {
                     tracing::debug!(event = %name, "QMP event");
                     if self.events.len() >= MAX_EVENTS {
                         self.events.remove(0);
                     }
-                    self.events.push(name);
+                    self.events.push(name.clone());
+                    if self.pending.len() >= MAX_EVENTS {
+                        self.pending.pop_front();
+                    }
+                    self.pending.push_back((name, data));
                 }
                 Message::Return { id: rid, value } if matches_id(&rid, id) => return Ok(value),
                 Message::Error {
@@ -217,6 +230,124 @@ impl Qmp {
     pub fn events(&self) -> &[String] {
         &self.events
     }
+
+    /// Waits (without a time limit) for the next asynchronous event: for a
+    /// session that only listens. Replies are skipped.
+    pub async fn next_event(&mut self) -> Result<(String, Value)> {
+        if let Some(ev) = self.pending.pop_front() {
+            return Ok(ev);
+        }
+        loop {
+            if let Message::Event { name, data } = self.read_message_untimed().await? {
+                return Ok((name, data));
+            }
+        }
+    }
+
+    /// `device_add`: `driver`, `id` and the device's properties.
+    pub async fn device_add(&mut self, driver: &str, id: &str, props: Value) -> Result<()> {
+        let mut args = json!({ "driver": driver, "id": id });
+        merge(&mut args, props);
+        self.execute("device_add", Some(args)).await.map(drop)
+    }
+
+    /// `device_del`: starts removing a device; completion is the
+    /// `DEVICE_DELETED` event (for vCPUs and DIMMs only once the guest let go).
+    pub async fn device_del(&mut self, id: &str) -> Result<()> {
+        self.execute("device_del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    /// `object-add` of a `qom_type` object with its properties.
+    pub async fn object_add(&mut self, qom_type: &str, id: &str, props: Value) -> Result<()> {
+        let mut args = json!({ "qom-type": qom_type, "id": id });
+        merge(&mut args, props);
+        self.execute("object-add", Some(args)).await.map(drop)
+    }
+
+    pub async fn object_del(&mut self, id: &str) -> Result<()> {
+        self.execute("object-del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    /// `query-cpus-fast`: the VM's vCPUs.
+    pub async fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfo>> {
+        let v = self.execute("query-cpus-fast", None).await?;
+        Ok(parse_cpus_fast(&v))
+    }
+
+    /// `query-hotpluggable-cpus`: every vCPU slot, plugged or not.
+    pub async fn query_hotpluggable_cpus(&mut self) -> Result<Vec<CpuSlot>> {
+        let v = self.execute("query-hotpluggable-cpus", None).await?;
+        Ok(parse_hotpluggable_cpus(&v))
+    }
+
+    /// Bytes of RAM: (at boot, hot-plugged).
+    pub async fn query_memory_size_summary(&mut self) -> Result<(u64, u64)> {
+        let v = self.execute("query-memory-size-summary", None).await?;
+        let get = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Ok((get("base-memory"), get("plugged-memory")))
+    }
+}
+
+fn merge(into: &mut Value, props: Value) {
+    if let (Some(dst), Value::Object(src)) = (into.as_object_mut(), props) {
+        dst.extend(src);
+    }
+}
+
+/// One vCPU from `query-cpus-fast`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuInfo {
+    pub cpu_index: u64,
+    /// Host thread running it.
+    pub thread_id: u64,
+    pub qom_path: String,
+}
+
+pub fn parse_cpus_fast(v: &Value) -> Vec<CpuInfo> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| CpuInfo {
+            cpu_index: c.get("cpu-index").and_then(Value::as_u64).unwrap_or(0),
+            thread_id: c.get("thread-id").and_then(Value::as_u64).unwrap_or(0),
+            qom_path: c
+                .get("qom-path")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        })
+        .collect()
+}
+
+/// One vCPU slot from `query-hotpluggable-cpus`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuSlot {
+    /// The device type to `device_add` (e.g. `max-x86_64-cpu`).
+    pub driver: String,
+    /// socket-id / core-id / thread-id (...) to pass to `device_add`.
+    pub props: Value,
+    /// Set when the slot is plugged.
+    pub qom_path: Option<String>,
+}
+
+pub fn parse_hotpluggable_cpus(v: &Value) -> Vec<CpuSlot> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| CpuSlot {
+            driver: c
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            props: c.get("props").cloned().unwrap_or(Value::Null),
+            qom_path: c.get("qom-path").and_then(Value::as_str).map(String::from),
+        })
+        .collect()
 }
 
 fn matches_id(got: &Option<Value>, want: u64) -> bool {
@@ -259,7 +390,18 @@ mod tests {
             parse_message(r#"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#)
                 .expect("ev"),
             Message::Event {
-                name: "STOP".into()
+                name: "STOP".into(),
+                data: Value::Null
+            }
+        );
+        assert_eq!(
+            parse_message(
+                r#"{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#
+            )
+            .expect("ev"),
+            Message::Event {
+                name: "SHUTDOWN".into(),
+                data: json!({"guest": true, "reason": "guest-shutdown"})
             }
         );
         assert!(parse_message("not json").is_err());
@@ -308,6 +450,24 @@ mod tests {
             let id = req["id"].clone();
             let reply = match req["execute"].as_str().expect("execute") {
                 "qmp_capabilities" | "stop" | "cont" => json!({"return": {}, "id": id}),
+                "device_add" | "object-add" | "device_del" => {
+                    // Echo the arguments back as an event, so the test sees what was sent.
+                    let ev = json!({"event": "ECHO", "data": req["arguments"].clone()});
+                    w.write_all(format!("{ev}\n").as_bytes())
+                        .await
+                        .expect("event");
+                    json!({"return": {}, "id": id})
+                }
+                "query-cpus-fast" => json!({"return": [
+                    {"cpu-index": 0, "thread-id": 100, "qom-path": "/machine/unattached/device[0]"},
+                    {"cpu-index": 1, "thread-id": 101, "qom-path": "/machine/peripheral/cpu-1-0-0"}
+                ], "id": id}),
+                "query-hotpluggable-cpus" => json!({"return": [
+                    {"type": "max-x86_64-cpu", "vcpus-count": 1,
+                     "props": {"socket-id": 1, "core-id": 0, "thread-id": 0}},
+                    {"type": "max-x86_64-cpu", "vcpus-count": 1, "qom-path": "/machine/unattached/device[0]",
+                     "props": {"socket-id": 0, "core-id": 0, "thread-id": 0}}
+                ], "id": id}),
                 "query-status" => {
                     w.write_all(b"{\"event\": \"RESUME\", \"timestamp\": {}}\n")
                         .await
@@ -336,6 +496,33 @@ mod tests {
         assert_eq!(qmp.events(), ["RESUME".to_string()]);
         qmp.stop().await.expect("stop");
         qmp.cont().await.expect("cont");
+        let cpus = qmp.query_cpus_fast().await.expect("cpus");
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[1].thread_id, 101);
+        let slots = qmp.query_hotpluggable_cpus().await.expect("slots");
+        assert_eq!(slots[0].driver, "max-x86_64-cpu");
+        assert!(slots[0].qom_path.is_none() && slots[1].qom_path.is_some());
+        qmp.device_add("pc-dimm", "dimm0", json!({"memdev": "dimm-mem0"}))
+            .await
+            .expect("device_add");
+        qmp.object_add(
+            "memory-backend-memfd",
+            "dimm-mem0",
+            json!({"size": 134217728u64, "share": true}),
+        )
+        .await
+        .expect("object-add");
+        qmp.device_del("dimm0").await.expect("device_del");
+        let (_, data) = loop {
+            let (name, data) = qmp.next_event().await.expect("the echo of device_add");
+            if name == "ECHO" {
+                break (name, data);
+            }
+        };
+        assert_eq!(
+            data,
+            json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "dimm-mem0"})
+        );
         let e = qmp.execute("bogus", None).await.expect_err("bogus fails");
         assert!(e.to_string().contains("CommandNotFound"), "{e}");
         qmp.quit().await.expect("quit tolerates close");

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocols::agent::{
-    CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, PidsStats, ThrottlingData,
+    BlkioStats, BlkioStatsEntry, CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats,
+    PidsStats, ThrottlingData,
 };
 use protocols::oci::LinuxResources;
 
@@ -197,6 +198,10 @@ impl Cgroup {
             cpu_stats: Some(cpu_stats).into(),
             memory_stats: Some(memory_stats).into(),
             pids_stats: Some(pids_stats).into(),
+            blkio_stats: Some(parse_io_stat(
+                &fs::read_to_string(self.path.join("io.stat")).unwrap_or_default(),
+            ))
+            .into(),
             ..Default::default()
         }
     }
@@ -238,6 +243,47 @@ fn flat_keyed(path: &Path) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
+/// cgroup v2 `io.stat` ("MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..")
+/// in the v1-shaped `BlkioStats`: bytes and operations per device, ops
+/// named `Read`, `Write`, `Discard` as in cgroup v1's blkio files.
+pub fn parse_io_stat(text: &str) -> BlkioStats {
+    let mut stats = BlkioStats::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some((major, minor)) = words.next().and_then(|d| d.split_once(':')) else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u64>(), minor.parse::<u64>()) else {
+            continue;
+        };
+        for kv in words {
+            let Some((key, value)) = kv.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<u64>() else {
+                continue;
+            };
+            let (list, op) = match key {
+                "rbytes" => (&mut stats.io_service_bytes_recursive, "Read"),
+                "wbytes" => (&mut stats.io_service_bytes_recursive, "Write"),
+                "dbytes" => (&mut stats.io_service_bytes_recursive, "Discard"),
+                "rios" => (&mut stats.io_serviced_recursive, "Read"),
+                "wios" => (&mut stats.io_serviced_recursive, "Write"),
+                "dios" => (&mut stats.io_serviced_recursive, "Discard"),
+                _ => continue,
+            };
+            list.push(BlkioStatsEntry {
+                major,
+                minor,
+                op: op.into(),
+                value,
+                ..Default::default()
+            });
+        }
+    }
+    stats
+}
+
 /// cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000] (as runc does).
 pub fn shares_to_weight(shares: u64) -> u64 {
     let shares = shares.clamp(2, 262_144);
@@ -247,6 +293,29 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_stat_becomes_blkio_entries() {
+        let s = parse_io_stat(
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbad line\n7:1 rbytes=x\n",
+        );
+        let bytes: Vec<(u64, u64, &str, u64)> = s
+            .io_service_bytes_recursive
+            .iter()
+            .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+            .collect();
+        assert_eq!(
+            bytes,
+            [
+                (254, 0, "Read", 4096),
+                (254, 0, "Write", 8192),
+                (254, 0, "Discard", 0)
+            ]
+        );
+        assert_eq!(s.io_serviced_recursive.len(), 3);
+        assert_eq!(s.io_serviced_recursive[1].value, 2);
+        assert!(parse_io_stat("").io_service_bytes_recursive.is_empty());
+    }
 
     #[test]
     fn paths_and_weights() {

@@ -8,6 +8,7 @@ mod cgroups;
 mod container;
 mod error;
 mod init;
+mod logsink;
 mod mounts;
 mod process;
 mod reaper;
@@ -15,6 +16,7 @@ mod runtime;
 mod sandbox;
 mod server;
 mod sync;
+mod system;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +36,15 @@ fn main() {
     } else {
         Vec::new()
     };
+    let cmdline = kernel_cmdline(pid1);
     let filter = EnvFilter::try_from_env("KATA_AGENT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(cmdline_log_level(pid1)));
+        .unwrap_or_else(|_| EnvFilter::new(cmdline_log_level(&cmdline)));
+    let writer = logsink::Tee {
+        vsock: logsink::vport_of(&cmdline).map(logsink::VsockLog::start),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .with_timer(KernelUptime)
         .init();
@@ -75,13 +81,17 @@ fn main() {
     std::process::exit(1);
 }
 
-/// `agent.log=<level>` on the kernel command line (upstream's parameter), else "info".
-fn cmdline_log_level(pid1: bool) -> String {
-    let cmdline = if pid1 {
+/// The kernel command line (empty outside a VM).
+fn kernel_cmdline(pid1: bool) -> String {
+    if pid1 {
         std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
     } else {
         String::new()
-    };
+    }
+}
+
+/// `agent.log=<level>` on the kernel command line (upstream's parameter), else "info".
+fn cmdline_log_level(cmdline: &str) -> String {
     cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("agent.log="))

@@ -76,6 +76,11 @@ fn is_mount_point(path: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Storage drivers [`mount_storage`] handles (upstream kata's names first).
+pub const STORAGE_DRIVERS: [&str; 5] = ["virtio-fs", "9p", "ephemeral", "local", "overlayfs"];
+/// 9p mount options when the storage brings none (virtio transport, Linux dialect).
+const DEFAULT_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000";
+
 /// Mounts one storage the shim sent; returns what to unmount later, or None
 /// when nothing was mounted (a "local" directory or an already present mount).
 pub fn mount_storage(s: &Storage) -> Result<Option<Mounted>> {
@@ -90,6 +95,7 @@ pub fn mount_storage(s: &Storage) -> Result<Option<Mounted>> {
     let (fstype, source) = match s.driver.as_str() {
         "virtio-fs" | "virtiofs" => ("virtiofs", s.source.as_str()),
         "ephemeral" | "tmpfs" => ("tmpfs", "tmpfs"),
+        "9p" => ("9p", s.source.as_str()),
         "local" => return Ok(None),
         "overlayfs" | "overlay" => ("overlay", "overlay"),
         other => {
@@ -104,7 +110,14 @@ pub fn mount_storage(s: &Storage) -> Result<Option<Mounted>> {
         tracing::info!(mount_point = %s.mount_point, "storage already mounted");
         return Ok(None);
     }
-    let (flags, data) = parse_options(&s.options);
+    let (flags, mut data) = parse_options(&s.options);
+    if fstype == "9p" && !data.contains("trans=") {
+        data = if data.is_empty() {
+            DEFAULT_9P_OPTIONS.to_string()
+        } else {
+            format!("{DEFAULT_9P_OPTIONS},{data}")
+        };
+    }
     let data = (!data.is_empty()).then_some(data.as_str());
     mount(
         Some(source),

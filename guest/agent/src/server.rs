@@ -220,6 +220,8 @@ impl AgentService for Agent {
         let cgroup_stats = log_err("StatsContainer", r)?;
         Ok(StatsContainerResponse {
             cgroup_stats: Some(cgroup_stats).into(),
+            // Containers share the VM's network namespace: the VM's interfaces.
+            network_stats: crate::system::network_stats(),
             ..Default::default()
         })
     }
@@ -275,18 +277,57 @@ impl AgentService for Agent {
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,
-        _: GuestDetailsRequest,
+        req: GuestDetailsRequest,
     ) -> R<GuestDetailsResponse> {
         let details = AgentDetails {
             version: AGENT_VERSION.to_string(),
             init_daemon: self.power_off,
-            storage_handlers: vec!["virtio-fs".into(), "ephemeral".into(), "local".into()],
+            storage_handlers: crate::mounts::STORAGE_DRIVERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ..Default::default()
         };
+        let mem = std::path::Path::new(crate::system::MEMORY_DIR);
         Ok(GuestDetailsResponse {
             agent_details: Some(details).into(),
+            mem_block_size_bytes: if req.mem_block_size {
+                crate::system::memory_block_size(mem)
+            } else {
+                0
+            },
+            support_mem_hotplug_probe: req.mem_hotplug_probe
+                && crate::system::memory_probe_supported(mem),
             ..Default::default()
         })
+    }
+
+    /// Onlines hot-plugged vCPUs (`nb_cpus` of them, waiting for them to appear
+    /// when `wait`) and, unless `cpu_only`, every offline memory block.
+    async fn online_cpu_mem(&self, _: &TtrpcContext, req: OnlineCPUMemRequest) -> R<Empty> {
+        tracing::info!(
+            nb_cpus = req.nb_cpus,
+            cpu_only = req.cpu_only,
+            wait = req.wait,
+            "OnlineCPUMem"
+        );
+        let r = async {
+            let cpus = std::path::Path::new(crate::system::CPU_DIR);
+            let onlined = if req.wait {
+                crate::system::online_cpus(cpus, req.nb_cpus).await?
+            } else {
+                crate::system::online_cpus_once(cpus, req.nb_cpus)?
+            };
+            let blocks = if req.cpu_only {
+                0
+            } else {
+                crate::system::online_memory(std::path::Path::new(crate::system::MEMORY_DIR))?
+            };
+            tracing::info!(cpus = onlined, memory_blocks = blocks, "onlined");
+            Ok(Empty::new())
+        }
+        .await;
+        log_err("OnlineCPUMem", r)
     }
 }
 

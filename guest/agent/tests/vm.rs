@@ -5,6 +5,7 @@
 //! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
 //! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
 mod common;
+mod resources;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -464,6 +465,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
         ..Default::default()
     };
     agent.remove_container(ctx(), &rm).await?;
+
+    resources::scenario(&agent, vm).await?;
 
     agent
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())

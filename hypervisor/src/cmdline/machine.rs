@@ -58,41 +58,54 @@ impl QemuArgs for AccelArg {
     }
 }
 
-/// `-cpu`: the host's model under KVM, everything TCG can emulate otherwise.
-#[derive(Debug, Clone, Copy)]
-pub struct Cpu(pub ResolvedAccel);
+/// `-cpu`: the host's model under KVM, everything TCG can emulate otherwise,
+/// plus configured features (`pmu=off`, `+x2apic`, `-vmx`, ...).
+#[derive(Debug, Clone)]
+pub struct Cpu {
+    pub accel: ResolvedAccel,
+    pub features: String,
+}
 
 impl QemuArgs for Cpu {
     fn append_to(&self, args: &mut Vec<String>) {
+        let model = match self.accel {
+            ResolvedAccel::Kvm => "host",
+            ResolvedAccel::Tcg => "max",
+        };
+        let features = self.features.trim().trim_matches(',');
         args.push("-cpu".into());
-        args.push(
-            match self.0 {
-                ResolvedAccel::Kvm => "host",
-                ResolvedAccel::Tcg => "max",
-            }
-            .into(),
-        );
+        args.push(if features.is_empty() {
+            model.to_string()
+        } else {
+            format!("{model},{features}")
+        });
     }
 }
 
-/// `-smp`.
+/// `-smp`: vCPUs at boot, and the most they may be hot-plugged to.
 #[derive(Debug, Clone, Copy)]
 pub struct Smp {
     pub cpus: u32,
+    pub max_cpus: Option<u32>,
 }
 
 impl QemuArgs for Smp {
     fn append_to(&self, args: &mut Vec<String>) {
         args.push("-smp".into());
-        args.push(self.cpus.to_string());
+        args.push(match self.max_cpus {
+            Some(max) if max > self.cpus => format!("{},maxcpus={max}", self.cpus),
+            _ => self.cpus.to_string(),
+        });
     }
 }
 
-/// Guest RAM: a shared memfd backend (vhost-user daemons map guest memory) and `-m`.
+/// Guest RAM: a shared memfd backend (vhost-user daemons map guest memory) and
+/// `-m`, with DIMM slots for hotplug when configured.
 #[derive(Debug, Clone)]
 pub struct Memory {
     pub id: String,
     pub size_mib: u32,
+    pub hotplug: Option<crate::options::MemoryHotplug>,
 }
 
 impl QemuArgs for Memory {
@@ -104,6 +117,11 @@ impl QemuArgs for Memory {
             self.size_mib
         ));
         args.push("-m".into());
-        args.push(format!("{}M", self.size_mib));
+        args.push(match self.hotplug {
+            Some(h) if h.slots > 0 && h.max_mib > self.size_mib => {
+                format!("{}M,slots={},maxmem={}M", self.size_mib, h.slots, h.max_mib)
+            }
+            _ => format!("{}M", self.size_mib),
+        });
     }
 }

@@ -5,13 +5,18 @@ pub mod boot;
 pub mod console;
 pub mod fs;
 pub mod machine;
+pub mod rng;
+pub mod sandbox;
 pub mod vsock;
 
 use crate::accel::ResolvedAccel;
+use crate::options::{SharedFsKind, VmOptions};
 use crate::VmConfig;
 
-/// QMP socket name in the run directory.
+/// QMP socket name in the run directory (commands).
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// A second QMP monitor that only carries events to the event watcher.
+pub const QMP_EVENTS_SOCKET: &str = "qmp-events.sock";
 /// virtio-fs tag the guest mounts.
 pub const SHARED_FS_TAG: &str = "kataShared";
 
@@ -53,16 +58,21 @@ pub struct CommandLine {
     pub smp: machine::Smp,
     pub memory: machine::Memory,
     pub boot: boot::DirectKernel,
+    pub sandbox: sandbox::Sandbox,
     pub console: console::SerialConsole,
     pub qmp: console::QmpSocket,
+    /// The event-only monitor.
+    pub qmp_events: console::QmpSocket,
+    pub rng: Option<rng::Rng>,
     pub vsock: vsock::VsockDevice,
-    pub fs: fs::VirtioFs,
+    pub fs: fs::SharedFs,
 }
 
 impl CommandLine {
     /// The command line for a validated config.
     pub fn for_config(
         config: &VmConfig,
+        options: &VmOptions,
         accel: ResolvedAccel,
         vsock_dev: vsock::VsockDevice,
     ) -> CommandLine {
@@ -74,45 +84,71 @@ impl CommandLine {
                 memory_backend: "mem".into(),
             },
             accel: machine::AccelArg(accel),
-            cpu: machine::Cpu(accel),
-            smp: machine::Smp { cpus: config.vcpus },
+            cpu: machine::Cpu {
+                accel,
+                features: options.cpu_features.clone(),
+            },
+            smp: machine::Smp {
+                cpus: config.vcpus,
+                max_cpus: options.max_vcpus,
+            },
             memory: machine::Memory {
                 id: "mem".into(),
                 size_mib: config.memory_mib,
+                hotplug: options.memory_hotplug,
             },
             boot: boot::DirectKernel {
                 kernel: config.kernel.clone(),
                 initrd: config.initrd.clone(),
+                machine_params: String::new(),
                 extra_params: config.kernel_params.clone(),
             },
+            sandbox: sandbox::Sandbox(options.seccomp),
             console: console::SerialConsole,
             qmp: console::QmpSocket {
                 path: config.run_dir.join(QMP_SOCKET),
             },
-            vsock: vsock_dev.with_transport(transport),
-            fs: fs::VirtioFs {
-                socket: config.run_dir.join(crate::helpers::VIRTIOFSD_SOCKET),
-                tag: SHARED_FS_TAG.into(),
+            qmp_events: console::QmpSocket {
+                path: config.run_dir.join(QMP_EVENTS_SOCKET),
+            },
+            rng: options.entropy_source.as_ref().map(|source| rng::Rng {
+                source: source.clone(),
                 transport,
+            }),
+            vsock: vsock_dev.with_transport(transport),
+            fs: match options.shared_fs {
+                SharedFsKind::VirtioFs => fs::SharedFs::VirtioFs {
+                    socket: config.run_dir.join(crate::helpers::VIRTIOFSD_SOCKET),
+                    tag: SHARED_FS_TAG.into(),
+                    transport,
+                },
+                SharedFsKind::Virtio9p => fs::SharedFs::Virtio9p {
+                    path: config.shared_dir.clone(),
+                    tag: SHARED_FS_TAG.into(),
+                    transport,
+                },
             },
         }
     }
 
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["-name".to_string(), escape(&self.name)];
-        let parts: [&dyn QemuArgs; 10] = [
-            &self.machine,
-            &self.accel,
-            &self.memory,
-            &self.smp,
-            &self.cpu,
-            &self.boot,
-            &self.console,
-            &self.qmp,
-            &self.vsock,
-            &self.fs,
+        let parts: [Option<&dyn QemuArgs>; 13] = [
+            Some(&self.machine),
+            Some(&self.accel),
+            Some(&self.memory),
+            Some(&self.smp),
+            Some(&self.cpu),
+            Some(&self.boot),
+            Some(&self.sandbox),
+            Some(&self.console),
+            Some(&self.qmp),
+            Some(&self.qmp_events),
+            self.rng.as_ref().map(|r| r as &dyn QemuArgs),
+            Some(&self.vsock),
+            Some(&self.fs),
         ];
-        for part in parts {
+        for part in parts.into_iter().flatten() {
             part.append_to(&mut args);
         }
         args
@@ -136,23 +172,39 @@ mod tests {
                 memory_backend: "mem".into(),
             },
             accel: machine::AccelArg(accel),
-            cpu: machine::Cpu(accel),
-            smp: machine::Smp { cpus: 2 },
+            cpu: machine::Cpu {
+                accel,
+                features: String::new(),
+            },
+            smp: machine::Smp {
+                cpus: 2,
+                max_cpus: None,
+            },
             memory: machine::Memory {
                 id: "mem".into(),
                 size_mib: 512,
+                hotplug: None,
             },
             boot: boot::DirectKernel {
                 kernel: PathBuf::from("/k/vmlinux"),
                 initrd: PathBuf::from("/k/initrd.img"),
+                machine_params: String::new(),
                 extra_params: "quiet agent.log=debug".into(),
             },
+            sandbox: sandbox::Sandbox(crate::options::Seccomp::On),
             console: console::SerialConsole,
             qmp: console::QmpSocket {
                 path: PathBuf::from("/run/x/qmp.sock"),
             },
+            qmp_events: console::QmpSocket {
+                path: PathBuf::from("/run/x/qmp-events.sock"),
+            },
+            rng: Some(rng::Rng {
+                source: PathBuf::from("/dev/urandom"),
+                transport,
+            }),
             vsock: vsock.with_transport(transport),
-            fs: fs::VirtioFs {
+            fs: fs::SharedFs::VirtioFs {
                 socket: PathBuf::from("/run/x/virtiofsd.sock"),
                 tag: "kataShared".into(),
                 transport,
@@ -187,8 +239,12 @@ mod tests {
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
             "-append", "console=ttyS0 panic=-1 reboot=k quiet agent.log=debug",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-qmp", "unix:/run/x/qmp.sock,server=on,wait=off",
+            "-qmp", "unix:/run/x/qmp-events.sock,server=on,wait=off",
+            "-object", "rng-random,id=rng,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng",
             "-chardev", "socket,id=vsock,path=/run/x/vhost-vsock.sock",
             "-device", "vhost-user-vsock-pci,chardev=vsock",
             "-chardev", "socket,id=fs,path=/run/x/virtiofsd.sock",
@@ -235,7 +291,81 @@ mod tests {
             s.contains("-device vhost-user-fs-device,chardev=fs,tag=kataShared"),
             "{s}"
         );
+        assert!(s.contains("-device virtio-rng-device,rng=rng"), "{s}");
         assert!(!s.contains("-pci"), "{s}");
+    }
+
+    #[test]
+    fn virtio_9p_needs_no_daemon_socket() {
+        for (kind, device) in [
+            (MachineType::Q35, "virtio-9p-pci"),
+            (MachineType::Microvm, "virtio-9p-device"),
+        ] {
+            let mut c = cmdline(
+                kind,
+                ResolvedAccel::Tcg,
+                vsock::VsockDevice::Vhost {
+                    cid: 3,
+                    transport: Transport::Pci,
+                },
+            );
+            c.fs = fs::SharedFs::Virtio9p {
+                path: PathBuf::from("/run/sb,1/shared"),
+                tag: "kataShared".into(),
+                transport: machine::Machine::transport_of(kind),
+            };
+            let s = joined(&c);
+            assert!(
+                s.contains(
+                    "-fsdev local,id=fs,path=/run/sb,,1/shared,security_model=none,multidevs=remap"
+                ),
+                "{s}"
+            );
+            assert!(
+                s.contains(&format!("-device {device},fsdev=fs,mount_tag=kataShared")),
+                "{s}"
+            );
+            assert!(
+                !s.contains("virtiofsd") && !s.contains("vhost-user-fs"),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn options_shape_the_command_line() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = crate::config::tests::valid_config(d.path());
+        c.vcpus = 1;
+        let dev = vsock::VsockDevice::Vhost {
+            cid: 5,
+            transport: Transport::Pci,
+        };
+        let options = VmOptions {
+            seccomp: crate::options::Seccomp::Off,
+            entropy_source: None,
+            cpu_features: "pmu=off,-vmx".into(),
+            max_vcpus: Some(2),
+            memory_hotplug: Some(crate::options::MemoryHotplug {
+                slots: 4,
+                max_mib: 1024,
+            }),
+            shared_fs: SharedFsKind::VirtioFs,
+        };
+        let s = CommandLine::for_config(&c, &options, ResolvedAccel::Tcg, dev.clone())
+            .args()
+            .join(" ");
+        assert!(s.contains("-cpu max,pmu=off,-vmx"), "{s}");
+        assert!(s.contains("-smp 1,maxcpus=2"), "{s}");
+        assert!(s.contains("-m 256M,slots=4,maxmem=1024M"), "{s}");
+        assert!(!s.contains("-sandbox") && !s.contains("rng"), "{s}");
+        let s = CommandLine::for_config(&c, &VmOptions::default(), ResolvedAccel::Kvm, dev)
+            .args()
+            .join(" ");
+        assert!(s.contains("-cpu host -kernel"), "{s}");
+        assert!(s.contains("-smp 1 ") && s.contains("-m 256M "), "{s}");
+        assert!(s.contains("-sandbox on,"), "{s}");
+        assert!(s.contains("filename=/dev/urandom"), "{s}");
     }
 
     #[test]
@@ -248,7 +378,7 @@ mod tests {
             socket: c.run_dir.join(crate::helpers::VHOST_USER_VSOCK_SOCKET),
             transport: crate::cmdline::Transport::Pci,
         };
-        let s = CommandLine::for_config(&c, ResolvedAccel::Tcg, dev)
+        let s = CommandLine::for_config(&c, &VmOptions::default(), ResolvedAccel::Tcg, dev)
             .args()
             .join(" ");
         assert!(
@@ -279,7 +409,11 @@ mod tests {
                 transport: Transport::Pci,
             },
         );
-        c.fs.socket = PathBuf::from("/run/a,b/virtiofsd.sock");
+        c.fs = fs::SharedFs::VirtioFs {
+            socket: PathBuf::from("/run/a,b/virtiofsd.sock"),
+            tag: "kataShared".into(),
+            transport: Transport::Pci,
+        };
         assert!(joined(&c).contains("path=/run/a,,b/virtiofsd.sock"));
     }
 }

@@ -130,7 +130,7 @@ impl Vm {
             .arg(image.join("initrd.img"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet {}",
+                "console=ttyS0 panic=-1 quiet agent.log_vport=1025 {}",
                 // e.g. KATA_AGENT_LOG=debug: the kernel hands unknown KEY=value to init's env.
                 std::env::var("KATA_TEST_KERNEL_ARGS").unwrap_or_default()
             ))
@@ -167,14 +167,19 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    /// Hybrid vsock: `CONNECT <port>\n`, then one line starting with `OK`.
+    /// Hybrid vsock to the agent's port 1024.
     pub fn dial(&self, deadline: Duration) -> Result<UnixStream> {
+        self.dial_port(1024, deadline)
+    }
+
+    /// Hybrid vsock: `CONNECT <port>\n`, then one line starting with `OK`.
+    pub fn dial_port(&self, port: u32, deadline: Duration) -> Result<UnixStream> {
         let t0 = Instant::now();
         loop {
             let attempt = || -> Result<UnixStream> {
                 let mut s = UnixStream::connect(self.dir.path().join("vsock.sock"))?;
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"CONNECT 1024\n")?;
+                s.write_all(format!("CONNECT {port}\n").as_bytes())?;
                 let mut line = String::new();
                 BufReader::new(&s).read_line(&mut line)?;
                 if !line.starts_with("OK") {

@@ -1,0 +1,346 @@
+//! VM tests that talk to the guest agent: boot → agent health; sandbox pause
+//! (QMP stop: the agent goes silent) and resume; vCPU and memory hotplug;
+//! QMP events; microvm with virtio-9p (no virtiofsd); and, ignored by default,
+//! the boot-time figure (QEMU launch → agent answers, median of 10).
+//!
+//! Needs `KATA_GUEST_IMAGE_DIR` (see tests/boot.rs); without it each test
+//! prints why and passes.
+//! `KATA_GUEST_IMAGE_DIR=build/guest cargo test -p hypervisor --test guest -- --nocapture`
+//! `... -- --ignored boot_time --nocapture` for the boot-time medians.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hypervisor::qemu::QemuVm;
+use hypervisor::{
+    Accel, HostProbe, MachineType, MemoryHotplug, SharedFsKind, Vm, VmConfig, VmEvent, VmOptions,
+    VsockEndpoint, VsockKind,
+};
+use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, OnlineCPUMemRequest, Storage};
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::CheckRequest;
+use protocols::health_ttrpc::HealthClient;
+use tokio::sync::broadcast;
+
+fn image_dir() -> Option<PathBuf> {
+    match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
+            eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
+            None
+        }
+    }
+}
+
+fn which(name: &str, fallback: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(fallback))
+}
+
+fn config(images: &Path, work: &Path, id: &str, machine: MachineType) -> VmConfig {
+    let kernel = ["vmlinux", "vmlinuz"]
+        .iter()
+        .map(|k| images.join(k))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| images.join("vmlinux"));
+    let shared = work.join("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    VmConfig {
+        id: id.into(),
+        run_dir: work.join("run"),
+        qemu_path: which("qemu-system-x86_64", "/usr/bin/qemu-system-x86_64"),
+        kernel,
+        initrd: images.join("initrd.img"),
+        // e.g. KATA_TEST_KERNEL_PARAMS= (empty) to see the kernel's messages.
+        kernel_params: std::env::var("KATA_TEST_KERNEL_PARAMS").unwrap_or_else(|_| "quiet".into()),
+        machine,
+        accel: Accel::Auto,
+        vcpus: 1,
+        memory_mib: 256,
+        vsock: VsockKind::Auto,
+        vhost_device_vsock_path: which("vhost-device-vsock", "/usr/local/bin/vhost-device-vsock"),
+        shared_dir: shared,
+        virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
+        start_timeout: Duration::from_secs(30),
+    }
+}
+
+fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// Hybrid vsock to the agent; retried until `deadline` (the guest is booting).
+fn dial(vm: &QemuVm, deadline: Instant) -> anyhow_free::Result<ttrpc::r#async::Client> {
+    let VsockEndpoint::Hybrid { uds_path } = vm.vsock() else {
+        return Err("only hybrid vsock is dialed by these tests".into());
+    };
+    loop {
+        let attempt = || -> anyhow_free::Result<UnixStream> {
+            let mut s = UnixStream::connect(&uds_path)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"CONNECT 1024\n")?;
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line)?;
+            if !line.starts_with("OK") {
+                return Err(format!("handshake answered {line:?}").into());
+            }
+            s.set_read_timeout(None)?;
+            Ok(s)
+        };
+        match attempt() {
+            Ok(s) => {
+                let socket = ttrpc::r#async::transport::Socket::try_from(s)?;
+                return Ok(ttrpc::r#async::Client::new(socket));
+            }
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Tiny boxed-error alias: these tests need no anyhow.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Launches and waits until the agent answers Health.Check; returns the VM,
+/// a client and the time from launch to the answer.
+async fn boot(cfg: VmConfig, options: &VmOptions) -> (QemuVm, ttrpc::r#async::Client, Duration) {
+    let t0 = Instant::now();
+    let vm = QemuVm::launch(cfg, &HostProbe::default(), options)
+        .await
+        .expect("launch");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = dial(&vm, deadline).unwrap_or_else(|e| {
+        panic!("dial: {e}\nconsole:\n{}", vm.console_tail());
+    });
+    let health = HealthClient::new(client.clone());
+    loop {
+        match health
+            .check(ctx(Duration::from_secs(5)), &CheckRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                panic!("health: {e}\nconsole:\n{}", vm.console_tail())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let ready = t0.elapsed();
+    (vm, client, ready)
+}
+
+async fn next_event(rx: &mut broadcast::Receiver<VmEvent>, want: fn(&VmEvent) -> bool) -> VmEvent {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if want(&e) => return e,
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("event within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_pause_resume_hotplug_and_events() {
+    let Some(images) = image_dir() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&images, work.path(), "hp1", MachineType::Q35);
+    cfg.vcpus = 1;
+    let options = VmOptions {
+        max_vcpus: Some(2),
+        memory_hotplug: Some(MemoryHotplug {
+            slots: 2,
+            max_mib: 768,
+        }),
+        ..VmOptions::default()
+    };
+    let (vm, client, ready) = boot(cfg, &options).await;
+    eprintln!("q35: agent answered {ready:.2?} after launch");
+    let health = HealthClient::new(client.clone());
+    let agent = AgentServiceClient::new(client);
+    let mut events = vm.subscribe_events().expect("events");
+
+    // vCPU hotplug: 1 → 2, onlined by the agent.
+    assert_eq!(vm.vcpus().await.expect("vcpus").len(), 1);
+    assert_eq!(vm.resize_vcpus(2).await.expect("hotplug"), 2);
+    let cpus = vm.vcpus().await.expect("vcpus");
+    assert_eq!(cpus.len(), 2, "{cpus:?}");
+    assert!(cpus.iter().all(|c| c.thread_id > 0));
+    let online = OnlineCPUMemRequest {
+        wait: true,
+        nb_cpus: 1,
+        cpu_only: true,
+        ..Default::default()
+    };
+    agent
+        .online_cpu_mem(ctx(Duration::from_secs(20)), &online)
+        .await
+        .expect("guest onlines the new vCPU");
+    assert!(vm.resize_vcpus(3).await.is_err(), "beyond max_vcpus");
+
+    // Memory hotplug: a 128 MiB DIMM, onlined by the agent.
+    assert!(vm.add_memory(100).await.is_err(), "unaligned size");
+    vm.add_memory(128).await.expect("memory hotplug");
+    let (base, plugged) = vm.memory_summary().await.expect("summary");
+    assert_eq!((base, plugged), (256 << 20, 128 << 20));
+    let online = OnlineCPUMemRequest {
+        wait: false,
+        nb_cpus: 0,
+        cpu_only: false,
+        ..Default::default()
+    };
+    agent
+        .online_cpu_mem(ctx(Duration::from_secs(20)), &online)
+        .await
+        .expect("guest onlines the DIMM");
+    assert!(vm.add_memory(512).await.is_err(), "beyond max_mib");
+
+    // vCPU unplug: the guest ejects the hot-plugged vCPU.
+    let left = vm.resize_vcpus(1).await.expect("unplug");
+    eprintln!("vCPUs after unplug: {left}");
+    assert_eq!(left, 1);
+
+    // Sandbox pause: QMP stop → paused, STOP event, the agent cannot answer;
+    // cont → running, RESUME event.
+    vm.pause().await.expect("pause");
+    assert_eq!(
+        next_event(&mut events, |e| *e == VmEvent::Stop).await,
+        VmEvent::Stop
+    );
+    assert_eq!(vm.status().await.expect("status").status, "paused");
+    let silent = health
+        .check(ctx(Duration::from_secs(2)), &CheckRequest::default())
+        .await;
+    assert!(silent.is_err(), "a paused guest answered: {silent:?}");
+    vm.resume().await.expect("resume");
+    next_event(&mut events, |e| *e == VmEvent::Resume).await;
+    assert_eq!(vm.status().await.expect("status").status, "running");
+    // The agent answering again is `agent_answers_after_cont` (ignored: see there).
+
+    let pids = vm.pids();
+    vm.stop().await.expect("stop");
+    assert!(pids
+        .iter()
+        .all(|p| hypervisor::process::proc_start_time(*p).is_none()
+            || std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_with_virtio_9p_and_guest_shutdown() {
+    let Some(images) = image_dir() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&images, work.path(), "mv1", MachineType::Microvm);
+    // 9p needs no daemon: a missing virtiofsd must not matter.
+    cfg.virtiofsd_path = PathBuf::from("/nonexistent/virtiofsd");
+    let options = VmOptions {
+        shared_fs: SharedFsKind::Virtio9p,
+        ..VmOptions::default()
+    };
+    let (vm, client, ready) = boot(cfg, &options).await;
+    eprintln!("microvm + 9p: agent answered {ready:.2?} after launch");
+    assert_eq!(vm.pids().len(), 2, "QEMU + vhost-device-vsock only");
+    let agent = AgentServiceClient::new(client);
+    let mut events = vm.subscribe_events().expect("events");
+    let storage = Storage {
+        driver: "9p".into(),
+        source: "kataShared".into(),
+        fstype: "9p".into(),
+        mount_point: "/run/kata-containers/shared/containers/".into(),
+        ..Default::default()
+    };
+    let req = CreateSandboxRequest {
+        hostname: "mv".into(),
+        storages: vec![storage],
+        sandbox_id: "mv1".into(),
+        ..Default::default()
+    };
+    agent
+        .create_sandbox(ctx(Duration::from_secs(30)), &req)
+        .await
+        .unwrap_or_else(|e| panic!("9p mount: {e}\nconsole:\n{}", vm.console_tail()));
+    // The agent powers the VM off: SHUTDOWN from the guest, then QEMU exits.
+    agent
+        .destroy_sandbox(
+            ctx(Duration::from_secs(30)),
+            &DestroySandboxRequest::default(),
+        )
+        .await
+        .expect("destroy");
+    let ev = next_event(&mut events, |e| matches!(e, VmEvent::Shutdown { .. })).await;
+    assert!(
+        matches!(ev, VmEvent::Shutdown { guest: true, .. }),
+        "{ev:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), vm.wait_exit())
+        .await
+        .expect("QEMU exits after the guest powers off");
+    vm.stop().await.expect("stop");
+}
+
+/// QMP stop → cont, then the agent must answer again. Ignored: with
+/// vhost-user-vsock (vhost-device-vsock, the only vsock on this host) the
+/// device never carries a connection again after the VM was stopped: old and
+/// new connections get no answer (`event_idx=off` does not help). Kernel
+/// vhost-vsock hosts should run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn agent_answers_after_cont() {
+    let Some(images) = image_dir() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&images, work.path(), "pr1", MachineType::Q35);
+    let (vm, client, _) = boot(cfg, &VmOptions::default()).await;
+    vm.pause().await.expect("pause");
+    vm.resume().await.expect("resume");
+    let old = HealthClient::new(client)
+        .check(ctx(Duration::from_secs(10)), &CheckRequest::default())
+        .await;
+    let fresh = dial(&vm, Instant::now() + Duration::from_secs(10));
+    vm.stop().await.expect("stop");
+    old.expect("the old connection answers after cont");
+    fresh.expect("a new connection after cont");
+}
+
+/// The closing-note figure: QEMU launch → agent answers, median of 10, for
+/// q35 and microvm, with the default options. Slow (20 boots): ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn boot_time() {
+    let Some(images) = image_dir() else { return };
+    let runs: usize = std::env::var("KATA_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for machine in [MachineType::Q35, MachineType::Microvm] {
+        let mut times = Vec::new();
+        for i in 0..runs {
+            let work = tempfile::tempdir().expect("tempdir");
+            let cfg = config(&images, work.path(), &format!("bt{i}"), machine);
+            let (vm, _client, ready) = boot(cfg, &VmOptions::default()).await;
+            vm.stop().await.expect("stop");
+            eprintln!("{machine:?} run {i}: {ready:.2?}");
+            times.push(ready);
+        }
+        times.sort();
+        eprintln!(
+            "{machine:?}: median {:.2?} (min {:.2?}, max {:.2?}) over {runs} boots",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+}
