@@ -17,6 +17,8 @@ pub enum Call {
     Resume { id: String },
     Check { id: String },
     Stop { id: String },
+    ResizeVcpus { id: String, count: u32 },
+    AddMemory { id: String, size_mib: u32 },
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +91,7 @@ impl Hypervisor for FakeHypervisor {
         result?;
         let (exit_tx, exit_rx) = watch::channel(None);
         let handle = FakeVmHandle {
+            events: tokio::sync::broadcast::channel(16).0,
             exit: Arc::new(exit_tx),
             state: Arc::new(Mutex::new(FakeVmState {
                 console: "fake console".into(),
@@ -114,6 +117,10 @@ pub struct FakeVmState {
     pub paused: bool,
     pub stopped: bool,
     pub console: String,
+    /// vCPUs after the last resize (0 = never resized).
+    pub vcpus: u32,
+    /// Memory hot-plugged so far.
+    pub added_memory_mib: u32,
 }
 
 /// The test's side of a fake VM.
@@ -121,9 +128,15 @@ pub struct FakeVmState {
 pub struct FakeVmHandle {
     exit: Arc<watch::Sender<Option<String>>>,
     state: Arc<Mutex<FakeVmState>>,
+    events: tokio::sync::broadcast::Sender<crate::VmEvent>,
 }
 
 impl FakeVmHandle {
+    /// Delivers a QEMU event to the VM's subscribers.
+    pub fn emit(&self, event: crate::VmEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Simulates QEMU dying: `wait_exit` resolves.
     pub fn exit(&self, reason: &str) {
         self.exit.send_replace(Some(reason.to_string()));
@@ -222,6 +235,34 @@ impl Vm for FakeVm {
         }
     }
 
+    fn subscribe_events(&self) -> Option<tokio::sync::broadcast::Receiver<crate::VmEvent>> {
+        Some(self.handle.events.subscribe())
+    }
+
+    async fn resize_vcpus(&self, count: u32) -> Result<u32> {
+        self.record(Call::ResizeVcpus {
+            id: self.id.clone(),
+            count,
+        });
+        if self.exited() {
+            return Err(Error::Exited);
+        }
+        self.state().vcpus = count;
+        Ok(count)
+    }
+
+    async fn add_memory(&self, size_mib: u32) -> Result<()> {
+        self.record(Call::AddMemory {
+            id: self.id.clone(),
+            size_mib,
+        });
+        if self.exited() {
+            return Err(Error::Exited);
+        }
+        self.state().added_memory_mib += size_mib;
+        Ok(())
+    }
+
     async fn stop(&self) -> Result<()> {
         self.record(Call::Stop {
             id: self.id.clone(),
@@ -257,6 +298,12 @@ mod tests {
         vm.pause().await.expect("pause");
         assert!(hv.vms()[0].state().paused);
         vm.resume().await.expect("resume");
+        assert_eq!(vm.resize_vcpus(2).await.expect("resize"), 2);
+        vm.add_memory(128).await.expect("memory");
+        assert_eq!(hv.vms()[0].state().added_memory_mib, 128);
+        let mut events = vm.subscribe_events().expect("events");
+        hv.vms()[0].emit(crate::VmEvent::Stop);
+        assert_eq!(events.try_recv().expect("event"), crate::VmEvent::Stop);
         hv.vms()[0].exit("killed");
         tokio::time::timeout(Duration::from_secs(1), vm.wait_exit())
             .await
@@ -270,6 +317,14 @@ mod tests {
                 Call::Launch { id: "sb1".into() },
                 Call::Pause { id: "sb1".into() },
                 Call::Resume { id: "sb1".into() },
+                Call::ResizeVcpus {
+                    id: "sb1".into(),
+                    count: 2
+                },
+                Call::AddMemory {
+                    id: "sb1".into(),
+                    size_mib: 128
+                },
                 Call::Stop { id: "sb1".into() },
             ]
         );

@@ -16,10 +16,27 @@
 //! [`Vm::stop`] asks QEMU to `quit` over QMP, SIGKILLs it after 2 s without an
 //! answer, kills the helpers and removes the run directory.
 //!
+//! What [`VmConfig`] does not carry comes from [`VmOptions`] (per [`Qemu`],
+//! [`Qemu::with_options`]): QEMU's seccomp sandbox (on by default), a
+//! virtio-rng entropy device (`/dev/urandom` by default), CPU features, room
+//! for vCPU and memory hotplug (q35 only), virtio-9p instead of virtiofsd.
+//! QEMU's events (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, DEVICE_DELETED)
+//! arrive on a second, event-only QMP monitor and are broadcast
+//! ([`Vm::subscribe_events`]); [`Vm::resize_vcpus`] and [`Vm::add_memory`]
+//! hot-plug (the guest onlines them: agent `OnlineCPUMem`).
+//!
+//! microvm under TCG: the guest cannot calibrate its TSC (no HPET, no ACPI PM
+//! timer, no port 0x61) and hung at boot; the host's TSC frequency is passed
+//! as `tsc_early_khz=` with `tsc=reliable`. The guest needs `virtio_mmio`.
+//!
+//! Known: with vhost-user-vsock (vhost-device-vsock) the agent's channel does
+//! not survive QMP `stop`/`cont` (see `tests/guest.rs`, `agent_answers_after_cont`).
+//!
 //! Tests: `cargo test -p hypervisor` runs everything that needs no guest
 //! (fake QEMU in python3 where available); with `KATA_GUEST_IMAGE_DIR` set to
 //! a directory holding `vmlinux` (or `vmlinuz`) and `initrd.img`, the tests in
-//! `tests/boot.rs` boot real VMs.
+//! `tests/boot.rs` and `tests/guest.rs` boot real VMs (the latter talk to the
+//! agent: health, pause, hotplug, microvm + 9p, events).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -189,3 +189,36 @@ async fn bad_input_spawns_nothing() {
         assert!(!c.run_dir.exists(), "{field}: run dir created");
     }
 }
+
+/// kill -9 of either helper (virtiofsd, vhost-device-vsock) is reported within
+/// 1 s, names the helper, and stop leaves nothing behind.
+#[tokio::test]
+async fn helper_killed_is_detected() {
+    let Some(images) = image_dir() else { return };
+    // pids(): QEMU, then virtiofsd, then vhost-device-vsock (hybrid vsock here).
+    for (index, name) in [(1, "virtiofsd"), (2, "vhost-device-vsock")] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&images, work.path(), &format!("hk{index}"));
+        let run_dir = cfg.run_dir.clone();
+        let vm = Qemu::new().launch(cfg).await.expect("launch");
+        let pids = vm.pids();
+        let Some(&helper) = pids.get(index) else {
+            eprintln!("no {name} here (kernel vhost-vsock?): {pids:?}");
+            vm.stop().await.expect("stop");
+            continue;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(helper).expect("pid")),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9 helper");
+        tokio::time::timeout(Duration::from_secs(1), vm.wait_exit())
+            .await
+            .unwrap_or_else(|_| panic!("{name} death not seen within 1 s"));
+        let reason = vm.exit_reason().unwrap_or_default();
+        assert!(reason.contains(name), "{name}: {reason}");
+        vm.stop().await.expect("stop after helper death");
+        assert!(wait_gone(&pids).await, "processes left: {pids:?}");
+        assert!(!run_dir.exists(), "run dir left");
+    }
+}

@@ -15,15 +15,24 @@ use nix::sys::socket::{
     accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
 
-/// Most bytes kept while nobody reads.
-const BACKLOG_BYTES: usize = 256 << 10;
+/// Most bytes kept while nobody reads (allocated once: the agent's RSS must
+/// not creep while the log has no reader).
+const BACKLOG_BYTES: usize = 64 << 10;
 /// How long the listener retries bind (the vsock transport loads after logging starts).
 const BIND_ATTEMPTS: u32 = 1000;
 
-#[derive(Default)]
 struct Shared {
     buf: Mutex<VecDeque<u8>>,
     ready: Condvar,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            buf: Mutex::new(VecDeque::with_capacity(BACKLOG_BYTES)),
+            ready: Condvar::new(),
+        }
+    }
 }
 
 /// The vsock side of the log; cheap to clone.
@@ -52,9 +61,12 @@ impl VsockLog {
             .buf
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Drop the oldest first, so the buffer never grows past its capacity.
+        let bytes = &bytes[bytes.len().saturating_sub(BACKLOG_BYTES)..];
+        let len = buf.len();
+        let excess = (len + bytes.len()).saturating_sub(BACKLOG_BYTES);
+        buf.drain(..excess.min(len));
         buf.extend(bytes);
-        let excess = buf.len().saturating_sub(BACKLOG_BYTES);
-        buf.drain(..excess);
         self.shared.ready.notify_one();
     }
 
@@ -178,5 +190,8 @@ mod tests {
         let got = VsockLog::take(&log.shared);
         assert_eq!(got.len(), BACKLOG_BYTES);
         assert!(got.ends_with(b"aatail"));
+        let cap = log.shared.buf.lock().expect("lock").capacity();
+        log.push(&vec![b'b'; 3 * BACKLOG_BYTES]);
+        assert_eq!(log.shared.buf.lock().expect("lock").capacity(), cap);
     }
 }
