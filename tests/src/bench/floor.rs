@@ -251,13 +251,17 @@ impl Floor {
         } else {
             "quiet".to_string()
         };
+        let params = match std::env::var("KATA_BENCH_FLOOR_PARAMS") {
+            Ok(p) => p.replace("quiet", "") + " " + &params.replace("quiet", ""),
+            Err(_) => params,
+        };
         let args = self.qemu_args(&vhost_socket, &params);
         let launched = Instant::now();
         let qemu = Guard(
             Command::new("qemu-system-x86_64")
                 .args(&args)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("console.log"))?)
                 .stderr(std::fs::File::create(dir.join("qemu.err"))?)
                 .spawn()
                 .context("starting qemu-system-x86_64")?,
@@ -269,7 +273,9 @@ impl Floor {
             .context("reading the floor guest's vsock stream")?;
         drop(qemu);
         drop(helper);
-        let _ = std::fs::remove_dir_all(&dir);
+        if std::env::var_os("KATA_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         Ok(FloorSample {
             first_byte: first - launched,
             stream: (stream_bytes > 0).then_some((total, end - first)),

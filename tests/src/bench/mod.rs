@@ -172,7 +172,8 @@ pub fn run(opts: &Opts) -> Result<Results> {
     for (name, section) in sections {
         if let Err(e) = section(&ctd, fl.as_mut(), opts, &mut r) {
             log(&format!("{name} failed: {e:#}"));
-            r.notes.push(format!("{name} failed: {e:#}"));
+            r.notes
+                .push(first_lines(&format!("{name} failed: {e:#}"), 2));
             pods::remove_all(&ctd);
             r.failed.push(name.to_owned());
             // Without pod start there is no ratio to report: fail the run.
@@ -352,15 +353,15 @@ fn throughput(
     let (mut tk, mut tc, mut tf) = (vec![], vec![], vec![]);
     for i in 0..opts.throughput_runs {
         let (ms, bytes) = pods::stdout_run(ctd, KATA, &format!("tput-kata-{i}"), mib)?;
-        check_bytes(bytes, mib, KATA)?;
-        tk.push(mib as f64 / (ms.max(1.0) / 1000.0));
+        check_bytes(bytes, mib, KATA, r);
+        tk.push(bytes as f64 / (1 << 20) as f64 / (ms.max(1.0) / 1000.0));
         let (ms, bytes) = pods::stdout_run(ctd, RUNC, &format!("tput-runc-{i}"), mib)?;
-        check_bytes(bytes, mib, RUNC)?;
-        tc.push(mib as f64 / (ms.max(1.0) / 1000.0));
+        check_bytes(bytes, mib, RUNC, r);
+        tc.push(bytes as f64 / (1 << 20) as f64 / (ms.max(1.0) / 1000.0));
         if let Some(fl) = fl.as_deref_mut() {
             if let Some((bytes, d)) = fl.boot(mib << 20)?.stream {
-                check_bytes(bytes, mib, "floor")?;
-                tf.push(mib as f64 / d.as_secs_f64().max(0.001));
+                check_bytes(bytes, mib, "floor", r);
+                tf.push(bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(0.001));
             }
         }
         log(&format!(
@@ -441,11 +442,15 @@ fn first_lines(s: &str, n: usize) -> String {
     s.lines().take(n).collect::<Vec<_>>().join(" / ")
 }
 
-fn check_bytes(bytes: u64, mib: u64, what: &str) -> Result<()> {
+/// A short stdout is noted (it has been seen with runc: ctr exits before the
+/// last ~128 KiB), not fatal; the throughput counts what arrived.
+fn check_bytes(bytes: u64, mib: u64, what: &str, r: &mut Results) {
     if bytes != mib << 20 {
-        anyhow::bail!("{what}: {bytes} bytes arrived, expected {}", mib << 20);
+        r.notes.push(format!(
+            "stdout {what}: {bytes} bytes arrived of {}",
+            mib << 20
+        ));
     }
-    Ok(())
 }
 
 fn host_line() -> String {

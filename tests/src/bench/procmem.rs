@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 pub struct Mem {
     pub rss_kib: u64,
     pub pss_kib: u64,
+    /// Private pages (USS): what the process alone costs.
+    pub uss_kib: u64,
 }
 
 impl std::ops::Add for Mem {
@@ -16,6 +18,7 @@ impl std::ops::Add for Mem {
         Mem {
             rss_kib: self.rss_kib + o.rss_kib,
             pss_kib: self.pss_kib + o.pss_kib,
+            uss_kib: self.uss_kib + o.uss_kib,
         }
     }
 }
@@ -32,6 +35,7 @@ pub fn parse_rollup(text: &str) -> Mem {
     Mem {
         rss_kib: field("Rss:"),
         pss_kib: field("Pss:"),
+        uss_kib: field("Private_Clean:") + field("Private_Dirty:"),
     }
 }
 

@@ -267,25 +267,33 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 2. Shim daemon memory (KiB)\n");
     let _ = writeln!(
         s,
-        "| containers in the pod | kata RSS | kata PSS | kata threads | runc shim RSS | runc shim PSS | runc threads |\n|---|---|---|---|---|---|---|"
+        "| containers in the pod | kata RSS | kata PSS | kata USS | kata threads | runc shim RSS | runc shim PSS | runc shim USS | runc threads |\n|---|---|---|---|---|---|---|---|---|"
     );
     for m in &r.shim_mem {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             m.containers,
             m.kata.rss_kib,
             m.kata.pss_kib,
+            m.kata.uss_kib,
             m.kata_threads,
             m.runc.rss_kib,
             m.runc.pss_kib,
+            m.runc.uss_kib,
             m.runc_threads
         );
     }
 
     let _ = writeln!(
         s,
-        "\n## 3. Per-pod host memory (one pod, `sleep`, KiB)\n\n| process | RSS | PSS |\n|---|---|---|"
+        "\nPSS splits pages shared between processes (the shim binary's text between \
+         shims of all pods on the host, including other users' runs): a lone shim shows \
+         more PSS than one of many.\n"
+    );
+    let _ = writeln!(
+        s,
+        "## 3. Per-pod host memory (one pod, `sleep`, KiB)\n\n| process | RSS | PSS |\n|---|---|---|"
     );
     let mut total = Mem::default();
     for (name, m) in &r.pod_mem {
@@ -386,7 +394,7 @@ pub fn markdown(r: &Results) -> String {
 }
 
 fn mem_json(m: &Mem) -> Value {
-    json!({"rss_kib": m.rss_kib, "pss_kib": m.pss_kib})
+    json!({"rss_kib": m.rss_kib, "pss_kib": m.pss_kib, "uss_kib": m.uss_kib})
 }
 
 pub fn json(r: &Results) -> Value {

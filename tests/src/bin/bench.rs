@@ -3,7 +3,7 @@
 //! the VM floor; writes `report.md`, `report.json`, `scaling.svg` and prints
 //! the ratio table.
 //!
-//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N]`
+//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N] [--floor N]`
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -22,8 +22,24 @@ fn main() -> Result<()> {
             "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
             "--smoke" => smoke = true,
             "--runs" => runs = Some(args.next().context("--runs N")?.parse::<usize>()?),
+            "--floor" => {
+                // Only the VM floor, N boots (diagnosis).
+                let n = args.next().context("--floor N")?.parse::<usize>()?;
+                let work =
+                    std::env::temp_dir().join(format!("kata-bench-floor-{}", std::process::id()));
+                std::fs::create_dir_all(&work)?;
+                let mut fl = bench::floor::Floor::prepare(&work, &integration_tests::guest_dir())?;
+                for _ in 0..n {
+                    let s = fl.boot(0)?;
+                    println!("floor: {:.0} ms", s.first_byte.as_secs_f64() * 1000.0);
+                }
+                if std::env::var_os("KATA_BENCH_KEEP").is_none() {
+                    let _ = std::fs::remove_dir_all(&work);
+                }
+                return Ok(());
+            }
             "-h" | "--help" => {
-                println!("kata-bench [--out DIR] [--smoke] [--runs N]");
+                println!("kata-bench [--out DIR] [--smoke] [--runs N] [--floor N]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (see --help)"),
