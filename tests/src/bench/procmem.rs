@@ -239,12 +239,16 @@ mod tests {
 
     #[test]
     fn rollup_fields() {
-        let m = parse_rollup("55d0-7ffc ---p 00000000 00:00 0 [rollup]\nRss:  13000 kB\nPss:  12000 kB\nPss_Anon: 1 kB\n");
+        let m = parse_rollup(
+            "55d0-7ffc ---p 00000000 00:00 0 [rollup]\nRss:  13000 kB\nPss:  12000 kB\n\
+             Pss_Anon: 1 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 5 kB\n",
+        );
         assert_eq!(
             m,
             Mem {
                 rss_kib: 13000,
-                pss_kib: 12000
+                pss_kib: 12000,
+                uss_kib: 15
             }
         );
     }
