@@ -35,14 +35,19 @@
 //! Boot time (QEMU launch → agent answers Health.Check over hybrid vsock),
 //! TCG, 1 vCPU, 256 MiB, default options, on the shared 2-core machine while
 //! other builds ran (`KATA_GUEST_IMAGE_DIR=build/guest cargo test -p hypervisor
-//! --test guest boot_time -- --ignored --nocapture`): q35 median 3.87 s
-//! (2.35–5.48 s, 9 boots; an earlier batch 3.46 s), microvm median 2.73 s
-//! (2.13–3.77 s, 10 boots; an earlier batch 3.95 s). What cut it before:
-//! PVH boot of the uncompressed `vmlinux` (~2x), the vsock modules loaded
-//! first and the rest in the background; microvm saves the firmware. Tried
-//! without effect: gzip initramfs, qboot vs SeaBIOS, kernel-parameter tweaks.
-//! About 1 boot in 15 (both machines) the agent is up but hybrid vsock
-//! `CONNECT 1024` is never answered (vhost-device-vsock); not understood yet.
+//! --test guest boot_time -- --ignored --nocapture`, `KATA_BOOT_MACHINE=q35|microvm`,
+//! `KATA_BOOT_RUNS=n`): q35 median 3.33 s (2.68–4.09 s, 15 boots), microvm
+//! median 2.39 s (1.99–3.29 s, 10 boots). What cut it before: PVH boot of the
+//! uncompressed `vmlinux` (~2x), the vsock modules loaded first and the rest in
+//! the background; microvm saves the firmware. Tried without effect: gzip
+//! initramfs, qboot vs SeaBIOS, kernel-parameter tweaks.
+//!
+//! How the host dials matters: re-dialing hybrid vsock on a 2 s read timeout
+//! while the guest boots gave q35 a 3.87 s median and, about 1 boot in 15 (q35
+//! and microvm), a vhost-device-vsock that never answered `CONNECT` again;
+//! keeping one `CONNECT` pending until the guest answers (its RST ends it at
+//! once while nothing listens) gave 3.33 s and 25/25 boots; dialing only once
+//! the console says `agent ready` gave 2.82 s, 15/15.
 //!
 //! Tests: `cargo test -p hypervisor` runs everything that needs no guest
 //! (fake QEMU in python3 where available); with `KATA_GUEST_IMAGE_DIR` set to

@@ -84,7 +84,11 @@ fn dial(vm: &QemuVm, deadline: Instant) -> anyhow_free::Result<ttrpc::r#async::C
     loop {
         let attempt = || -> anyhow_free::Result<UnixStream> {
             let mut s = UnixStream::connect(&uds_path)?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            // One pending CONNECT waits for the guest (its RST, when nothing
+            // listens yet, ends it at once): re-dialing on a short timeout
+            // made boots slower and sometimes left vhost-device-vsock mute.
+            let left = deadline.saturating_duration_since(Instant::now());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(100))))?;
             s.write_all(b"CONNECT 1024\n")?;
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line)?;
@@ -123,6 +127,12 @@ async fn try_boot(
         .await
         .map_err(|e| format!("launch: {e}"))?;
     let deadline = Instant::now() + wait;
+    if std::env::var_os("KATA_DIAL_AFTER_READY").is_some() {
+        // Diagnosis knob: dial only once the guest printed that the agent listens.
+        while !vm.console_tail().contains("agent ready") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let fail = |vm: QemuVm, what: String| async move {
         let console = vm.console_tail();
         let _ = vm.stop().await;
@@ -148,10 +158,19 @@ async fn try_boot(
     Ok((vm, client, t0.elapsed()))
 }
 
+/// [`try_boot`] with one retry. Known flake (about 1 boot in 15 under TCG,
+/// q35 and microvm): the agent is up but hybrid vsock `CONNECT` is never
+/// answered by vhost-device-vsock. Reported loudly, not hidden.
 async fn boot(cfg: VmConfig, options: &VmOptions) -> (QemuVm, ttrpc::r#async::Client, Duration) {
-    try_boot(cfg, options, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
+    match try_boot(cfg.clone(), options, Duration::from_secs(20)).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("WARNING: boot without an agent answer, retrying once: {e}");
+            try_boot(cfg, options, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
 }
 
 async fn next_event(rx: &mut broadcast::Receiver<VmEvent>, want: fn(&VmEvent) -> bool) -> VmEvent {
@@ -267,15 +286,7 @@ async fn microvm_with_virtio_9p_and_guest_shutdown() {
         shared_fs: SharedFsKind::Virtio9p,
         ..VmOptions::default()
     };
-    // Known flake (about 1 boot in 12 under TCG): the agent is up but hybrid
-    // vsock CONNECT is never answered on microvm. One retry, reported loudly.
-    let (vm, client, ready) = match try_boot(cfg.clone(), &options, Duration::from_secs(20)).await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("WARNING: microvm boot without an agent answer, retrying once: {e}");
-            boot(cfg, &options).await
-        }
-    };
+    let (vm, client, ready) = boot(cfg, &options).await;
     eprintln!("microvm + 9p: agent answered {ready:.2?} after launch");
     assert_eq!(vm.pids().len(), 2, "QEMU + vhost-device-vsock only");
     let agent = AgentServiceClient::new(client);
