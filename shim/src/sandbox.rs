@@ -52,6 +52,7 @@ impl Sandbox {
     /// guest. On failure everything started so far is torn down.
     pub async fn boot(
         id: &str,
+        hostname: &str,
         root: &Path,
         config: &Config,
         hypervisor: &dyn Hypervisor,
@@ -61,7 +62,7 @@ impl Sandbox {
         tokio::fs::create_dir_all(&paths.shared)
             .await
             .map_err(|e| Error::io(format!("creating {}", paths.shared.display()), e))?;
-        let result = Self::boot_in(id, &paths, config, hypervisor, dialer).await;
+        let result = Self::boot_in(id, hostname, &paths, config, hypervisor, dialer).await;
         if result.is_err() {
             let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
         }
@@ -70,6 +71,7 @@ impl Sandbox {
 
     async fn boot_in(
         id: &str,
+        hostname: &str,
         paths: &SandboxPaths,
         config: &Config,
         hypervisor: &dyn Hypervisor,
@@ -126,6 +128,7 @@ impl Sandbox {
         };
         let req = CreateSandboxRequest {
             sandbox_id: id.to_owned(),
+            hostname: hostname.to_owned(),
             storages: vec![Storage {
                 driver: "virtio-fs".into(),
                 source: "kataShared".into(),

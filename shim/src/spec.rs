@@ -30,6 +30,9 @@ pub struct HostBind {
     pub share_path: String,
 }
 
+/// CRI's annotation telling the pod's sandbox container from app containers.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
 /// Filesystem types the guest creates itself; everything else must be shared.
 const KERNEL_FS: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
@@ -245,10 +248,22 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<Hos
             RootfsPropagation: linux.rootfs_propagation().clone().unwrap_or_default(),
             ..Default::default()
         };
+        // The VM is the pod: a namespace the spec joins by path (CRI's app
+        // containers join the pause container's) is the VM's own in the
+        // guest, and so are the pod-wide UTS and IPC namespaces of the CRI
+        // sandbox container (its hostname goes to CreateSandbox). Networking
+        // is always the VM's.
+        let cri_sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CRI_CONTAINER_TYPE))
+            .is_some_and(|t| t == "sandbox");
         for ns in linux.namespaces().iter().flatten() {
-            // The container lives in the VM's network namespace; host
-            // namespace paths do not exist in the guest.
-            if ns.typ() == LinuxNamespaceType::Network {
+            let pod_wide = matches!(ns.typ(), LinuxNamespaceType::Uts | LinuxNamespaceType::Ipc);
+            if ns.typ() == LinuxNamespaceType::Network
+                || ns.path().is_some()
+                || (cri_sandbox && pod_wide)
+            {
                 continue;
             }
             l.Namespaces.push(grpc::LinuxNamespace {
@@ -320,6 +335,29 @@ mod tests {
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
         assert_eq!(ns, vec!["pid", "mount"]);
         assert_eq!(g.Linux.Resources.Memory.Limit, 33554432);
+    }
+
+    #[test]
+    fn pod_namespaces_are_the_vms() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["pause"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "ipc"}, {"type": "mount"}]}
+        }));
+        let (g, _) = to_agent_spec(&s, "pod").expect("converts");
+        let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
+        assert_eq!(ns, vec!["pid", "mount"], "sandbox's uts/ipc are the VM's");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["app"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "annotations": {"io.kubernetes.cri.container-type": "container"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "uts", "path": "/proc/42/ns/uts"},
+                                     {"type": "ipc", "path": "/proc/42/ns/ipc"}, {"type": "mount"}]}
+        }));
+        let (g, _) = to_agent_spec(&s, "app").expect("converts");
+        let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
+        assert_eq!(ns, vec!["pid", "mount"], "joined namespaces are the VM's");
     }
 
     #[test]

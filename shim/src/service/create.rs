@@ -105,6 +105,7 @@ impl TaskService {
                 let sb = Arc::new(
                     Sandbox::boot(
                         &cid,
+                        spec.hostname().as_deref().unwrap_or_default(),
                         &self.run_root,
                         &cfg,
                         self.hypervisor.as_ref(),

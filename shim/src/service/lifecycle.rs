@@ -17,6 +17,47 @@ use crate::sandbox::Sandbox;
 
 /// Exit status reported for processes lost with their VM (SIGKILL).
 const VM_GONE_STATUS: u32 = 128 + 9;
+/// How long a SIGKILLed init waits for the guest's OOM report (the guest
+/// checks its cgroups' memory.events twice a second).
+const OOM_GRACE: Duration = Duration::from_millis(1200);
+
+/// Containers the guest reported OOM for, so exits can wait for the report.
+#[derive(Default)]
+pub struct OomTracker {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl OomTracker {
+    pub fn record(&self, cid: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cid.to_owned());
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `cid` was reported or `timeout` passes.
+    pub async fn wait_for(&self, cid: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(cid)
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 impl TaskService {
     pub(super) async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -92,6 +133,7 @@ impl TaskService {
         let events = self.events.clone();
         let pid = Self::task_pid(&sandbox);
         let namespace = self.namespace.clone();
+        let ooms = self.ooms.clone();
         tokio::spawn(async move {
             let cid = container.id.clone();
             let stdio = process.stdio.clone();
@@ -140,6 +182,12 @@ impl TaskService {
                     VM_GONE_STATUS
                 }
             };
+            // An OOM kill ends the process with SIGKILL; the guest reports
+            // the OOM on its own channel, possibly a moment later. containerd
+            // must hear TaskOOM before TaskExit to call it OOMKilled.
+            if status == VM_GONE_STATUS && exec_id.is_empty() {
+                ooms.wait_for(&cid, OOM_GRACE).await;
+            }
             let _ = out.await;
             if let Some(err) = err {
                 let _ = err.await;
@@ -205,6 +253,7 @@ impl TaskService {
     /// Forwards the agent's OOM notifications as TaskOOM until the agent goes away.
     pub(super) fn watch_oom(&self, sandbox: Arc<Sandbox>) {
         let events = self.events.clone();
+        let ooms = self.ooms.clone();
         tokio::spawn(async move {
             loop {
                 match sandbox.agent.get_oom_event().await {
@@ -214,11 +263,12 @@ impl TaskService {
                             .publish(
                                 topics::TASK_OOM_EVENT_TOPIC,
                                 Box::new(protocols::containerd::events::task::TaskOOM {
-                                    container_id: cid,
+                                    container_id: cid.clone(),
                                     ..Default::default()
                                 }),
                             )
                             .await;
+                        ooms.record(&cid);
                     }
                     Err(e) => {
                         tracing::debug!(sandbox = %sandbox.id, error = %e, "OOM event loop ends");

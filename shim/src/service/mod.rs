@@ -72,6 +72,7 @@ pub struct TaskService {
     /// Serialises sandbox boot/teardown; `None` until the first Create.
     sandbox: Arc<tokio::sync::Mutex<Option<Arc<Sandbox>>>>,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+    ooms: Arc<lifecycle::OomTracker>,
     /// Signalled when the daemon should exit (Shutdown with nothing left).
     pub exit: Arc<Notify>,
 }
@@ -95,6 +96,7 @@ impl TaskService {
             sandbox: Arc::new(tokio::sync::Mutex::new(None)),
             containers: Arc::new(Mutex::new(HashMap::new())),
             exit: Arc::new(Notify::new()),
+            ooms: Arc::default(),
         }
     }
 
