@@ -7,7 +7,7 @@ GUEST_OUT   ?= $(BUILD)/guest
 CARGO       ?= cargo
 SHIM        := target/release/containerd-shim-kata-v2
 
-.PHONY: all deps build image demo test unit-test integration-test install lint bench clean
+.PHONY: all deps build image demo test unit-test integration-test cri-test install lint bench clean
 
 all: build image
 
@@ -37,6 +37,10 @@ unit-test: deps image
 # VM-booting tests against real containerd and QEMU (root).
 integration-test: build image
 	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests -- --test-threads=1
+
+# Only the CRI suite (containerd's CRI plugin, runtime handler kata); part of integration-test.
+cri-test: build image
+	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests --test cri -- --test-threads=1
 
 test: unit-test integration-test
 

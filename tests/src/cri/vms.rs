@@ -38,10 +38,13 @@ pub fn vm_of(pod: &str) -> Option<Vm> {
         })
 }
 
+/// A pod id and its VM as first seen.
+type Recorded = (String, Option<Vm>);
+
 /// Pods (and their run directories) a test created, for the leak check.
 #[derive(Clone, Default)]
 pub struct Tracker {
-    inner: Arc<Mutex<Vec<(String, Option<Vm>)>>>,
+    inner: Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl Tracker {
