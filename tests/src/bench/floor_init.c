@@ -87,7 +87,11 @@ int main(void) {
                 left -= (unsigned long long)w;
             }
         }
+        /* Wait for the host to close its end: powering off right away can
+         * lose the last bytes still in flight. */
         shutdown(s, SHUT_WR);
+        while (read(s, block, sizeof block) > 0)
+            ;
         close(s);
     }
     sync();
