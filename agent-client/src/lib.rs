@@ -203,7 +203,15 @@ pub async fn connect_with_rpc_timeout(
         }
         attempts += 1;
         let remaining = deadline - now;
-        match dial::dial(addr, remaining.min(DIAL_ATTEMPT_TIMEOUT)).await {
+        // A hybrid-vsock CONNECT stays pending until the guest's vsock is
+        // up; re-dialing on a short timeout instead can leave
+        // vhost-device-vsock mute for the rest of the boot (seen about 1
+        // boot in 15 here), so give it the whole remaining time.
+        let attempt = match addr {
+            Address::Hybrid { .. } => remaining,
+            Address::Vsock { .. } => remaining.min(DIAL_ATTEMPT_TIMEOUT),
+        };
+        match dial::dial(addr, attempt).await {
             Ok(client) => {
                 let agent = KataAgent::new(client, rpc_timeout);
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
