@@ -5,6 +5,7 @@ pub mod boot;
 pub mod console;
 pub mod fs;
 pub mod machine;
+pub mod net;
 pub mod rng;
 pub mod sandbox;
 pub mod vsock;
