@@ -234,6 +234,14 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## Ratios\n\n{}", ratio_table(r));
 
     let _ = writeln!(s, "## 1. Pod start (`ctr run --rm … true`, ms)\n");
+    let _ = writeln!(
+        s,
+        "The floor: QEMU with PVH boot of the same `vmlinux`, q35, the same accelerator, vCPUs \
+         and memory, `quiet`, hybrid vsock through vhost-device-vsock (started before the \
+         clock starts), and a static init that loads the vsock modules and writes one byte to \
+         port 1024; timed from QEMU's launch to that byte on the host's `<uds>_1024` listener. \
+         The ctr figures include teardown (`--rm`).\n"
+    );
     let _ = writeln!(s, "| side | wall time |\n|---|---|");
     let _ = writeln!(s, "| kata (this shim) | {} |", r.start_kata.show(0));
     let _ = writeln!(s, "| runc | {} |", r.start_runc.show(0));
