@@ -194,8 +194,13 @@ async fn bad_requests_get_clear_codes_and_the_shim_keeps_serving() -> Result<()>
         id: "ghost".into(),
         ..Default::default()
     };
+    assert_eq!(code_of(client.pids(ctx(), &pids).await), Code::NOT_FOUND);
+    let checkpoint = api::CheckpointTaskRequest {
+        id: "ghost".into(),
+        ..Default::default()
+    };
     assert_eq!(
-        code_of(client.pids(ctx(), &pids).await),
+        code_of(client.checkpoint(ctx(), &checkpoint).await),
         Code::UNIMPLEMENTED
     );
 
