@@ -10,8 +10,9 @@ use tokio::net::unix::pipe;
 
 use crate::process::Process;
 
-/// Largest chunk asked of the agent per ReadStdout/ReadStderr.
-const CHUNK: u32 = 64 * 1024;
+/// Largest chunk asked of the agent per ReadStdout/ReadStderr: the agent's
+/// own cap (1 MiB), so a busy stream costs few round trips.
+const CHUNK: u32 = 1024 * 1024;
 /// A reader that takes nothing for this long is abandoned: its output is
 /// discarded so a stalled client never holds up Kill, Wait or Delete.
 const STALL: Duration = Duration::from_secs(5);
