@@ -17,6 +17,9 @@ pub const STDERR: u8 = 2;
 pub const ERROR: u8 = 3;
 pub const RESIZE: u8 = 4;
 
+/// Pause between connecting and sending stdin (see [`run`]).
+const STDIN_DELAY: Duration = Duration::from_millis(1000);
+
 /// What a finished stream delivered.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -72,6 +75,10 @@ pub async fn run(
         ws.send(Message::Binary(msg.into())).await?;
     }
     if !stdin.is_empty() {
+        // containerd wires an attach's stdin and its output writers
+        // concurrently: input sent at once may be answered before the
+        // output reaches this stream (it still lands in the CRI log).
+        tokio::time::sleep(STDIN_DELAY).await;
         let mut msg = vec![STDIN];
         msg.extend_from_slice(stdin);
         ws.send(Message::Binary(msg.into())).await?;
