@@ -10,7 +10,8 @@ use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -220,32 +221,34 @@ impl Floor {
         integration_tests::wait_until(Duration::from_secs(10), || vhost_socket.exists())
             .context("vhost-device-vsock socket")?;
 
+        // Every accepted connection gets its own reader: a guest connect that
+        // timed out and was retried leaves a connection behind that never
+        // carries data (nor closes while the VM runs). The first reader to
+        // get a byte reports.
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let r = (|| -> std::io::Result<(Instant, u64, Instant)> {
-                // A guest connect that failed and was retried leaves an
-                // empty connection behind: take the first that carries data.
-                let mut one = [0u8; 1];
-                let mut s = loop {
-                    let (mut s, _) = listener.accept()?;
-                    if s.read(&mut one)? == 1 {
-                        break s;
+        let stop = Arc::new(AtomicBool::new(false));
+        listener.set_nonblocking(true)?;
+        let acceptor = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let tx = tx.clone();
+                            std::thread::spawn(move || {
+                                if let Some(r) = read_stream(s, stream_bytes) {
+                                    let _ = tx.send(r);
+                                }
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(_) => break,
                     }
-                };
-                let first = Instant::now();
-                let mut buf = vec![0u8; 1 << 16];
-                let mut total = 0u64;
-                loop {
-                    let n = s.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
                 }
-                Ok((first, total, Instant::now()))
-            })();
-            let _ = tx.send(r);
-        });
+            })
+        };
         let params = if stream_bytes > 0 {
             format!("quiet bench.bytes={stream_bytes}")
         } else {
@@ -267,12 +270,14 @@ impl Floor {
                 .context("starting qemu-system-x86_64")?,
         );
         let timeout = Duration::from_secs(60 + stream_bytes / (1 << 20));
-        let (first, total, end) = rx
-            .recv_timeout(timeout)
-            .context("floor guest wrote nothing to vsock port 1024")?
-            .context("reading the floor guest's vsock stream")?;
+        let got = rx.recv_timeout(timeout);
+        stop.store(true, Ordering::SeqCst);
         drop(qemu);
         drop(helper);
+        let _ = acceptor.join();
+        let (first, total, end) = got
+            .context("floor guest wrote nothing to vsock port 1024")?
+            .context("reading the floor guest's vsock stream")?;
         if std::env::var_os("KATA_BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -281,6 +286,34 @@ impl Floor {
             stream: (stream_bytes > 0).then_some((total, end - first)),
         })
     }
+}
+
+/// Reads one connection: `None` if it closes before its first byte, else
+/// (first byte's arrival, bytes after it, arrival of the last). Stops after
+/// `expected` bytes (the guest's half-close does not reach the host socket)
+/// and closes, which lets the guest power off.
+fn read_stream(
+    mut s: std::os::unix::net::UnixStream,
+    expected: u64,
+) -> Option<std::io::Result<(Instant, u64, Instant)>> {
+    s.set_nonblocking(false).ok()?;
+    let mut one = [0u8; 1];
+    match s.read(&mut one) {
+        Ok(1) => {}
+        Ok(_) => return None,
+        Err(e) => return Some(Err(e)),
+    }
+    let first = Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    while total < expected {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok((first, total, Instant::now())))
 }
 
 /// Kills and reaps a child on drop.

@@ -87,8 +87,8 @@ int main(void) {
                 left -= (unsigned long long)w;
             }
         }
-        /* Wait for the host to close its end: powering off right away can
-         * lose the last bytes still in flight. */
+        /* Wait for the host to close its end (it does once all bytes are
+         * in): powering off right away can lose the last bytes in flight. */
         shutdown(s, SHUT_WR);
         while (read(s, block, sizeof block) > 0)
             ;
