@@ -178,7 +178,29 @@ async fn one_container_through_the_task_api() -> Result<()> {
 
     // Metrics: non-zero CPU and memory.
     let metrics = ctd.ctr_ok(&["task", "metrics", "box"])?;
-    assert!(metrics.lines().count() > 2, "metrics: {metrics}");
+    // Typed for the host's cgroup mode: v1 names (cpuacct.usage,
+    // memory.usage_in_bytes) or v2 names (cpu.usage_usec, memory.usage).
+    let value = |names: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter_map(|l| {
+                let mut cols = l.split_whitespace();
+                let name = cols.next()?;
+                names
+                    .contains(&name)
+                    .then(|| cols.next()?.parse::<u64>().ok())?
+            })
+            .next()
+            .unwrap_or(0)
+    };
+    assert!(
+        value(&["cpuacct.usage", "cpu.usage_usec"]) > 0,
+        "CPU: {metrics}"
+    );
+    assert!(
+        value(&["memory.usage_in_bytes", "memory.usage"]) > 0,
+        "memory: {metrics}"
+    );
 
     // Update the memory limit; the guest's cgroup shows it.
     let client = shim_client(&ctd, "box").await?;
