@@ -532,7 +532,6 @@ async fn pod_hostname_and_dns_options_are_visible_in_the_container() -> Result<(
 /// gives app containers the sandbox's UTS namespace by path
 /// (`/proc/<pause pid>/ns/uts`), which means nothing in the guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the shim to set CreateSandbox.hostname and share the VM's UTS namespace"]
 async fn app_container_uts_hostname_is_the_pods() -> Result<()> {
     require_vm!();
     let (ctd, mut c) = setup().await?;
