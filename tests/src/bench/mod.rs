@@ -56,7 +56,7 @@ impl Opts {
             scaling: vec![1, 2, 4, 8],
             scaling_rounds: 3,
             many_containers: 10,
-            rpc_lifecycles: 200,
+            rpc_lifecycles: 50,
         }
     }
 
