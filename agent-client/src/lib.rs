@@ -167,6 +167,8 @@ pub trait Agent: Send + Sync {
 
 /// Most time one dial attempt (connect + handshake) may take.
 const DIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One pending hybrid-vsock CONNECT (see `connect_with_rpc_timeout`).
+const HYBRID_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most time the health check of one attempt may take.
 const CHECK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -204,11 +206,12 @@ pub async fn connect_with_rpc_timeout(
         attempts += 1;
         let remaining = deadline - now;
         // A hybrid-vsock CONNECT stays pending until the guest's vsock is
-        // up; re-dialing on a short timeout instead can leave
-        // vhost-device-vsock mute for the rest of the boot (seen about 1
-        // boot in 15 here), so give it the whole remaining time.
+        // up; re-dialing every second can leave vhost-device-vsock mute for
+        // the rest of the boot (seen about 1 boot in 15 here), while one
+        // CONNECT can also get lost under heavy load: wait long enough for a
+        // loaded boot, then dial again.
         let attempt = match addr {
-            Address::Hybrid { .. } => remaining,
+            Address::Hybrid { .. } => remaining.min(HYBRID_ATTEMPT_TIMEOUT),
             Address::Vsock { .. } => remaining.min(DIAL_ATTEMPT_TIMEOUT),
         };
         match dial::dial(addr, attempt).await {

@@ -66,6 +66,7 @@ impl TaskService {
         }
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
+        let memory_limited = agent_spec.Linux.Resources.Memory.Limit > 0;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -149,6 +150,9 @@ impl TaskService {
             terminal: req.terminal,
         };
         let container = Arc::new(Container::new(&cid, &req.bundle, Process::new(stdio)));
+        container
+            .memory_limited
+            .store(memory_limited, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");

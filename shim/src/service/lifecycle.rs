@@ -184,8 +184,14 @@ impl TaskService {
             };
             // An OOM kill ends the process with SIGKILL; the guest reports
             // the OOM on its own channel, possibly a moment later. containerd
-            // must hear TaskOOM before TaskExit to call it OOMKilled.
-            if status == VM_GONE_STATUS && exec_id.is_empty() {
+            // must hear TaskOOM before TaskExit to call it OOMKilled. Only
+            // containers with a memory limit wait (the usual OOM victims).
+            if status == VM_GONE_STATUS
+                && exec_id.is_empty()
+                && container
+                    .memory_limited
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 ooms.wait_for(&cid, OOM_GRACE).await;
             }
             let _ = out.await;

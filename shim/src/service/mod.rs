@@ -37,6 +37,8 @@ pub struct Container {
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Frozen by Pause (the agent's freezer, or the whole VM for the sandbox).
     pub paused: std::sync::atomic::AtomicBool,
+    /// Has a memory limit, so a SIGKILL exit may be an OOM kill.
+    pub memory_limited: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -47,6 +49,7 @@ impl Container {
             init: Arc::new(init),
             execs: Mutex::new(HashMap::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
+            memory_limited: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

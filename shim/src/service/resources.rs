@@ -93,6 +93,7 @@ impl TaskService {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
         let resources = crate::resources::parse_update(any)?;
+        let limited = resources.Memory.Limit > 0;
         if container.init.state() != ProcessState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {:?} is not running",
@@ -108,6 +109,9 @@ impl TaskService {
                 ..Default::default()
             })
             .await?;
+        if limited {
+            container.memory_limited.store(true, Ordering::SeqCst);
+        }
         Ok(api::Empty::default())
     }
 
