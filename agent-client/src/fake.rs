@@ -55,6 +55,8 @@ pub enum Call {
         container_id: String,
         exec_id: String,
     },
+    UpdateInterface(protocols::types::Interface),
+    UpdateRoutes(Vec<protocols::types::Route>),
     TtyWinResize {
         container_id: String,
         exec_id: String,
@@ -93,6 +95,8 @@ impl Call {
             Call::ReadStderr { .. } => "ReadStderr",
             Call::WriteStdin { .. } => "WriteStdin",
             Call::CloseStdin { .. } => "CloseStdin",
+            Call::UpdateInterface(_) => "UpdateInterface",
+            Call::UpdateRoutes(_) => "UpdateRoutes",
             Call::TtyWinResize { .. } => "TtyWinResize",
             Call::PauseContainer { .. } => "PauseContainer",
             Call::ResumeContainer { .. } => "ResumeContainer",
@@ -404,6 +408,22 @@ impl Agent for FakeAgent {
 
     async fn update_container(&self, req: agent::UpdateContainerRequest) -> Result<()> {
         self.record(Call::UpdateContainer(req))
+    }
+
+    async fn update_interface(
+        &self,
+        iface: protocols::types::Interface,
+    ) -> Result<protocols::types::Interface> {
+        self.record(Call::UpdateInterface(iface.clone()))?;
+        Ok(iface)
+    }
+
+    async fn update_routes(
+        &self,
+        routes: Vec<protocols::types::Route>,
+    ) -> Result<Vec<protocols::types::Route>> {
+        self.record(Call::UpdateRoutes(routes.clone()))?;
+        Ok(routes)
     }
 
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {

@@ -255,6 +255,46 @@ impl Agent for KataAgent {
         Ok(())
     }
 
+    async fn update_interface(
+        &self,
+        iface: protocols::types::Interface,
+    ) -> Result<protocols::types::Interface> {
+        let req = agent::UpdateInterfaceRequest {
+            interface: Some(iface).into(),
+            ..Default::default()
+        };
+        Ok(self.agent.update_interface(self.ctx(), &req).await?)
+    }
+
+    async fn update_routes(
+        &self,
+        routes: Vec<protocols::types::Route>,
+    ) -> Result<Vec<protocols::types::Route>> {
+        let req = agent::UpdateRoutesRequest {
+            routes: Some(agent::Routes {
+                Routes: routes,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        Ok(self.agent.update_routes(self.ctx(), &req).await?.Routes)
+    }
+
+    async fn list_interfaces(&self) -> Result<Vec<protocols::types::Interface>> {
+        let req = agent::ListInterfacesRequest::default();
+        Ok(self
+            .agent
+            .list_interfaces(self.ctx(), &req)
+            .await?
+            .Interfaces)
+    }
+
+    async fn list_routes(&self) -> Result<Vec<protocols::types::Route>> {
+        let req = agent::ListRoutesRequest::default();
+        Ok(self.agent.list_routes(self.ctx(), &req).await?.Routes)
+    }
+
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {
         let req = agent::StatsContainerRequest {
             container_id: container_id.to_string(),

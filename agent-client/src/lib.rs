@@ -163,6 +163,26 @@ pub trait Agent: Send + Sync {
     async fn get_oom_event(&self) -> Result<String> {
         unimplemented("GetOOMEvent")
     }
+    /// Configures the guest NIC whose MAC is `iface.hwAddr` (name, MTU, addresses, up).
+    async fn update_interface(
+        &self,
+        _iface: protocols::types::Interface,
+    ) -> Result<protocols::types::Interface> {
+        unimplemented("UpdateInterface")
+    }
+    /// Replaces the guest's routes with `routes`; answers the routes now in place.
+    async fn update_routes(
+        &self,
+        _routes: Vec<protocols::types::Route>,
+    ) -> Result<Vec<protocols::types::Route>> {
+        unimplemented("UpdateRoutes")
+    }
+    async fn list_interfaces(&self) -> Result<Vec<protocols::types::Interface>> {
+        unimplemented("ListInterfaces")
+    }
+    async fn list_routes(&self) -> Result<Vec<protocols::types::Route>> {
+        unimplemented("ListRoutes")
+    }
 }
 
 /// Most time one dial attempt (connect + handshake) may take.

@@ -49,6 +49,7 @@ fn vm_config(images: &Path, work: &Path) -> VmConfig {
         shared_dir: shared,
         virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
         start_timeout: Duration::from_secs(30),
+        network: None,
     }
 }
 

@@ -19,8 +19,9 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          fuse virtiofs overlay)
 # microvm's virtio-mmio transport (before the vsock chain: load order follows this list).
 MODULES=("${MODULES[@]:0:5}" virtio_mmio "${MODULES[@]:5}")
-# Entropy (virtio-rng) and the 9p shared fs (no host daemon); loaded in the background.
-MODULES+=(virtio-rng 9pnet_virtio 9p)
+# Entropy (virtio-rng), the 9p shared fs (no host daemon) and the pod's NIC
+# (virtio-net); loaded in the background.
+MODULES+=(virtio-rng 9pnet_virtio 9p virtio_net)
 # Directories the agent mounts on or writes to.
 DIRS=(dev proc sys run tmp etc lib/modules)
 # Fixed timestamp for every initrd entry (reproducibility).

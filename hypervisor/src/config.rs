@@ -102,7 +102,38 @@ pub fn validate(
     if config.kernel_params.contains('"') {
         return Err(invalid("kernel_params: must not contain '\"'".into()));
     }
+    if let Some(net) = &config.network {
+        validate_network(net)?;
+    }
     validate_options(config, options, host_cpus)
+}
+
+fn validate_network(net: &crate::NetworkConfig) -> Result<()> {
+    if let Err(e) = std::fs::metadata(&net.netns) {
+        return Err(invalid(format!(
+            "network.netns: {}: {e}",
+            net.netns.display()
+        )));
+    }
+    // IFNAMSIZ is 16 with the NUL.
+    if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains([',', '/', ' ']) {
+        return Err(invalid(format!(
+            "network.tap: {:?} is not an interface name",
+            net.tap
+        )));
+    }
+    let octets: Vec<&str> = net.mac.split(':').collect();
+    if octets.len() != 6
+        || !octets
+            .iter()
+            .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(invalid(format!(
+            "network.mac: {:?} is not a MAC address",
+            net.mac
+        )));
+    }
+    Ok(())
 }
 
 fn validate_options(config: &VmConfig, options: &VmOptions, host_cpus: u32) -> Result<()> {
@@ -188,6 +219,7 @@ pub(crate) mod tests {
             shared_dir: shared,
             virtiofsd_path: file("virtiofsd"),
             start_timeout: Duration::from_secs(5),
+            network: None,
         }
     }
 

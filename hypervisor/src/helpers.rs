@@ -71,12 +71,14 @@ pub fn vhost_device_vsock(config: &VmConfig) -> HelperSpec {
 /// Spawns a process with stdin closed and its output logged into `ring`. It is
 /// put in its own process group so a terminal's signals do not reach it; it does
 /// not die with its parent: cleanup is explicit (stop / cleanup_run_dir).
+/// With `netns`, the process starts inside that network namespace.
 pub fn spawn(
     name: &'static str,
     program: &Path,
     args: &[String],
     sandbox: &str,
     ring: &Ring,
+    netns: Option<&Path>,
 ) -> Result<(Supervised, Option<tokio::process::ChildStdout>)> {
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -85,6 +87,23 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    if let Some(path) = netns {
+        let ns = std::fs::File::open(path).map_err(|e| Error::Io {
+            what: format!("opening network namespace {}", path.display()),
+            source: e,
+        })?;
+        // SAFETY: between fork and exec only setns(2) runs, which is
+        // async-signal-safe; `ns` is moved in and outlives the call.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     tracing::debug!(sandbox, process = name, program = %program.display(), ?args, "spawning");
     let mut child = cmd.spawn().map_err(|e| Error::Io {
         what: format!("spawning {name} ({})", program.display()),
@@ -106,7 +125,7 @@ pub fn spawn(
 
 /// Spawns a helper; its stdout is logged like its stderr.
 pub fn spawn_helper(spec: &HelperSpec, sandbox: &str, ring: &Ring) -> Result<Supervised> {
-    let (sup, stdout) = spawn(spec.name, &spec.program, &spec.args, sandbox, ring)?;
+    let (sup, stdout) = spawn(spec.name, &spec.program, &spec.args, sandbox, ring, None)?;
     if let Some(out) = stdout {
         spawn_reader(
             out,
@@ -177,7 +196,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let ring = Ring::default();
         let args = vec!["-c".to_string(), "echo failing >&2; exit 3".to_string()];
-        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring).expect("spawn");
+        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring, None).expect("spawn");
         let deadline = Instant::now() + Duration::from_secs(5);
         let e = wait_for_socket(
             &d.path().join("never"),
@@ -196,7 +215,7 @@ mod tests {
 
         // A wrapper with a child of its own: killing it kills the child too.
         let args = vec!["-c".to_string(), "sleep 30; true".to_string()];
-        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring).expect("spawn");
+        let (p, _) = spawn("sh", Path::new("/bin/sh"), &args, "sb", &ring, None).expect("spawn");
         let deadline = Instant::now() + Duration::from_millis(100);
         let e = wait_for_socket(
             &d.path().join("never"),

@@ -154,6 +154,20 @@ pub struct VmConfig {
     pub virtiofsd_path: PathBuf,
     /// How long QEMU and its helpers may take to come up.
     pub start_timeout: Duration,
+    /// The pod's NIC, if the pod has a network namespace to join.
+    pub network: Option<NetworkConfig>,
+}
+
+/// A virtio-net NIC backed by a tap device in the pod's network namespace.
+/// QEMU is started inside that namespace so it can open the tap by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// e.g. `/var/run/netns/cni-…`.
+    pub netns: PathBuf,
+    /// The tap device in `netns` (created by the caller).
+    pub tap: String,
+    /// The guest NIC's MAC.
+    pub mac: String,
 }
 
 /// Where the guest's vsock listeners are reachable from the host.

@@ -304,7 +304,9 @@ impl QemuVm {
                     boot::microvm_tcg_params(boot::tsc_khz_from_cpuinfo(&cpuinfo));
             }
             let args = cmdline.args();
-            let (qemu, stdout) = helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring)?;
+            let netns = config.network.as_ref().map(|n| n.netns.as_path());
+            let (qemu, stdout) =
+                helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring, netns)?;
             if let Some(out) = stdout {
                 spawn_reader(out, ring.clone(), sandbox.to_string(), Source::Console);
             }

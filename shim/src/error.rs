@@ -26,6 +26,8 @@ pub enum Error {
     Hypervisor(#[from] hypervisor::Error),
     #[error("{0}")]
     Agent(#[from] agent_client::Error),
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

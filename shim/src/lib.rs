@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod io;
+pub mod network;
 pub mod persist;
 pub mod process;
 pub mod resources;

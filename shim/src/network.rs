@@ -1,4 +1,4 @@
-//! Pod networking, host side (not wired yet): what CNI configured in the
+//! Pod networking, host side: what CNI configured in the
 //! pod's network namespace, and a tap device there that carries the pod's
 //! traffic to the VM's virtio-net NIC.
 //!
@@ -238,9 +238,96 @@ pub async fn prepare(netns: &Path) -> Result<Option<(Interface, PodNetwork)>> {
     Ok(Some((iface, net)))
 }
 
+fn ip_family(addr: &str) -> protocols::types::IPFamily {
+    if addr.contains(':') {
+        protocols::types::IPFamily::v6
+    } else {
+        protocols::types::IPFamily::v4
+    }
+}
+
+/// The agent's view of the pod interface: found by MAC in the guest, given
+/// the name, MTU and addresses CNI gave the veth.
+pub fn guest_interface(iface: &Interface) -> protocols::types::Interface {
+    protocols::types::Interface {
+        device: iface.name.clone(),
+        name: iface.name.clone(),
+        hwAddr: iface.mac.clone(),
+        mtu: iface.mtu.into(),
+        IPAddresses: iface
+            .addresses
+            .iter()
+            .map(|a| protocols::types::IPAddress {
+                family: ip_family(&a.address).into(),
+                address: a.address.clone(),
+                // Kata carries the prefix length in `mask`.
+                mask: a.prefix_len.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The routes of `device`, for the agent's UpdateRoutes.
+pub fn guest_routes(net: &PodNetwork, device: &str) -> Vec<protocols::types::Route> {
+    net.routes
+        .iter()
+        .filter(|r| r.device == device)
+        .map(|r| protocols::types::Route {
+            dest: r.dest.clone(),
+            gateway: r.gateway.clone(),
+            device: r.device.clone(),
+            source: r.source.clone(),
+            // rtnetlink scope values (RT_SCOPE_*).
+            scope: match r.scope.as_str() {
+                "link" => 253,
+                "host" => 254,
+                "site" => 200,
+                _ => 0,
+            },
+            family: ip_family(if r.dest.is_empty() {
+                &r.gateway
+            } else {
+                &r.dest
+            })
+            .into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_view_of_the_pod_network() {
+        let iface = parse_addresses(ADDRS).expect("valid").remove(0);
+        let g = guest_interface(&iface);
+        assert_eq!(g.name, "eth0");
+        assert_eq!(g.hwAddr, "ca:fe:00:00:00:01");
+        assert_eq!(g.mtu, 1500);
+        assert_eq!(g.IPAddresses.len(), 1);
+        assert_eq!(g.IPAddresses[0].address, "10.247.0.5");
+        assert_eq!(g.IPAddresses[0].mask, "16");
+        let net = PodNetwork {
+            interfaces: vec![iface],
+            routes: parse_routes(
+                r#"[{"dst":"default","gateway":"10.247.0.1","dev":"eth0","flags":[]},
+                    {"dst":"10.247.0.0/16","dev":"eth0","scope":"link","prefsrc":"10.247.0.5"},
+                    {"dst":"192.168.9.0/24","dev":"other","scope":"link"}]"#,
+            )
+            .expect("valid"),
+        };
+        let r = guest_routes(&net, "eth0");
+        assert_eq!(r.len(), 2, "only eth0's routes: {r:?}");
+        assert_eq!(
+            (r[0].dest.as_str(), r[0].gateway.as_str(), r[0].scope),
+            ("", "10.247.0.1", 0)
+        );
+        assert_eq!((r[1].dest.as_str(), r[1].scope), ("10.247.0.0/16", 253));
+    }
 
     const ADDRS: &str = r#"[
       {"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"],"mtu":65536,"link_type":"loopback",

@@ -1,16 +1,17 @@
 //! The sandbox: one VM, its agent connection, and the shared directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_client::{Address, Agent};
 use async_trait::async_trait;
-use hypervisor::{Hypervisor, Vm, VmConfig, VsockEndpoint};
+use hypervisor::{Hypervisor, NetworkConfig, Vm, VmConfig, VsockEndpoint};
 use protocols::agent::{CreateSandboxRequest, Storage};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
 use crate::spec::GUEST_SHARED_DIR;
 
@@ -45,6 +46,24 @@ pub struct Sandbox {
     pub paths: SandboxPaths,
     pub vm: Box<dyn Vm>,
     pub agent: Arc<dyn Agent>,
+    /// The pod NIC's tap, removed at shutdown.
+    pub network: Option<PodNic>,
+}
+
+/// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
+/// redirected to our tap.
+#[derive(Debug, Clone)]
+pub struct PodNic {
+    pub netns: PathBuf,
+    pub interface: String,
+}
+
+/// What the sandbox is booted with besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct BootParams<'a> {
+    pub hostname: &'a str,
+    /// The pod's network namespace (CRI creates one and CNI fills it).
+    pub netns: Option<&'a Path>,
 }
 
 impl Sandbox {
@@ -52,7 +71,7 @@ impl Sandbox {
     /// guest. On failure everything started so far is torn down.
     pub async fn boot(
         id: &str,
-        hostname: &str,
+        params: BootParams<'_>,
         root: &Path,
         config: &Config,
         hypervisor: &dyn Hypervisor,
@@ -62,8 +81,35 @@ impl Sandbox {
         tokio::fs::create_dir_all(&paths.shared)
             .await
             .map_err(|e| Error::io(format!("creating {}", paths.shared.display()), e))?;
-        let result = Self::boot_in(id, hostname, &paths, config, hypervisor, dialer).await;
+        let nic = match params.netns {
+            Some(ns) => {
+                let t = std::time::Instant::now();
+                let r = network::prepare(ns).await;
+                phase(id, "network", t);
+                match r {
+                    Ok(found) => found.map(|(iface, net)| (ns.to_path_buf(), iface, net)),
+                    Err(e) => {
+                        let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
+        let result = Self::boot_in(
+            id,
+            params.hostname,
+            nic.as_ref(),
+            &paths,
+            config,
+            hypervisor,
+            dialer,
+        )
+        .await;
         if result.is_err() {
+            if let Some((ns, iface, _)) = &nic {
+                let _ = network::detach_tap(ns, &iface.name).await;
+            }
             let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
         }
         result
@@ -72,6 +118,7 @@ impl Sandbox {
     async fn boot_in(
         id: &str,
         hostname: &str,
+        nic: Option<&(PathBuf, network::Interface, network::PodNetwork)>,
         paths: &SandboxPaths,
         config: &Config,
         hypervisor: &dyn Hypervisor,
@@ -102,6 +149,11 @@ impl Sandbox {
                 shared_dir: paths.shared.clone(),
                 virtiofsd_path: q.virtiofsd.clone(),
                 start_timeout: Duration::from_secs(10),
+                network: nic.map(|(ns, iface, _)| NetworkConfig {
+                    netns: ns.clone(),
+                    tap: network::TAP_NAME.into(),
+                    mac: iface.mac.clone(),
+                }),
             })
             .await?;
         let addr = match vm.vsock() {
@@ -145,12 +197,25 @@ impl Sandbox {
             return Err(e.into());
         }
         phase(id, "create_sandbox", t);
+        if let Some((ns, iface, net)) = nic {
+            let t = std::time::Instant::now();
+            if let Err(e) = configure_guest_network(agent.as_ref(), iface, net).await {
+                let _ = vm.stop().await;
+                return Err(e);
+            }
+            phase(id, "guest_network", t);
+            tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
+        }
         tracing::info!(sandbox = id, "sandbox ready");
         Ok(Sandbox {
             id: id.to_owned(),
             paths: paths.clone(),
             vm,
             agent,
+            network: nic.map(|(ns, iface, _)| PodNic {
+                netns: ns.clone(),
+                interface: iface.name.clone(),
+            }),
         })
     }
 
@@ -163,8 +228,29 @@ impl Sandbox {
             tracing::warn!(sandbox = %self.id, "DestroySandbox timed out");
         }
         self.vm.stop().await?;
+        if let Some(nic) = &self.network {
+            // The netns may already be gone (CNI teardown), and the tap with it.
+            if let Err(e) = network::detach_tap(&nic.netns, &nic.interface).await {
+                tracing::debug!(sandbox = %self.id, "removing the tap: {e}");
+            }
+        }
         cleanup_dirs(&self.paths).await
     }
+}
+
+/// Gives the guest NIC the pod's addresses and routes.
+async fn configure_guest_network(
+    agent: &dyn Agent,
+    iface: &network::Interface,
+    net: &network::PodNetwork,
+) -> Result<()> {
+    agent
+        .update_interface(network::guest_interface(iface))
+        .await?;
+    agent
+        .update_routes(network::guest_routes(net, &iface.name))
+        .await?;
+    Ok(())
 }
 
 /// Unmounts every container rootfs left on the share and removes the

@@ -11,6 +11,8 @@ pub enum Error {
         container_id: String,
         exec_id: String,
     },
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
     #[error("invalid argument: {0}")]
@@ -58,7 +60,9 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::ContainerNotFound(_) | Error::ProcessNotFound { .. } => Code::NOT_FOUND,
+            Error::ContainerNotFound(_) | Error::ProcessNotFound { .. } | Error::NotFound(_) => {
+                Code::NOT_FOUND
+            }
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,

@@ -10,6 +10,7 @@ mod error;
 mod init;
 mod logsink;
 mod mounts;
+mod network;
 mod process;
 mod reaper;
 mod runtime;

@@ -329,6 +329,52 @@ impl AgentService for Agent {
         .await;
         log_err("OnlineCPUMem", r)
     }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> R<protocols::types::Interface> {
+        let iface = req.interface.into_option().unwrap_or_default();
+        log_err(
+            "UpdateInterface",
+            crate::network::update_interface(&iface).await,
+        )
+    }
+
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> R<Routes> {
+        let wanted = req.routes.into_option().unwrap_or_default().Routes;
+        let r = crate::network::update_routes(&wanted).await;
+        log_err(
+            "UpdateRoutes",
+            r.map(|routes| protocols::agent::Routes {
+                Routes: routes,
+                ..Default::default()
+            }),
+        )
+    }
+
+    async fn list_interfaces(&self, _: &TtrpcContext, _: ListInterfacesRequest) -> R<Interfaces> {
+        let r = crate::network::list_interfaces().await;
+        log_err(
+            "ListInterfaces",
+            r.map(|interfaces| protocols::agent::Interfaces {
+                Interfaces: interfaces,
+                ..Default::default()
+            }),
+        )
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, _: ListRoutesRequest) -> R<Routes> {
+        let r = crate::network::list_routes().await;
+        log_err(
+            "ListRoutes",
+            r.map(|routes| protocols::agent::Routes {
+                Routes: routes,
+                ..Default::default()
+            }),
+        )
+    }
 }
 
 impl Agent {

@@ -67,6 +67,7 @@ pub struct CommandLine {
     pub rng: Option<rng::Rng>,
     pub vsock: vsock::VsockDevice,
     pub fs: fs::SharedFs,
+    pub net: Option<net::TapNic>,
 }
 
 impl CommandLine {
@@ -117,6 +118,11 @@ impl CommandLine {
                 transport,
             }),
             vsock: vsock_dev.with_transport(transport),
+            net: config.network.as_ref().map(|n| net::TapNic {
+                ifname: n.tap.clone(),
+                mac: n.mac.clone(),
+                transport,
+            }),
             fs: match options.shared_fs {
                 SharedFsKind::VirtioFs => fs::SharedFs::VirtioFs {
                     socket: config.run_dir.join(crate::helpers::VIRTIOFSD_SOCKET),
@@ -134,7 +140,7 @@ impl CommandLine {
 
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["-name".to_string(), escape(&self.name)];
-        let parts: [Option<&dyn QemuArgs>; 13] = [
+        let parts: [Option<&dyn QemuArgs>; 14] = [
             Some(&self.machine),
             Some(&self.accel),
             Some(&self.memory),
@@ -148,6 +154,7 @@ impl CommandLine {
             self.rng.as_ref().map(|r| r as &dyn QemuArgs),
             Some(&self.vsock),
             Some(&self.fs),
+            self.net.as_ref().map(|n| n as &dyn QemuArgs),
         ];
         for part in parts.into_iter().flatten() {
             part.append_to(&mut args);
@@ -210,6 +217,40 @@ mod tests {
                 tag: "kataShared".into(),
                 transport,
             },
+            net: None,
+        }
+    }
+
+    #[test]
+    fn pod_nic_follows_the_machine_transport() {
+        for (kind, device) in [
+            (MachineType::Q35, "virtio-net-pci"),
+            (MachineType::Microvm, "virtio-net-device"),
+        ] {
+            let mut c = cmdline(
+                kind,
+                ResolvedAccel::Tcg,
+                vsock::VsockDevice::VhostUser {
+                    socket: PathBuf::from("/run/x/vhost-vsock.sock"),
+                    transport: Transport::Pci,
+                },
+            );
+            assert!(!c.args().iter().any(|a| a == "-netdev"));
+            c.net = Some(net::TapNic {
+                ifname: "tap0_kata".into(),
+                mac: "ca:fe:00:00:00:01".into(),
+                transport: machine::Machine::transport_of(kind),
+            });
+            let args = c.args();
+            let at = args.iter().position(|a| a == "-netdev").expect("a -netdev");
+            assert_eq!(
+                args[at + 1],
+                "tap,id=net0,ifname=tap0_kata,script=no,downscript=no,vhost=off"
+            );
+            assert_eq!(
+                args[at + 3],
+                format!("{device},netdev=net0,mac=ca:fe:00:00:00:01")
+            );
         }
     }
 

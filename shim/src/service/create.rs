@@ -15,7 +15,7 @@ use super::{Container, TaskService};
 use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::rootfs::{self, RootfsMount};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{BootParams, Sandbox};
 use crate::{config, spec};
 
 /// CRI annotations that tie a container to its pod.
@@ -103,10 +103,14 @@ impl TaskService {
                 let cfg = config::load(&path)?.with_annotations(&pod)?;
                 crate::sandbox::phase(&cid, "config", t);
                 let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
+                let netns = crate::network::netns_path(&spec);
                 let sb = Arc::new(
                     Sandbox::boot(
                         &cid,
-                        spec.hostname().as_deref().unwrap_or_default(),
+                        BootParams {
+                            hostname: spec.hostname().as_deref().unwrap_or_default(),
+                            netns: netns.as_deref(),
+                        },
                         &self.run_root,
                         &cfg,
                         self.hypervisor.as_ref(),
