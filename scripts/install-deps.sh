@@ -6,7 +6,7 @@ set -euo pipefail
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
-      libseccomp-dev libcap-ng-dev pkg-config iproute2
+      libseccomp-dev libcap-ng-dev pkg-config iproute2 python3
       containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev)
 
 missing=()

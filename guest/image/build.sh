@@ -19,9 +19,9 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          fuse virtiofs overlay)
 # microvm's virtio-mmio transport (before the vsock chain: load order follows this list).
 MODULES=("${MODULES[@]:0:5}" virtio_mmio "${MODULES[@]:5}")
-# Entropy (virtio-rng), the 9p shared fs (no host daemon) and the pod's NIC
-# (virtio-net); loaded in the background.
-MODULES+=(virtio-rng 9pnet_virtio 9p virtio_net)
+# Entropy (virtio-rng), the 9p shared fs (no host daemon), the pod's NIC
+# (virtio-net) and free page reporting (virtio-balloon); loaded in the background.
+MODULES+=(virtio-rng 9pnet_virtio 9p virtio_net virtio_balloon)
 # Directories the agent mounts on or writes to.
 DIRS=(dev proc sys run tmp etc lib/modules)
 # Fixed timestamp for every initrd entry (reproducibility).
@@ -67,13 +67,16 @@ moddir=$tree/lib/modules/$release
 if [ ! -e "$GUEST_OUT/vmlinuz" ] || [ "$tree/.done" -nt "$GUEST_OUT/vmlinuz" ]; then
   install -m 0644 "$tree/boot/vmlinuz-$release" "$GUEST_OUT/vmlinuz"
 fi
-if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ]; then
+if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ] ||
+   [ "$ROOT/guest/image/trim-elf.py" -nt "$GUEST_OUT/vmlinux" ]; then
   log "extracting vmlinux"
   off=$(LC_ALL=C grep -obUaP '\xFD\x37\x7A\x58\x5A\x00' "$GUEST_OUT/vmlinuz" | head -n1 | cut -d: -f1)
   [ -n "$off" ] || { log "no XZ payload in vmlinuz"; exit 1; }
   tail -c +"$((off + 1))" "$GUEST_OUT/vmlinuz" | xz -dc 2>/dev/null >"$GUEST_OUT/vmlinux.tmp" || true
   [ "$(head -c4 "$GUEST_OUT/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = "7f454c46" ] ||
     { log "extracted payload is not an ELF"; rm -f "$GUEST_OUT/vmlinux.tmp"; exit 1; }
+  # Trailing zeros of each segment become zero-fill: QEMU keeps less per VM.
+  python3 "$ROOT/guest/image/trim-elf.py" "$GUEST_OUT/vmlinux.tmp" >&2
   mv "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
 fi
 echo "$release" >"$GUEST_OUT/kernel-release.tmp"

@@ -51,7 +51,7 @@ impl QemuArgs for AccelArg {
         args.push(
             match self.0 {
                 ResolvedAccel::Kvm => "kvm",
-                ResolvedAccel::Tcg => "tcg,thread=multi",
+                ResolvedAccel::Tcg => "tcg,thread=multi,tb-size=32",
             }
             .into(),
         );

@@ -1,6 +1,7 @@
 //! The QEMU command line, built from typed pieces: one module per device family.
 //! [`CommandLine::args`] is the only place that turns them into strings.
 
+pub mod balloon;
 pub mod boot;
 pub mod console;
 pub mod fs;
@@ -68,6 +69,7 @@ pub struct CommandLine {
     pub vsock: vsock::VsockDevice,
     pub fs: fs::SharedFs,
     pub net: Option<net::TapNic>,
+    pub balloon: Option<balloon::FreePageReporting>,
 }
 
 impl CommandLine {
@@ -118,6 +120,7 @@ impl CommandLine {
                 transport,
             }),
             vsock: vsock_dev.with_transport(transport),
+            balloon: Some(balloon::FreePageReporting { transport }),
             net: config.network.as_ref().map(|n| net::TapNic {
                 ifname: n.tap.clone(),
                 mac: n.mac.clone(),
@@ -140,7 +143,7 @@ impl CommandLine {
 
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["-name".to_string(), escape(&self.name)];
-        let parts: [Option<&dyn QemuArgs>; 14] = [
+        let parts: [Option<&dyn QemuArgs>; 15] = [
             Some(&self.machine),
             Some(&self.accel),
             Some(&self.memory),
@@ -155,6 +158,7 @@ impl CommandLine {
             Some(&self.vsock),
             Some(&self.fs),
             self.net.as_ref().map(|n| n as &dyn QemuArgs),
+            self.balloon.as_ref().map(|b| b as &dyn QemuArgs),
         ];
         for part in parts.into_iter().flatten() {
             part.append_to(&mut args);
@@ -218,6 +222,7 @@ mod tests {
                 transport,
             },
             net: None,
+            balloon: None,
         }
     }
 
