@@ -14,7 +14,10 @@ use crate::{Error, Result, VmConfig};
 
 pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 pub const VHOST_USER_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+/// The VM's hybrid-vsock socket: served by [`crate::vsock_gate`].
 pub const HYBRID_VSOCK_SOCKET: &str = "vsock.sock";
+/// vhost-device-vsock's own hybrid-vsock socket, reached only through the gate.
+pub const HYBRID_VSOCK_BACKEND_SOCKET: &str = "vsock-vdv.sock";
 /// The CID vhost-device-vsock gives the guest (the guest never needs to know it).
 pub const VHOST_USER_GUEST_CID: u32 = 3;
 
@@ -60,7 +63,7 @@ pub fn vhost_device_vsock(config: &VmConfig) -> HelperSpec {
             "--uds-path".into(),
             config
                 .run_dir
-                .join(HYBRID_VSOCK_SOCKET)
+                .join(HYBRID_VSOCK_BACKEND_SOCKET)
                 .to_string_lossy()
                 .into_owned(),
         ],
@@ -168,7 +171,7 @@ mod tests {
         let vs = vhost_device_vsock(&c);
         assert_eq!(
             vs.args.join(" "),
-            "--guest-cid 3 --socket /run/vc/sb1/vhost-vsock.sock --uds-path /run/vc/sb1/vsock.sock"
+            "--guest-cid 3 --socket /run/vc/sb1/vhost-vsock.sock --uds-path /run/vc/sb1/vsock-vdv.sock"
         );
     }
 
