@@ -80,7 +80,7 @@ pub mod vsock_gate;
 
 pub use accel::HostProbe;
 pub use fake::{FakeHypervisor, FakeVm, FakeVmHandle};
-pub use options::{MemoryHotplug, Seccomp, SharedFsKind, VmOptions};
+pub use options::{MemoryHotplug, Seccomp, SharedFsKind, VirtioFsCache, VmOptions};
 pub use qemu::{Qemu, QemuVm};
 
 /// Errors of this crate; the shim maps them to ttrpc codes.
@@ -279,6 +279,16 @@ pub trait Vm: Send + Sync {
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>>;
+    /// Launches with these options instead of the hypervisor's own (they
+    /// come from the configuration file, per sandbox).
+    async fn launch_with_options(
+        &self,
+        config: VmConfig,
+        options: VmOptions,
+    ) -> Result<Box<dyn Vm>> {
+        let _ = options;
+        self.launch(config).await
+    }
 }
 
 /// Cleans up after a VM whose owner died: kills the processes recorded in

@@ -85,6 +85,16 @@ impl Hypervisor for Qemu {
             QemuVm::launch(config, &self.probe, &self.options).await?,
         ))
     }
+
+    async fn launch_with_options(
+        &self,
+        config: VmConfig,
+        options: VmOptions,
+    ) -> Result<Box<dyn Vm>> {
+        Ok(Box::new(
+            QemuVm::launch(config, &self.probe, &options).await?,
+        ))
+    }
 }
 
 /// Granularity of memory hotplug: the guest onlines memory in blocks of this size.
@@ -265,7 +275,7 @@ impl QemuVm {
         let sandbox = config.id.as_str();
         let mut specs: Vec<HelperSpec> = Vec::new();
         if options.shared_fs == SharedFsKind::VirtioFs {
-            specs.push(helpers::virtiofsd(config));
+            specs.push(helpers::virtiofsd(config, options));
         }
         if vsock_kind == ResolvedVsock::VhostUser {
             specs.push(helpers::vhost_device_vsock(config));

@@ -352,6 +352,7 @@ mod tests {
                 max_mib: 1024,
             }),
             shared_fs: SharedFsKind::VirtioFs,
+            ..VmOptions::default()
         };
         let s = CommandLine::for_config(&c, &options, ResolvedAccel::Tcg, dev.clone())
             .args()
