@@ -68,6 +68,7 @@ pub enum Call {
         container_id: String,
     },
     UpdateContainer(agent::UpdateContainerRequest),
+    OnlineCpuMem(agent::OnlineCPUMemRequest),
     StatsContainer {
         container_id: String,
     },
@@ -97,6 +98,7 @@ impl Call {
             Call::PauseContainer { .. } => "PauseContainer",
             Call::ResumeContainer { .. } => "ResumeContainer",
             Call::UpdateContainer(_) => "UpdateContainer",
+            Call::OnlineCpuMem(_) => "OnlineCPUMem",
             Call::StatsContainer { .. } => "StatsContainer",
             Call::ListProcesses(_) => "ListProcesses",
             Call::GetOomEvent => "GetOOMEvent",
@@ -404,6 +406,10 @@ impl Agent for FakeAgent {
 
     async fn update_container(&self, req: agent::UpdateContainerRequest) -> Result<()> {
         self.record(Call::UpdateContainer(req))
+    }
+
+    async fn online_cpu_mem(&self, req: agent::OnlineCPUMemRequest) -> Result<()> {
+        self.record(Call::OnlineCpuMem(req))
     }
 
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {

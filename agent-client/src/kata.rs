@@ -255,6 +255,11 @@ impl Agent for KataAgent {
         Ok(())
     }
 
+    async fn online_cpu_mem(&self, req: agent::OnlineCPUMemRequest) -> Result<()> {
+        self.agent.online_cpu_mem(self.ctx(), &req).await?;
+        Ok(())
+    }
+
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {
         let req = agent::StatsContainerRequest {
             container_id: container_id.to_string(),

@@ -45,6 +45,8 @@ pub struct Sandbox {
     pub paths: SandboxPaths,
     pub vm: Box<dyn Vm>,
     pub agent: Arc<dyn Agent>,
+    /// The VM's size and hotplug room (Update grows it).
+    pub size: tokio::sync::Mutex<crate::service::resources::VmSize>,
 }
 
 impl Sandbox {
@@ -154,6 +156,7 @@ impl Sandbox {
             paths: paths.clone(),
             vm,
             agent,
+            size: tokio::sync::Mutex::new(crate::service::resources::VmSize::of(q)),
         })
     }
 
