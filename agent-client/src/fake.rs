@@ -70,6 +70,7 @@ pub enum Call {
         container_id: String,
     },
     UpdateContainer(agent::UpdateContainerRequest),
+    OnlineCpuMem(agent::OnlineCPUMemRequest),
     StatsContainer {
         container_id: String,
     },
@@ -101,6 +102,7 @@ impl Call {
             Call::PauseContainer { .. } => "PauseContainer",
             Call::ResumeContainer { .. } => "ResumeContainer",
             Call::UpdateContainer(_) => "UpdateContainer",
+            Call::OnlineCpuMem(_) => "OnlineCPUMem",
             Call::StatsContainer { .. } => "StatsContainer",
             Call::ListProcesses(_) => "ListProcesses",
             Call::GetOomEvent => "GetOOMEvent",
@@ -424,6 +426,10 @@ impl Agent for FakeAgent {
     ) -> Result<Vec<protocols::types::Route>> {
         self.record(Call::UpdateRoutes(routes.clone()))?;
         Ok(routes)
+    }
+
+    async fn online_cpu_mem(&self, req: agent::OnlineCPUMemRequest) -> Result<()> {
+        self.record(Call::OnlineCpuMem(req))
     }
 
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {

@@ -295,6 +295,11 @@ impl Agent for KataAgent {
         Ok(self.agent.list_routes(self.ctx(), &req).await?.Routes)
     }
 
+    async fn online_cpu_mem(&self, req: agent::OnlineCPUMemRequest) -> Result<()> {
+        self.agent.online_cpu_mem(self.ctx(), &req).await?;
+        Ok(())
+    }
+
     async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {
         let req = agent::StatsContainerRequest {
             container_id: container_id.to_string(),

@@ -150,6 +150,10 @@ pub trait Agent: Send + Sync {
     async fn update_container(&self, _req: agent::UpdateContainerRequest) -> Result<()> {
         unimplemented("UpdateContainer")
     }
+    /// Onlines hot-plugged vCPUs and memory in the guest.
+    async fn online_cpu_mem(&self, _req: agent::OnlineCPUMemRequest) -> Result<()> {
+        unimplemented("OnlineCPUMem")
+    }
     async fn stats_container(&self, _container_id: &str) -> Result<agent::StatsContainerResponse> {
         unimplemented("StatsContainer")
     }

@@ -27,6 +27,8 @@ struct Shared {
     /// Answers for the next launches; empty = success.
     launch_results: VecDeque<Result<()>>,
     configs: Vec<VmConfig>,
+    /// Options given through `launch_with_options`, in order.
+    options: Vec<crate::VmOptions>,
 }
 
 /// A hypervisor whose VMs are plain in-memory objects.
@@ -67,6 +69,11 @@ impl FakeHypervisor {
         self.lock().configs.clone()
     }
 
+    /// Options passed to `launch_with_options`, in order.
+    pub fn options(&self) -> Vec<crate::VmOptions> {
+        self.lock().options.clone()
+    }
+
     /// Handles of the VMs launched so far (to make them exit, look at their state).
     pub fn vms(&self) -> Vec<FakeVmHandle> {
         self.vms.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -79,6 +86,15 @@ impl FakeHypervisor {
 
 #[async_trait]
 impl Hypervisor for FakeHypervisor {
+    async fn launch_with_options(
+        &self,
+        config: VmConfig,
+        options: crate::VmOptions,
+    ) -> Result<Box<dyn Vm>> {
+        self.lock().options.push(options);
+        self.launch(config).await
+    }
+
     async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
         let result = {
             let mut s = self.lock();

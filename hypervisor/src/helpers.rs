@@ -14,7 +14,10 @@ use crate::{Error, Result, VmConfig};
 
 pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 pub const VHOST_USER_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+/// The VM's hybrid-vsock socket: served by [`crate::vsock_gate`].
 pub const HYBRID_VSOCK_SOCKET: &str = "vsock.sock";
+/// vhost-device-vsock's own hybrid-vsock socket, reached only through the gate.
+pub const HYBRID_VSOCK_BACKEND_SOCKET: &str = "vsock-vdv.sock";
 /// The CID vhost-device-vsock gives the guest (the guest never needs to know it).
 pub const VHOST_USER_GUEST_CID: u32 = 3;
 
@@ -28,21 +31,23 @@ pub struct HelperSpec {
     pub ready_socket: PathBuf,
 }
 
-pub fn virtiofsd(config: &VmConfig) -> HelperSpec {
+pub fn virtiofsd(config: &VmConfig, options: &crate::VmOptions) -> HelperSpec {
     let socket = config.run_dir.join(VIRTIOFSD_SOCKET);
+    let mut args: Vec<String> = vec![
+        "--socket-path".into(),
+        socket.to_string_lossy().into_owned(),
+        "--shared-dir".into(),
+        config.shared_dir.to_string_lossy().into_owned(),
+        "--sandbox".into(),
+        "none".into(),
+        "--cache".into(),
+        options.virtio_fs_cache.as_arg().into(),
+    ];
+    args.extend(options.virtio_fs_extra_args.iter().cloned());
     HelperSpec {
         name: "virtiofsd",
         program: config.virtiofsd_path.clone(),
-        args: vec![
-            "--socket-path".into(),
-            socket.to_string_lossy().into_owned(),
-            "--shared-dir".into(),
-            config.shared_dir.to_string_lossy().into_owned(),
-            "--sandbox".into(),
-            "none".into(),
-            "--cache".into(),
-            "auto".into(),
-        ],
+        args,
         ready_socket: socket,
     }
 }
@@ -60,7 +65,7 @@ pub fn vhost_device_vsock(config: &VmConfig) -> HelperSpec {
             "--uds-path".into(),
             config
                 .run_dir
-                .join(HYBRID_VSOCK_SOCKET)
+                .join(HYBRID_VSOCK_BACKEND_SOCKET)
                 .to_string_lossy()
                 .into_owned(),
         ],
@@ -178,16 +183,25 @@ mod tests {
         let mut c = crate::config::tests::valid_config(d.path());
         c.run_dir = PathBuf::from("/run/vc/sb1");
         c.shared_dir = PathBuf::from("/run/shared/sb1");
-        let fs = virtiofsd(&c);
+        let fs = virtiofsd(&c, &crate::VmOptions::default());
         assert_eq!(
             fs.args.join(" "),
             "--socket-path /run/vc/sb1/virtiofsd.sock --shared-dir /run/shared/sb1 --sandbox none --cache auto"
         );
         assert_eq!(fs.ready_socket, PathBuf::from("/run/vc/sb1/virtiofsd.sock"));
+        let tuned = crate::VmOptions {
+            virtio_fs_cache: crate::VirtioFsCache::Never,
+            virtio_fs_extra_args: vec!["--thread-pool-size=2".into()],
+            ..crate::VmOptions::default()
+        };
+        assert!(virtiofsd(&c, &tuned)
+            .args
+            .join(" ")
+            .ends_with("--cache never --thread-pool-size=2"));
         let vs = vhost_device_vsock(&c);
         assert_eq!(
             vs.args.join(" "),
-            "--guest-cid 3 --socket /run/vc/sb1/vhost-vsock.sock --uds-path /run/vc/sb1/vsock.sock"
+            "--guest-cid 3 --socket /run/vc/sb1/vhost-vsock.sock --uds-path /run/vc/sb1/vsock-vdv.sock"
         );
     }
 

@@ -45,6 +45,31 @@ pub struct VmOptions {
     /// `None` = no memory hotplug (q35 only).
     pub memory_hotplug: Option<MemoryHotplug>,
     pub shared_fs: SharedFsKind,
+    /// virtiofsd `--cache` policy.
+    pub virtio_fs_cache: VirtioFsCache,
+    /// Extra virtiofsd arguments, appended after ours (e.g. `--thread-pool-size=2`).
+    pub virtio_fs_extra_args: Vec<String>,
+}
+
+/// virtiofsd's `--cache` policy (upstream kata's `virtio_fs_cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioFsCache {
+    Auto,
+    Always,
+    Never,
+    Metadata,
+}
+
+impl VirtioFsCache {
+    /// The value virtiofsd takes.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            VirtioFsCache::Auto => "auto",
+            VirtioFsCache::Always => "always",
+            VirtioFsCache::Never => "never",
+            VirtioFsCache::Metadata => "metadata",
+        }
+    }
 }
 
 impl Default for VmOptions {
@@ -56,6 +81,8 @@ impl Default for VmOptions {
             max_vcpus: None,
             memory_hotplug: None,
             shared_fs: SharedFsKind::VirtioFs,
+            virtio_fs_cache: VirtioFsCache::Auto,
+            virtio_fs_extra_args: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::process::Supervised;
 use crate::qmp::CpuSlot;
 use crate::qmp::Qmp;
 use crate::state::{self, ProcessRecord, StateFile};
+use crate::vsock_gate::Gate;
 use crate::{
     config, Error, Hypervisor, MachineType, Result, VcpuInfo, Vm, VmConfig, VmEvent, VsockEndpoint,
 };
@@ -84,6 +85,16 @@ impl Hypervisor for Qemu {
             QemuVm::launch(config, &self.probe, &self.options).await?,
         ))
     }
+
+    async fn launch_with_options(
+        &self,
+        config: VmConfig,
+        options: VmOptions,
+    ) -> Result<Box<dyn Vm>> {
+        Ok(Box::new(
+            QemuVm::launch(config, &self.probe, &options).await?,
+        ))
+    }
 }
 
 /// Granularity of memory hotplug: the guest onlines memory in blocks of this size.
@@ -110,6 +121,8 @@ pub struct QemuVm {
     options: VmOptions,
     /// Hot-plugged DIMMs so far (names `dimm<N>`).
     dimms: Mutex<u32>,
+    /// Hybrid vsock only: holds host traffic while the VM is paused.
+    gate: Option<Gate>,
 }
 
 /// The processes started so far, killed if the launch fails.
@@ -195,6 +208,20 @@ impl QemuVm {
         .await
         {
             Ok((qmp, endpoint)) => {
+                let gate = match &endpoint {
+                    VsockEndpoint::Hybrid { uds_path } => match Gate::listen(
+                        uds_path,
+                        config.run_dir.join(helpers::HYBRID_VSOCK_BACKEND_SOCKET),
+                        sandbox.clone(),
+                    ) {
+                        Ok(g) => Some(g),
+                        Err(e) => {
+                            launching.abort().await;
+                            return Err(e);
+                        }
+                    },
+                    VsockEndpoint::Kernel { .. } => None,
+                };
                 let Launching { helpers, qemu, .. } = launching;
                 let Some(qemu) = qemu else {
                     return Err(Error::Qmp("internal: QEMU missing after launch".into()));
@@ -216,6 +243,7 @@ impl QemuVm {
                     event_watcher,
                     options: options.clone(),
                     dimms: Mutex::new(0),
+                    gate,
                     id: sandbox,
                     run_dir: config.run_dir,
                     endpoint,
@@ -247,7 +275,7 @@ impl QemuVm {
         let sandbox = config.id.as_str();
         let mut specs: Vec<HelperSpec> = Vec::new();
         if options.shared_fs == SharedFsKind::VirtioFs {
-            specs.push(helpers::virtiofsd(config));
+            specs.push(helpers::virtiofsd(config, options));
         }
         if vsock_kind == ResolvedVsock::VhostUser {
             specs.push(helpers::vhost_device_vsock(config));
@@ -563,11 +591,27 @@ impl Vm for QemuVm {
     }
 
     async fn pause(&self) -> Result<()> {
-        self.with_qmp(|q| Box::pin(q.stop())).await
+        // Host traffic must not reach vhost-device-vsock while its vrings are
+        // stopped (see vsock_gate): close the gate first.
+        if let Some(gate) = &self.gate {
+            gate.close().await;
+        }
+        let stopped = self.with_qmp(|q| Box::pin(q.stop())).await;
+        if stopped.is_err() {
+            if let Some(gate) = &self.gate {
+                gate.open();
+            }
+        }
+        stopped
     }
 
     async fn resume(&self) -> Result<()> {
-        self.with_qmp(|q| Box::pin(q.cont())).await
+        // `cont` returns once QEMU has re-sent the vring setup.
+        self.with_qmp(|q| Box::pin(q.cont())).await?;
+        if let Some(gate) = &self.gate {
+            gate.open();
+        }
+        Ok(())
     }
 
     async fn check(&self) -> Result<()> {
@@ -759,6 +803,9 @@ impl Vm for QemuVm {
         }
         *self.qmp.lock().await = None;
         self.event_watcher.abort();
+        if let Some(gate) = &self.gate {
+            gate.shutdown();
+        }
         state::remove_run_dir(&self.run_dir).await?;
         tracing::info!(sandbox, "VM stopped");
         *stopped = true;

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hypervisor::{Accel, MachineType, VsockKind};
+use hypervisor::{
+    Accel, MachineType, MemoryHotplug, Seccomp, SharedFsKind, VirtioFsCache, VmOptions, VsockKind,
+};
 use serde::Deserialize;
 
 use crate::annotations::{self, AnnotationPolicy, Overrides};
@@ -41,6 +43,8 @@ pub struct QemuConfig {
     pub vsock: VsockKind,
     pub vhost_user_vsock_daemon: PathBuf,
     pub virtiofsd: PathBuf,
+    /// Seccomp, entropy, CPU features, hotplug room, shared fs (see [`vm_options`]).
+    pub options: VmOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +79,14 @@ struct RawQemu {
     enable_annotations: Vec<String>,
     valid_hypervisor_paths: Vec<String>,
     valid_virtio_fs_daemon_paths: Vec<String>,
+    seccompsandbox: Option<String>,
+    entropy_source: Option<String>,
+    cpu_features: String,
+    default_maxvcpus: Option<i64>,
+    default_maxmemory: Option<i64>,
+    memory_slots: i64,
+    virtio_fs_cache: String,
+    virtio_fs_extra_args: Vec<String>,
 }
 
 impl Default for RawQemu {
@@ -95,6 +107,15 @@ impl Default for RawQemu {
             enable_annotations: Vec::new(),
             valid_hypervisor_paths: Vec::new(),
             valid_virtio_fs_daemon_paths: Vec::new(),
+            seccompsandbox: None,
+            entropy_source: None,
+            cpu_features: String::new(),
+            default_maxvcpus: None,
+            default_maxmemory: None,
+            // Upstream kata's default.
+            memory_slots: 10,
+            virtio_fs_cache: "auto".into(),
+            virtio_fs_extra_args: Vec::new(),
         }
     }
 }
@@ -172,6 +193,14 @@ const KNOWN_KEYS: [(&str, &[&str]); 3] = [
             "enable_annotations",
             "valid_hypervisor_paths",
             "valid_virtio_fs_daemon_paths",
+            "seccompsandbox",
+            "entropy_source",
+            "cpu_features",
+            "default_maxvcpus",
+            "default_maxmemory",
+            "memory_slots",
+            "virtio_fs_cache",
+            "virtio_fs_extra_args",
         ],
     ),
     ("agent.kata", &["dial_timeout"]),
@@ -241,12 +270,6 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
             )))
         }
     };
-    if q.shared_fs != "virtio-fs" {
-        return Err(Error::Config(format!(
-            "hypervisor.qemu.shared_fs {:?} is not supported (virtio-fs)",
-            q.shared_fs
-        )));
-    }
     let vcpus = u32::try_from(q.default_vcpus)
         .ok()
         .filter(|v| *v >= 1)
@@ -265,6 +288,7 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
                 q.default_memory
             ))
         })?;
+    let options = vm_options(&q, machine, vcpus, memory_mib, &HostLimits::probe())?;
     for (key, value) in [
         ("kernel", &q.kernel),
         ("initrd", &q.initrd),
@@ -288,6 +312,7 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
             vsock,
             vhost_user_vsock_daemon: q.vhost_user_vsock_daemon.into(),
             virtiofsd: q.virtio_fs_daemon.into(),
+            options,
         },
         agent_dial_timeout: Duration::from_secs(
             raw.agent.kata.unwrap_or_default().dial_timeout.max(1),
@@ -303,6 +328,199 @@ fn parse(text: &str, source: &Path) -> Result<Config> {
             policy
         },
     })
+}
+
+/// What the host has, for upstream's "0 = all of the host" maxima.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+impl HostLimits {
+    fn probe() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map(|kib| u32::try_from(kib / 1024).unwrap_or(u32::MAX))
+            .unwrap_or(u32::MAX);
+        Self { cpus, memory_mib }
+    }
+}
+
+/// `[hypervisor.qemu]`'s upstream keys for what [`VmOptions`] holds, validated.
+/// Absent keys keep this project's defaults (seccomp on, `/dev/urandom`, no
+/// hotplug); upstream's `0` for `default_maxvcpus` / `default_maxmemory`
+/// means all of the host; values above the host are clamped, as kata does.
+fn vm_options(
+    q: &RawQemu,
+    machine: MachineType,
+    vcpus: u32,
+    memory_mib: u32,
+    host: &HostLimits,
+) -> Result<VmOptions> {
+    let bad = |key: &str, msg: String| Error::Config(format!("hypervisor.qemu.{key} {msg}"));
+    let mut o = VmOptions::default();
+    if let Some(s) = &q.seccompsandbox {
+        // Upstream passes the string to `-sandbox`; ours is one fixed filter
+        // (on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny).
+        o.seccomp = match s.split(',').next().unwrap_or("") {
+            "" | "off" => Seccomp::Off,
+            "on" => Seccomp::On,
+            other => {
+                return Err(bad(
+                    "seccompsandbox",
+                    format!("{other:?}: expected \"\" (off) or \"on[,...]\""),
+                ))
+            }
+        };
+    }
+    if let Some(src) = &q.entropy_source {
+        o.entropy_source = if src.is_empty() {
+            None
+        } else if Path::new(src).is_absolute() {
+            Some(PathBuf::from(src))
+        } else {
+            return Err(bad(
+                "entropy_source",
+                format!("{src:?} is not an absolute path"),
+            ));
+        };
+    }
+    if q.cpu_features
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"')
+    {
+        return Err(bad(
+            "cpu_features",
+            format!(
+                "{:?} must be a comma-separated list without spaces",
+                q.cpu_features
+            ),
+        ));
+    }
+    o.cpu_features = q.cpu_features.clone();
+    o.shared_fs = match q.shared_fs.as_str() {
+        "virtio-fs" | "" => SharedFsKind::VirtioFs,
+        "virtio-9p" => SharedFsKind::Virtio9p,
+        other => {
+            return Err(bad(
+                "shared_fs",
+                format!("{other:?} is not supported (virtio-fs, virtio-9p)"),
+            ))
+        }
+    };
+    o.virtio_fs_cache = match q.virtio_fs_cache.as_str() {
+        "auto" | "" => VirtioFsCache::Auto,
+        "always" => VirtioFsCache::Always,
+        // "none" is upstream's older spelling.
+        "never" | "none" => VirtioFsCache::Never,
+        "metadata" => VirtioFsCache::Metadata,
+        other => {
+            return Err(bad(
+                "virtio_fs_cache",
+                format!("{other:?} is not one of auto, always, never, metadata"),
+            ))
+        }
+    };
+    for arg in &q.virtio_fs_extra_args {
+        // Ours (socket, shared dir, sandbox, cache) must stay ours.
+        let name = arg.split('=').next().unwrap_or("");
+        if !arg.starts_with('-')
+            || [
+                "--socket-path",
+                "--shared-dir",
+                "--sandbox",
+                "--cache",
+                "--fd",
+            ]
+            .contains(&name)
+        {
+            return Err(bad(
+                "virtio_fs_extra_args",
+                format!("{arg:?}: only --flag or --flag=value options other than socket, shared dir, sandbox and cache"),
+            ));
+        }
+    }
+    o.virtio_fs_extra_args = q.virtio_fs_extra_args.clone();
+    let hotplug_asked = q
+        .default_maxvcpus
+        .is_some_and(|v| v != 0 && v as i128 != vcpus as i128)
+        || q.default_maxmemory.is_some_and(|m| m != 0);
+    if machine == MachineType::Microvm {
+        if hotplug_asked {
+            return Err(bad(
+                "default_maxvcpus/default_maxmemory",
+                "need machine_type = \"q35\": microvm has no hotplug".into(),
+            ));
+        }
+        return Ok(o);
+    }
+    if let Some(max) = q.default_maxvcpus {
+        let max = match u32::try_from(max) {
+            Ok(0) => host.cpus,
+            Ok(n) => n,
+            Err(_) => return Err(bad("default_maxvcpus", format!("{max} is negative"))),
+        };
+        let clamped = max.min(host.cpus);
+        if clamped < max {
+            tracing::warn!(
+                max,
+                host = host.cpus,
+                "default_maxvcpus above the host's CPUs: clamped"
+            );
+        }
+        if clamped < vcpus {
+            return Err(bad(
+                "default_maxvcpus",
+                format!("{clamped} is below default_vcpus ({vcpus})"),
+            ));
+        }
+        o.max_vcpus = (clamped > vcpus).then_some(clamped);
+    }
+    if let Some(max) = q.default_maxmemory {
+        let max = match u32::try_from(max) {
+            Ok(0) => host.memory_mib,
+            Ok(n) => n,
+            Err(_) => return Err(bad("default_maxmemory", format!("{max} is negative"))),
+        };
+        let clamped = max.min(host.memory_mib);
+        if clamped < max {
+            tracing::warn!(
+                max,
+                host = host.memory_mib,
+                "default_maxmemory above the host's memory: clamped"
+            );
+        }
+        let slots = u32::try_from(q.memory_slots)
+            .ok()
+            .filter(|s| (1..=256).contains(s))
+            .ok_or_else(|| {
+                bad(
+                    "memory_slots",
+                    format!("{} is not between 1 and 256", q.memory_slots),
+                )
+            })?;
+        if clamped > memory_mib {
+            o.memory_hotplug = Some(MemoryHotplug {
+                slots,
+                max_mib: clamped,
+            });
+        } else if clamped < memory_mib {
+            return Err(bad(
+                "default_maxmemory",
+                format!("{clamped} MiB is below default_memory ({memory_mib} MiB)"),
+            ));
+        }
+    }
+    Ok(o)
 }
 
 impl Config {
@@ -342,6 +560,20 @@ impl Config {
                     )))
                 }
             };
+            if c.qemu.machine == MachineType::Microvm {
+                // microvm has no hotplug: the pod asked for it, it loses the room.
+                c.qemu.options.max_vcpus = None;
+                c.qemu.options.memory_hotplug = None;
+            }
+        }
+        // Annotations may raise the boot size: keep the hotplug room above it.
+        if let Some(max) = c.qemu.options.max_vcpus {
+            c.qemu.options.max_vcpus = Some(max.max(c.qemu.vcpus));
+        }
+        if let Some(h) = c.qemu.options.memory_hotplug.as_mut() {
+            if h.max_mib <= c.qemu.memory_mib {
+                c.qemu.options.memory_hotplug = None;
+            }
         }
         Ok(c)
     }
@@ -406,6 +638,140 @@ mod tests {
         .into();
         let err = c.with_annotations(&bad).expect_err("not enabled");
         assert!(err.to_string().contains("path"), "{err}");
+    }
+
+    fn raw_with(extra: &str) -> RawQemu {
+        let text = format!("[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\n{extra}");
+        let raw: RawFile = toml::from_str(&text).expect("toml");
+        raw.hypervisor.qemu.expect("section")
+    }
+
+    const HOST: HostLimits = HostLimits {
+        cpus: 4,
+        memory_mib: 8192,
+    };
+
+    fn options(extra: &str, machine: MachineType) -> Result<VmOptions> {
+        vm_options(&raw_with(extra), machine, 1, 256, &HOST)
+    }
+
+    #[test]
+    fn vm_options_map_upstream_keys() {
+        // Absent keys: this project's defaults.
+        assert_eq!(
+            options("", MachineType::Q35).expect("defaults"),
+            VmOptions::default()
+        );
+        let o = options(
+            "seccompsandbox = \"on,obsolete=deny\"\nentropy_source = \"/dev/random\"\n\
+             cpu_features = \"pmu=off\"\ndefault_maxvcpus = 3\ndefault_maxmemory = 2048\n\
+             memory_slots = 4\nshared_fs = \"virtio-9p\"\nvirtio_fs_cache = \"never\"\n\
+             virtio_fs_extra_args = [\"--thread-pool-size=2\"]\n",
+            MachineType::Q35,
+        )
+        .expect("valid");
+        assert_eq!(o.seccomp, Seccomp::On);
+        assert_eq!(o.entropy_source, Some(PathBuf::from("/dev/random")));
+        assert_eq!(o.cpu_features, "pmu=off");
+        assert_eq!(o.max_vcpus, Some(3));
+        assert_eq!(
+            o.memory_hotplug,
+            Some(MemoryHotplug {
+                slots: 4,
+                max_mib: 2048
+            })
+        );
+        assert_eq!(o.shared_fs, SharedFsKind::Virtio9p);
+        assert_eq!(o.virtio_fs_cache, VirtioFsCache::Never);
+        assert_eq!(o.virtio_fs_extra_args, ["--thread-pool-size=2"]);
+        // Empty strings turn features off.
+        let o = options(
+            "seccompsandbox = \"\"\nentropy_source = \"\"\n",
+            MachineType::Q35,
+        )
+        .expect("valid");
+        assert_eq!((o.seccomp, o.entropy_source), (Seccomp::Off, None));
+    }
+
+    #[test]
+    fn hotplug_maxima_follow_kata() {
+        // 0 = the whole host; above the host = clamped; equal to the boot size = no hotplug.
+        let o = options(
+            "default_maxvcpus = 0\ndefault_maxmemory = 0\n",
+            MachineType::Q35,
+        )
+        .expect("valid");
+        assert_eq!(o.max_vcpus, Some(4));
+        assert_eq!(
+            o.memory_hotplug.map(|h| (h.slots, h.max_mib)),
+            Some((10, 8192))
+        );
+        let o = options(
+            "default_maxvcpus = 64\ndefault_maxmemory = 99999\n",
+            MachineType::Q35,
+        )
+        .expect("clamped");
+        assert_eq!(o.max_vcpus, Some(4));
+        assert_eq!(o.memory_hotplug.map(|h| h.max_mib), Some(8192));
+        let o = options(
+            "default_maxvcpus = 1\ndefault_maxmemory = 256\n",
+            MachineType::Q35,
+        )
+        .expect("valid");
+        assert_eq!((o.max_vcpus, o.memory_hotplug), (None, None));
+        // microvm: upstream's 0 defaults are fine, real hotplug is an error.
+        let o = options(
+            "default_maxvcpus = 0\ndefault_maxmemory = 0\n",
+            MachineType::Microvm,
+        )
+        .expect("microvm without hotplug");
+        assert_eq!((o.max_vcpus, o.memory_hotplug), (None, None));
+        let e = options("default_maxvcpus = 2\n", MachineType::Microvm).expect_err("microvm");
+        assert!(e.to_string().contains("microvm"), "{e}");
+    }
+
+    #[test]
+    fn bad_vm_options_name_their_key() {
+        for (extra, key) in [
+            ("seccompsandbox = \"strict\"", "seccompsandbox"),
+            ("entropy_source = \"urandom\"", "entropy_source"),
+            ("cpu_features = \"a, b\"", "cpu_features"),
+            ("shared_fs = \"virtio-fs-nydus\"", "shared_fs"),
+            ("virtio_fs_cache = \"sometimes\"", "virtio_fs_cache"),
+            (
+                "virtio_fs_extra_args = [\"--cache=always\"]",
+                "virtio_fs_extra_args",
+            ),
+            ("virtio_fs_extra_args = [\"plain\"]", "virtio_fs_extra_args"),
+            ("default_maxvcpus = -1", "default_maxvcpus"),
+            ("default_maxmemory = 128", "default_maxmemory"),
+            ("default_maxmemory = 1024\nmemory_slots = 0", "memory_slots"),
+        ] {
+            let e = options(extra, MachineType::Q35).expect_err(extra);
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        // Through the whole parse too, with the file's other keys.
+        let e =
+            parse_str("[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\nshared_fs = \"none\"")
+                .expect_err("bad shared_fs");
+        assert!(e.to_string().contains("shared_fs"), "{e}");
+    }
+
+    #[test]
+    fn microvm_annotation_drops_the_hotplug_room() {
+        let c = parse_str(
+            "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\ndefault_maxvcpus = 2\nenable_annotations = [\"machine_type\"]\n",
+        )
+        .expect("parses");
+        assert!(c.qemu.options.max_vcpus.is_some() || HostLimits::probe().cpus == 1);
+        let pod: std::collections::HashMap<String, String> = [(
+            "io.katacontainers.config.hypervisor.machine_type".to_owned(),
+            "microvm".to_owned(),
+        )]
+        .into();
+        let c = c.with_annotations(&pod).expect("allowed");
+        assert_eq!(c.qemu.machine, MachineType::Microvm);
+        assert_eq!(c.qemu.options.max_vcpus, None);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Sandbox {
     pub agent: Arc<dyn Agent>,
     /// The pod NIC's tap, removed at shutdown.
     pub network: Option<PodNic>,
+    /// The VM's size and hotplug room (Update grows it).
+    pub size: tokio::sync::Mutex<crate::service::resources::VmSize>,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -133,28 +135,31 @@ impl Sandbox {
         let q = &config.qemu;
         let t = std::time::Instant::now();
         let vm = hypervisor
-            .launch(VmConfig {
-                id: id.to_owned(),
-                run_dir: paths.vm.clone(),
-                qemu_path: q.path.clone(),
-                kernel: q.kernel.clone(),
-                initrd: q.initrd.clone(),
-                kernel_params: q.kernel_params.clone(),
-                machine: q.machine,
-                accel: q.accel,
-                vcpus: q.vcpus,
-                memory_mib: q.memory_mib,
-                vsock: q.vsock,
-                vhost_device_vsock_path: q.vhost_user_vsock_daemon.clone(),
-                shared_dir: paths.shared.clone(),
-                virtiofsd_path: q.virtiofsd.clone(),
-                start_timeout: Duration::from_secs(10),
-                network: nic.map(|(ns, iface, _)| NetworkConfig {
-                    netns: ns.clone(),
-                    tap: network::TAP_NAME.into(),
-                    mac: iface.mac.clone(),
-                }),
-            })
+            .launch_with_options(
+                VmConfig {
+                    id: id.to_owned(),
+                    run_dir: paths.vm.clone(),
+                    qemu_path: q.path.clone(),
+                    kernel: q.kernel.clone(),
+                    initrd: q.initrd.clone(),
+                    kernel_params: q.kernel_params.clone(),
+                    machine: q.machine,
+                    accel: q.accel,
+                    vcpus: q.vcpus,
+                    memory_mib: q.memory_mib,
+                    vsock: q.vsock,
+                    vhost_device_vsock_path: q.vhost_user_vsock_daemon.clone(),
+                    shared_dir: paths.shared.clone(),
+                    virtiofsd_path: q.virtiofsd.clone(),
+                    start_timeout: Duration::from_secs(10),
+                    network: nic.map(|(ns, iface, _)| NetworkConfig {
+                        netns: ns.clone(),
+                        tap: network::TAP_NAME.into(),
+                        mac: iface.mac.clone(),
+                    }),
+                },
+                q.options.clone(),
+            )
             .await?;
         let addr = match vm.vsock() {
             VsockEndpoint::Kernel { cid } => Address::Vsock {
@@ -182,9 +187,9 @@ impl Sandbox {
             sandbox_id: id.to_owned(),
             hostname: hostname.to_owned(),
             storages: vec![Storage {
-                driver: "virtio-fs".into(),
+                driver: shared_fs_driver(q.options.shared_fs).into(),
                 source: "kataShared".into(),
-                fstype: "virtiofs".into(),
+                fstype: shared_fs_type(q.options.shared_fs).into(),
                 mount_point: format!("{GUEST_SHARED_DIR}/"),
                 ..Default::default()
             }],
@@ -216,6 +221,7 @@ impl Sandbox {
                 netns: ns.clone(),
                 interface: iface.name.clone(),
             }),
+            size: tokio::sync::Mutex::new(crate::service::resources::VmSize::of(q)),
         })
     }
 
@@ -275,4 +281,20 @@ pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
         ms = since.elapsed().as_secs_f64() * 1000.0,
         "phase done"
     );
+}
+
+/// The agent's storage driver for the configured shared fs.
+fn shared_fs_driver(kind: hypervisor::SharedFsKind) -> &'static str {
+    match kind {
+        hypervisor::SharedFsKind::VirtioFs => "virtio-fs",
+        hypervisor::SharedFsKind::Virtio9p => "9p",
+    }
+}
+
+/// The guest file system type for the configured shared fs.
+fn shared_fs_type(kind: hypervisor::SharedFsKind) -> &'static str {
+    match kind {
+        hypervisor::SharedFsKind::VirtioFs => "virtiofs",
+        hypervisor::SharedFsKind::Virtio9p => "9p",
+    }
 }

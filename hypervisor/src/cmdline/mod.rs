@@ -278,7 +278,7 @@ mod tests {
         let expected: Vec<&str> = vec![
             "-name", "sandbox-sb1",
             "-machine", "q35,memory-backend=mem",
-            "-accel", "tcg,thread=multi",
+            "-accel", "tcg,thread=multi,tb-size=32",
             "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
             "-m", "512M",
             "-smp", "2",
@@ -398,6 +398,7 @@ mod tests {
                 max_mib: 1024,
             }),
             shared_fs: SharedFsKind::VirtioFs,
+            ..VmOptions::default()
         };
         let s = CommandLine::for_config(&c, &options, ResolvedAccel::Tcg, dev.clone())
             .args()

@@ -6,7 +6,7 @@ pub mod create;
 mod exec;
 mod lifecycle;
 mod query;
-mod resources;
+pub mod resources;
 #[cfg(test)]
 mod tests;
 

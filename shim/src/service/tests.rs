@@ -510,3 +510,109 @@ async fn task_trait_maps_errors_to_codes() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Update grows the VM before the agent applies limits: vCPUs (quota/period
+/// rounded up) then a 128 MiB-aligned DIMM, each onlined by the agent; past
+/// the configured maxima it is clamped, not refused.
+#[tokio::test]
+async fn update_hotplugs_up_to_the_configured_maxima() {
+    let r = rig();
+    std::fs::write(
+        r.dir.path().join("kata.toml"),
+        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\ndefault_vcpus = 1\ndefault_memory = 256\n\
+         default_maxvcpus = 2\ndefault_maxmemory = 512\nmemory_slots = 2\n",
+    )
+    .expect("config");
+    r.create("c1", serde_json::json!({})).await.expect("create");
+    r.start("c1", "").await.expect("start");
+    assert_eq!(
+        r.hv.options()[0].max_vcpus,
+        Some(2),
+        "maxvcpus reaches launch"
+    );
+    let update = |json: &str| api::UpdateTaskRequest {
+        id: "c1".into(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: json.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    // 1.5 CPUs → 2 vCPUs; 300 MiB → one 128 MiB DIMM (256 + 128 ≥ 300).
+    r.svc
+        .do_update(update(
+            r#"{"cpu":{"quota":150000,"period":100000},"memory":{"limit":314572800}}"#,
+        ))
+        .await
+        .expect("update");
+    let vm: Vec<VmCall> =
+        r.hv.calls()
+            .into_iter()
+            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
+            .collect();
+    assert_eq!(
+        vm,
+        [
+            VmCall::ResizeVcpus {
+                id: "c1".into(),
+                count: 2
+            },
+            VmCall::AddMemory {
+                id: "c1".into(),
+                size_mib: 128
+            }
+        ]
+    );
+    let agent: Vec<String> = r
+        .agent
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            AgentCall::OnlineCpuMem(o) => {
+                Some(format!("online cpus={} cpu_only={}", o.nb_cpus, o.cpu_only))
+            }
+            AgentCall::UpdateContainer(_) => Some("update".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        agent,
+        [
+            "online cpus=1 cpu_only=true",
+            "online cpus=0 cpu_only=false",
+            "update"
+        ]
+    );
+
+    // 8 CPUs and 4 GiB: clamped to 2 vCPUs (no call) and 512 MiB (one more DIMM).
+    r.svc
+        .do_update(update(
+            r#"{"cpu":{"quota":800000,"period":100000},"memory":{"limit":4294967296}}"#,
+        ))
+        .await
+        .expect("clamped update still applies");
+    let grows: Vec<VmCall> =
+        r.hv.calls()
+            .into_iter()
+            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
+            .collect();
+    assert_eq!(grows.len(), 3, "{grows:?}");
+    assert_eq!(
+        grows[2],
+        VmCall::AddMemory {
+            id: "c1".into(),
+            size_mib: 128
+        }
+    );
+    // Without limits nothing grows.
+    r.svc.do_update(update("{}")).await.expect("no limits");
+    assert_eq!(
+        r.hv.calls()
+            .iter()
+            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
+            .count(),
+        3
+    );
+}
