@@ -275,7 +275,9 @@ fn memory_and_exec(
 ) -> Result<()> {
     pods::start_pod(ctd, KATA, "mem-kata", 1)?;
     pods::start_pod(ctd, RUNC, "mem-runc", 1)?;
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Steady state of a running pod: the guest reports the pages it freed
+    // after boot (free page reporting waits 2 s) and QEMU drops them.
+    std::thread::sleep(std::time::Duration::from_secs(6));
     let (kpid, kmem, kthr) = pods::shim_of(KATA, "mem-kata")?;
     let (_, cmem, cthr) = pods::shim_of(RUNC, "mem-runc")?;
     r.shim_mem.push(ShimMem {
