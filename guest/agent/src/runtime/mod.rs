@@ -18,6 +18,7 @@
 //! for the handshake.
 mod caps;
 mod rootfs;
+pub mod seccomp;
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -260,6 +261,12 @@ fn container_process(
         env_vars.push(format!("HOME={}", home_of(uid)));
     }
     let env = cstrings(&env_vars)?;
+    // Compiled before start so a bad profile fails here; the agent already
+    // validated it at CreateContainer (and warned about unknown syscalls).
+    let filter = match spec.Linux.as_ref().and_then(|l| l.Seccomp.as_ref()) {
+        Some(s) => Some(seccomp::compile(s, &mut |_| {}).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let path_var = process
         .Env
         .iter()
@@ -303,6 +310,11 @@ fn container_process(
     caps::set_rlimits(&process.Rlimits)?;
     let capabilities = process.Capabilities.as_ref();
     caps::prepare(capabilities, &mut warn)?;
+    if let (Some(f), false) = (&filter, process.NoNewPrivileges) {
+        // Without no_new_privs installing a filter needs CAP_SYS_ADMIN: before
+        // the user and capabilities change (as runc does).
+        seccomp::install(f).map_err(|e| e.to_string())?;
+    }
     let user = process.User.as_ref();
     let (uid, gid) = user.map(|u| (u.UID, u.GID)).unwrap_or((0, 0));
     let groups: Vec<Gid> = user
@@ -322,6 +334,11 @@ fn container_process(
     let prog = process.Args.first().ok_or("process has no args")?;
     let path = lookup(prog, path_var).ok_or_else(|| format!("exec {prog}: not found in PATH"))?;
     let path = CString::new(path).map_err(err("exec path"))?;
+    if let (Some(f), true) = (&filter, process.NoNewPrivileges) {
+        // With no_new_privs: as late as possible, so the filter constrains
+        // only the program (which must be allowed execve).
+        seccomp::install(f).map_err(|e| e.to_string())?;
+    }
     let e = match execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},
