@@ -5,6 +5,7 @@
 //! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
 //! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
 mod common;
+mod pod;
 mod resources;
 
 use std::path::PathBuf;
@@ -467,6 +468,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.remove_container(ctx(), &rm).await?;
 
     resources::scenario(&agent, vm).await?;
+    // After the resource half: it reads the log port from the start of the boot.
+    pod::scenario(vm).await?;
 
     agent
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
