@@ -112,10 +112,14 @@ impl Process {
         };
         let pid = self.pid;
         tokio::task::spawn_blocking(move || -> Result<()> {
+            let t0 = std::time::Instant::now();
             write_frame(&mut sock, sync::START, b"").map_err(|e| Error::io("sending start", e))?;
             loop {
                 match read_frame(&mut sock).map_err(|e| Error::io("waiting for exec", e))? {
-                    None => return Ok(()),
+                    None => {
+                        tracing::debug!(pid, elapsed = ?t0.elapsed(), "program exec'd");
+                        return Ok(());
+                    }
                     Some((sync::WARN, m)) => tracing::warn!(pid, "{}", String::from_utf8_lossy(&m)),
                     Some((sync::ERROR, m)) => {
                         return Err(Error::Internal(String::from_utf8_lossy(&m).into_owned()))
@@ -335,6 +339,8 @@ fn take_fd(pidfd: &OwnedFd, fd: u32) -> Result<OwnedFd> {
 }
 
 fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
+    // Phase timings (debug level): where an exec's latency goes.
+    let t0 = std::time::Instant::now();
     let process = req.spec.Process.as_ref();
     let terminal = process.is_some_and(|p| p.Terminal);
     let console = process
@@ -381,6 +387,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     drop(cmd);
     drop(theirs);
     let log_id = req.log_id.clone();
+    tracing::debug!(id = %log_id, elapsed = ?t0.elapsed(), "helper spawned");
     let mut child = None;
     let r = handshake(&mut sock, req, &mut child);
     let tty = match r {
@@ -394,7 +401,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
         }
     };
     let (pid, pidfd) = child.ok_or_else(|| Error::Internal("no pid from helper".into()))?;
-    tracing::info!(id = %log_id, pid, helper_pid, "container process ready");
+    tracing::info!(id = %log_id, pid, helper_pid, elapsed = ?t0.elapsed(), "container process ready");
     let (stdin, stdout) = match (&tty, pipes.stdin, pipes.stdout) {
         (Some(master), _, _) => {
             if let Some((rows, cols)) = console.filter(|(h, w)| *h > 0 && *w > 0) {
@@ -452,9 +459,11 @@ fn handshake(
             Some((sync::PID, p)) if want == sync::PID && p.len() == 4 => {
                 let p = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as i32;
                 *child = Some((p, pidfd_open(p)?));
+                let t = std::time::Instant::now();
                 if let Some(cg) = &req.cgroup {
                     cg.add(p)?;
                 }
+                tracing::debug!(id = %req.log_id, elapsed = ?t.elapsed(), "joined the cgroup");
                 write_frame(sock, sync::GO, b"").map_err(ioerr("sending go"))?;
                 want = sync::READY;
             }
