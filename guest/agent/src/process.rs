@@ -439,7 +439,16 @@ fn handshake(
     let ioerr = |what: &'static str| move |e| Error::io(what, e);
     sock.set_read_timeout(Some(SETUP_TIMEOUT))
         .map_err(ioerr("socket timeout"))?;
-    let config = encode_config(req.mode, req.init_pid, &req.spec);
+    let cgroup_dir = req
+        .cgroup
+        .as_ref()
+        .map(|c| c.path().to_string_lossy().into_owned());
+    let config = encode_config(
+        req.mode,
+        req.init_pid,
+        cgroup_dir.as_deref().unwrap_or_default(),
+        &req.spec,
+    );
     write_frame(sock, sync::CONFIG, &config).map_err(ioerr("sending config"))?;
     let mut want = sync::PID;
     let mut tty = None;
@@ -456,14 +465,18 @@ fn handshake(
             Some((sync::ERROR, m)) => {
                 return Err(Error::Internal(String::from_utf8_lossy(&m).into_owned()))
             }
-            Some((sync::PID, p)) if want == sync::PID && p.len() == 4 => {
+            Some((sync::PID, p)) if want == sync::PID && p.len() == 5 => {
+                let born_in_cgroup = p[4] == 1;
                 let p = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as i32;
                 *child = Some((p, pidfd_open(p)?));
                 let t = std::time::Instant::now();
-                if let Some(cg) = &req.cgroup {
-                    cg.add(p)?;
+                match &req.cgroup {
+                    // Moving a process waits for an RCU grace period (~15 ms
+                    // under TCG): only when clone3 could not place it.
+                    Some(cg) if !born_in_cgroup => cg.add(p)?,
+                    _ => {}
                 }
-                tracing::debug!(id = %req.log_id, elapsed = ?t.elapsed(), "joined the cgroup");
+                tracing::debug!(id = %req.log_id, born_in_cgroup, elapsed = ?t.elapsed(), "joined the cgroup");
                 write_frame(sock, sync::GO, b"").map_err(ioerr("sending go"))?;
                 want = sync::READY;
             }
