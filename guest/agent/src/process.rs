@@ -389,7 +389,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     let log_id = req.log_id.clone();
     tracing::debug!(id = %log_id, elapsed = ?t0.elapsed(), "helper spawned");
     let mut child = None;
-    let r = handshake(&mut sock, req, &mut child);
+    let r = handshake(&mut sock, req, &mut child, t0);
     let tty = match r {
         Ok(tty) => tty,
         Err(e) => {
@@ -435,6 +435,7 @@ fn handshake(
     sock: &mut UnixStream,
     req: SpawnRequest,
     child: &mut Option<(i32, OwnedFd)>,
+    t0: std::time::Instant,
 ) -> Result<Option<OwnedFd>> {
     let ioerr = |what: &'static str| move |e| Error::io(what, e);
     sock.set_read_timeout(Some(SETUP_TIMEOUT))
@@ -476,7 +477,7 @@ fn handshake(
                     Some(cg) if !born_in_cgroup => cg.add(p)?,
                     _ => {}
                 }
-                tracing::debug!(id = %req.log_id, born_in_cgroup, elapsed = ?t.elapsed(), "joined the cgroup");
+                tracing::debug!(id = %req.log_id, born_in_cgroup, elapsed = ?t.elapsed(), since_spawn = ?t0.elapsed(), "joined the cgroup");
                 write_frame(sock, sync::GO, b"").map_err(ioerr("sending go"))?;
                 want = sync::READY;
             }
