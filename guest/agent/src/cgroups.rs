@@ -104,6 +104,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn add(&self, pid: i32) -> Result<()> {
         write(&self.path.join("cgroup.procs"), &pid.to_string())
     }

@@ -94,6 +94,12 @@ pub fn validate_spec(spec: &Spec) -> Result<()> {
             )));
         }
     }
+    if let Some(profile) = spec.Linux.as_ref().and_then(|l| l.Seccomp.as_ref()) {
+        // Compiled here (and again in the helper) so a bad profile is the
+        // caller's INVALID_ARGUMENT, not a failed start.
+        crate::runtime::seccomp::compile(profile, &mut |w| tracing::warn!("{w}"))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    }
     Ok(())
 }
 

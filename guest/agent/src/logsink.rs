@@ -1,18 +1,22 @@
 //! Agent logs over vsock (`agent.log_vport=<port>` on the kernel command
 //! line, upstream's parameter; 1025 by convention): the agent listens on that
 //! port and streams its log lines to whoever connects (the shim), one client
-//! at a time. Lines still go to the console too.
+//! at a time: a new connection replaces the previous one, and lines a
+//! vanished reader did not take go to the next. Lines still go to the console
+//! too.
 //!
 //! Logging never blocks on the host: lines go to a bounded backlog (oldest
 //! dropped first when nobody reads) and a thread writes them to the client.
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    accept4, bind, listen, shutdown, socket, AddressFamily, Backlog, Shutdown, SockFlag, SockType,
+    VsockAddr,
 };
 
 /// Most bytes kept while nobody reads (allocated once: the agent's RSS must
@@ -21,17 +25,32 @@ const BACKLOG_BYTES: usize = 64 << 10;
 /// How long the listener retries bind (the vsock transport loads after logging starts).
 const BIND_ATTEMPTS: u32 = 1000;
 
+struct State {
+    buf: VecDeque<u8>,
+    /// The current reader; a new connection replaces (and shuts down) it.
+    conn: Option<Arc<File>>,
+}
+
 struct Shared {
-    buf: Mutex<VecDeque<u8>>,
+    state: Mutex<State>,
     ready: Condvar,
 }
 
 impl Default for Shared {
     fn default() -> Self {
         Self {
-            buf: Mutex::new(VecDeque::with_capacity(BACKLOG_BYTES)),
+            state: Mutex::new(State {
+                buf: VecDeque::with_capacity(BACKLOG_BYTES),
+                conn: None,
+            }),
             ready: Condvar::new(),
         }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -42,43 +61,59 @@ pub struct VsockLog {
 }
 
 impl VsockLog {
-    /// Starts listening on `port` (in a thread, retrying until vsock is up).
+    /// Starts listening on `port` (in a thread, retrying until vsock is up)
+    /// and writing to the reader (in another).
     pub fn start(port: u32) -> VsockLog {
         let log = VsockLog::default();
-        let shared = log.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("log-vport".into())
-            .spawn(move || serve(port, &shared));
-        if let Err(e) = spawned {
-            eprintln!("kata-agent: log vport thread: {e}");
+        for (name, role) in [
+            ("log-vport", accept_loop as fn(u32, &Shared)),
+            ("log-writer", write_loop),
+        ] {
+            let shared = log.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || role(port, &shared));
+            if let Err(e) = spawned {
+                eprintln!("kata-agent: {name} thread: {e}");
+            }
         }
         log
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut buf = self
-            .shared
-            .buf
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Drop the oldest first, so the buffer never grows past its capacity.
-        let bytes = &bytes[bytes.len().saturating_sub(BACKLOG_BYTES)..];
-        let len = buf.len();
-        let excess = (len + bytes.len()).saturating_sub(BACKLOG_BYTES);
-        buf.drain(..excess.min(len));
-        buf.extend(bytes);
+        let mut st = self.shared.lock();
+        keep_newest(&mut st.buf, bytes, false);
         self.shared.ready.notify_one();
     }
 
-    /// Takes what is buffered, waiting for something to arrive.
+    /// Takes what is buffered (waiting for something to arrive), for a test.
+    #[cfg(test)]
     fn take(shared: &Shared) -> Vec<u8> {
-        let buf = shared.buf.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut buf = shared
+        let st = shared.lock();
+        let mut st = shared
             .ready
-            .wait_while(buf, |b| b.is_empty())
+            .wait_while(st, |s| s.buf.is_empty())
             .unwrap_or_else(PoisonError::into_inner);
-        buf.drain(..).collect()
+        st.buf.drain(..).collect()
     }
+}
+
+/// Adds `bytes` at the back (new lines) or the front (unsent ones going
+/// back), dropping the oldest so the buffer never grows past its capacity.
+fn keep_newest(buf: &mut VecDeque<u8>, bytes: &[u8], front: bool) {
+    let bytes = &bytes[bytes.len().saturating_sub(BACKLOG_BYTES)..];
+    if front {
+        let room = BACKLOG_BYTES.saturating_sub(buf.len());
+        // The front is the oldest: keep only what fits.
+        for b in bytes[bytes.len().saturating_sub(room)..].iter().rev() {
+            buf.push_front(*b);
+        }
+        return;
+    }
+    let len = buf.len();
+    let excess = (len + bytes.len()).saturating_sub(BACKLOG_BYTES);
+    buf.drain(..excess.min(len));
+    buf.extend(bytes);
 }
 
 fn listener(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
@@ -93,7 +128,10 @@ fn listener(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
-fn serve(port: u32, shared: &Shared) {
+/// Accepts readers; the newest wins. The previous one is shut down, which
+/// also wakes the writer if it is blocked on a reader that vanished without
+/// the guest noticing (its lines then go to the new reader).
+fn accept_loop(port: u32, shared: &Shared) {
     let mut attempt = 0;
     let fd = loop {
         match listener(port) {
@@ -111,7 +149,7 @@ fn serve(port: u32, shared: &Shared) {
     loop {
         let conn = match accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-            Ok(raw) => unsafe { std::fs::File::from_raw_fd(raw) },
+            Ok(raw) => Arc::new(unsafe { File::from_raw_fd(raw) }),
             Err(nix::Error::EINTR) => continue,
             Err(e) => {
                 eprintln!("kata-agent: log vport accept: {e}");
@@ -119,12 +157,58 @@ fn serve(port: u32, shared: &Shared) {
                 continue;
             }
         };
-        let mut conn = conn;
-        loop {
-            let chunk = VsockLog::take(shared);
-            if conn.write_all(&chunk).is_err() {
-                // The reader went away: wait for the next one.
-                break;
+        let old = shared.lock().conn.replace(conn);
+        if let Some(old) = old {
+            let _ = shutdown(old.as_raw_fd(), Shutdown::Both);
+        }
+        shared.ready.notify_one();
+    }
+}
+
+/// True once the reader closed its end (as far as the guest knows).
+fn hung_up(conn: &File) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Writes the backlog to the current reader. Bytes it could not take go back
+/// to the front of the backlog, for the next reader.
+fn write_loop(_port: u32, shared: &Shared) {
+    loop {
+        let (conn, chunk) = {
+            let st = shared.lock();
+            let mut st = shared
+                .ready
+                .wait_while(st, |s| s.buf.is_empty() || s.conn.is_none())
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(conn) = st.conn.clone() else {
+                continue;
+            };
+            let chunk: Vec<u8> = st.buf.drain(..).collect();
+            (conn, chunk)
+        };
+        let mut sent = 0;
+        let failed = hung_up(&conn)
+            || loop {
+                if sent == chunk.len() {
+                    break false;
+                }
+                match (&*conn).write(&chunk[sent..]) {
+                    Ok(0) | Err(_) => break true,
+                    Ok(n) => sent += n,
+                }
+            };
+        if failed {
+            let mut st = shared.lock();
+            keep_newest(&mut st.buf, &chunk[sent..], true);
+            if st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                st.conn = None;
             }
         }
     }
@@ -190,8 +274,21 @@ mod tests {
         let got = VsockLog::take(&log.shared);
         assert_eq!(got.len(), BACKLOG_BYTES);
         assert!(got.ends_with(b"aatail"));
-        let cap = log.shared.buf.lock().expect("lock").capacity();
+        let cap = log.shared.lock().buf.capacity();
         log.push(&vec![b'b'; 3 * BACKLOG_BYTES]);
-        assert_eq!(log.shared.buf.lock().expect("lock").capacity(), cap);
+        assert_eq!(log.shared.lock().buf.capacity(), cap);
+    }
+
+    #[test]
+    fn unsent_bytes_go_back_in_front_of_newer_ones() {
+        let mut buf = VecDeque::new();
+        keep_newest(&mut buf, b"new", false);
+        keep_newest(&mut buf, b"old ", true);
+        assert_eq!(buf.iter().copied().collect::<Vec<_>>(), b"old new");
+        // A full backlog keeps the newer lines over the unsent ones.
+        let mut buf: VecDeque<u8> = vec![b'n'; BACKLOG_BYTES - 2].into();
+        keep_newest(&mut buf, b"abcd", true);
+        assert_eq!(buf.len(), BACKLOG_BYTES);
+        assert_eq!(buf.iter().take(3).copied().collect::<Vec<_>>(), b"cdn");
     }
 }

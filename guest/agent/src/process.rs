@@ -112,10 +112,14 @@ impl Process {
         };
         let pid = self.pid;
         tokio::task::spawn_blocking(move || -> Result<()> {
+            let t0 = std::time::Instant::now();
             write_frame(&mut sock, sync::START, b"").map_err(|e| Error::io("sending start", e))?;
             loop {
                 match read_frame(&mut sock).map_err(|e| Error::io("waiting for exec", e))? {
-                    None => return Ok(()),
+                    None => {
+                        tracing::debug!(pid, elapsed = ?t0.elapsed(), "program exec'd");
+                        return Ok(());
+                    }
                     Some((sync::WARN, m)) => tracing::warn!(pid, "{}", String::from_utf8_lossy(&m)),
                     Some((sync::ERROR, m)) => {
                         return Err(Error::Internal(String::from_utf8_lossy(&m).into_owned()))
@@ -335,6 +339,8 @@ fn take_fd(pidfd: &OwnedFd, fd: u32) -> Result<OwnedFd> {
 }
 
 fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
+    // Phase timings (debug level): where an exec's latency goes.
+    let t0 = std::time::Instant::now();
     let process = req.spec.Process.as_ref();
     let terminal = process.is_some_and(|p| p.Terminal);
     let console = process
@@ -381,8 +387,9 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
     drop(cmd);
     drop(theirs);
     let log_id = req.log_id.clone();
+    tracing::debug!(id = %log_id, elapsed = ?t0.elapsed(), "helper spawned");
     let mut child = None;
-    let r = handshake(&mut sock, req, &mut child);
+    let r = handshake(&mut sock, req, &mut child, t0);
     let tty = match r {
         Ok(tty) => tty,
         Err(e) => {
@@ -394,7 +401,7 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
         }
     };
     let (pid, pidfd) = child.ok_or_else(|| Error::Internal("no pid from helper".into()))?;
-    tracing::info!(id = %log_id, pid, helper_pid, "container process ready");
+    tracing::info!(id = %log_id, pid, helper_pid, elapsed = ?t0.elapsed(), "container process ready");
     let (stdin, stdout) = match (&tty, pipes.stdin, pipes.stdout) {
         (Some(master), _, _) => {
             if let Some((rows, cols)) = console.filter(|(h, w)| *h > 0 && *w > 0) {
@@ -428,11 +435,21 @@ fn handshake(
     sock: &mut UnixStream,
     req: SpawnRequest,
     child: &mut Option<(i32, OwnedFd)>,
+    t0: std::time::Instant,
 ) -> Result<Option<OwnedFd>> {
     let ioerr = |what: &'static str| move |e| Error::io(what, e);
     sock.set_read_timeout(Some(SETUP_TIMEOUT))
         .map_err(ioerr("socket timeout"))?;
-    let config = encode_config(req.mode, req.init_pid, &req.spec);
+    let cgroup_dir = req
+        .cgroup
+        .as_ref()
+        .map(|c| c.path().to_string_lossy().into_owned());
+    let config = encode_config(
+        req.mode,
+        req.init_pid,
+        cgroup_dir.as_deref().unwrap_or_default(),
+        &req.spec,
+    );
     write_frame(sock, sync::CONFIG, &config).map_err(ioerr("sending config"))?;
     let mut want = sync::PID;
     let mut tty = None;
@@ -449,12 +466,18 @@ fn handshake(
             Some((sync::ERROR, m)) => {
                 return Err(Error::Internal(String::from_utf8_lossy(&m).into_owned()))
             }
-            Some((sync::PID, p)) if want == sync::PID && p.len() == 4 => {
+            Some((sync::PID, p)) if want == sync::PID && p.len() == 5 => {
+                let born_in_cgroup = p[4] == 1;
                 let p = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as i32;
                 *child = Some((p, pidfd_open(p)?));
-                if let Some(cg) = &req.cgroup {
-                    cg.add(p)?;
+                let t = std::time::Instant::now();
+                match &req.cgroup {
+                    // Moving a process waits for an RCU grace period (~15 ms
+                    // under TCG): only when clone3 could not place it.
+                    Some(cg) if !born_in_cgroup => cg.add(p)?,
+                    _ => {}
                 }
+                tracing::debug!(id = %req.log_id, born_in_cgroup, elapsed = ?t.elapsed(), since_spawn = ?t0.elapsed(), "joined the cgroup");
                 write_frame(sock, sync::GO, b"").map_err(ioerr("sending go"))?;
                 want = sync::READY;
             }

@@ -5,6 +5,7 @@
 //! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
 //! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
 mod common;
+mod pod;
 mod resources;
 
 use std::path::PathBuf;
@@ -467,6 +468,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     agent.remove_container(ctx(), &rm).await?;
 
     resources::scenario(&agent, vm).await?;
+    // After the resource half: it reads the log port from the start of the boot.
+    pod::scenario(vm).await?;
 
     agent
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
@@ -501,7 +504,15 @@ async fn container_lifecycle_in_vm() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "QEMU exit status {status}");
-    eprintln!("--- guest console ---\n{}", vm.console());
+    let console = vm.console();
+    if std::env::var_os("KATA_TEST_KERNEL_ARGS").is_none() {
+        // The default level is info (tests/latency.rs shows agent.log=debug).
+        assert!(
+            console.contains(" INFO ") && !console.contains(" DEBUG "),
+            "log levels"
+        );
+    }
+    eprintln!("--- guest console ---\n{console}");
     eprintln!("QEMU exited {:.2?} after launch", t0.elapsed());
     // The helper daemons go away with their VM (virtiofsd exits by itself;
     // vhost-device-vsock is killed by Drop); nothing must be left behind.

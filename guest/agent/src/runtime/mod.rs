@@ -18,12 +18,13 @@
 //! for the handshake.
 mod caps;
 mod rootfs;
+pub mod seccomp;
 
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
@@ -87,26 +88,90 @@ pub fn helper_main() -> ! {
 struct Config {
     mode: u8,
     init_pid: u32,
+    /// The container's cgroup directory in the agent's view ("" = none).
+    cgroup: String,
     spec: Spec,
 }
 
-/// Encodes a config frame payload: mode, init pid (exec), the spec.
-pub fn encode_config(mode: u8, init_pid: u32, spec: &Spec) -> Vec<u8> {
+/// Encodes a config frame payload: mode, init pid (exec), the cgroup
+/// directory (u16 length + bytes), the spec.
+pub fn encode_config(mode: u8, init_pid: u32, cgroup: &str, spec: &Spec) -> Vec<u8> {
     let mut out = vec![mode];
     out.extend_from_slice(&init_pid.to_le_bytes());
+    let cgroup = &cgroup.as_bytes()[..cgroup.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(cgroup.len() as u16).to_le_bytes());
+    out.extend_from_slice(cgroup);
     out.extend_from_slice(&spec.write_to_bytes().unwrap_or_default());
     out
 }
 
 fn read_config(sock: &mut UnixStream) -> Res<Config> {
+    let bad = || "malformed config frame".to_string();
     match read_frame(sock).map_err(err("reading config"))? {
-        Some((sync::CONFIG, p)) if p.len() >= 5 => Ok(Config {
-            mode: p[0],
-            init_pid: u32::from_le_bytes([p[1], p[2], p[3], p[4]]),
-            spec: Spec::parse_from_bytes(&p[5..]).map_err(err("decoding spec"))?,
-        }),
+        Some((sync::CONFIG, p)) if p.len() >= 7 => {
+            let len = usize::from(u16::from_le_bytes([p[5], p[6]]));
+            let cgroup = p.get(7..7 + len).ok_or_else(bad)?;
+            Ok(Config {
+                mode: p[0],
+                init_pid: u32::from_le_bytes([p[1], p[2], p[3], p[4]]),
+                cgroup: String::from_utf8(cgroup.to_vec()).map_err(|_| bad())?,
+                spec: Spec::parse_from_bytes(&p[7 + len..]).map_err(err("decoding spec"))?,
+            })
+        }
         _ => Err("expected a config frame".into()),
     }
+}
+
+/// clone3's argument (linux/sched.h, CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks, the child born in the cgroup `dir` when given and the kernel can
+/// (clone3 CLONE_INTO_CGROUP, Linux 5.7+): the agent then need not move it,
+/// which costs an RCU grace period. Returns (fork result, born in cgroup).
+fn fork_into(dir: Option<&File>) -> Res<(ForkResult, bool)> {
+    if let Some(dir) = dir {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir.as_raw_fd() as u64,
+            ..Default::default()
+        };
+        // SAFETY: without CLONE_VM clone3 duplicates the process like fork(2);
+        // the helper is single-threaded, so the child may run any code.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match pid {
+            0 => return Ok((ForkResult::Child, true)),
+            p if p > 0 => {
+                let child = nix::unistd::Pid::from_raw(p as libc::pid_t);
+                return Ok((ForkResult::Parent { child }, true));
+            }
+            // ENOSYS, EINVAL, a cgroup we may not enter…: fork, the agent moves it.
+            _ => {}
+        }
+    }
+    // SAFETY: the helper is single-threaded, so the child may run any code.
+    Ok((unsafe { fork() }.map_err(err("fork"))?, false))
 }
 
 fn expect(sock: &mut UnixStream, tag: u8) -> Res<()> {
@@ -121,6 +186,11 @@ fn expect(sock: &mut UnixStream, tag: u8) -> Res<()> {
 fn helper(sock: &mut UnixStream) -> Res<i32> {
     let cfg = read_config(sock)?;
     umask(Mode::empty());
+    // Opened before we enter the container's mount namespace.
+    let cgroup_dir = match cfg.cgroup.as_str() {
+        "" => None,
+        dir => File::open(dir).ok(),
+    };
     // Exec: the container's root, opened before we enter its mount namespace.
     let root = if cfg.mode == sync::MODE_EXEC {
         let path = format!("/proc/{}/root", cfg.init_pid);
@@ -180,8 +250,9 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
         chroot(".").map_err(err("chroot container root"))?;
         chdir("/").map_err(err("chdir /"))?;
     }
-    // SAFETY: the helper is single-threaded, so the child may run any code.
-    match unsafe { fork() }.map_err(err("fork"))? {
+    let (forked, born_in_cgroup) = fork_into(cgroup_dir.as_ref())?;
+    drop(cgroup_dir);
+    match forked {
         ForkResult::Child => {
             let e = match container_process(sock, &cfg, new_cgroup, own_uts) {
                 Err(e) => e,
@@ -191,8 +262,9 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
             std::process::exit(1)
         }
         ForkResult::Parent { child } => {
-            write_frame(sock, sync::PID, &(child.as_raw() as u32).to_le_bytes())
-                .map_err(err("sending pid"))?;
+            let mut pid = (child.as_raw() as u32).to_le_bytes().to_vec();
+            pid.push(u8::from(born_in_cgroup));
+            write_frame(sock, sync::PID, &pid).map_err(err("sending pid"))?;
             // Drop our copies of the socket and the stdio pipes: the agent must see
             // EOF on them when the container process closes or execs.
             if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
@@ -260,6 +332,12 @@ fn container_process(
         env_vars.push(format!("HOME={}", home_of(uid)));
     }
     let env = cstrings(&env_vars)?;
+    // Compiled before start so a bad profile fails here; the agent already
+    // validated it at CreateContainer (and warned about unknown syscalls).
+    let filter = match spec.Linux.as_ref().and_then(|l| l.Seccomp.as_ref()) {
+        Some(s) => Some(seccomp::compile(s, &mut |_| {}).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let path_var = process
         .Env
         .iter()
@@ -303,6 +381,11 @@ fn container_process(
     caps::set_rlimits(&process.Rlimits)?;
     let capabilities = process.Capabilities.as_ref();
     caps::prepare(capabilities, &mut warn)?;
+    if let (Some(f), false) = (&filter, process.NoNewPrivileges) {
+        // Without no_new_privs installing a filter needs CAP_SYS_ADMIN: before
+        // the user and capabilities change (as runc does).
+        seccomp::install(f).map_err(|e| e.to_string())?;
+    }
     let user = process.User.as_ref();
     let (uid, gid) = user.map(|u| (u.UID, u.GID)).unwrap_or((0, 0));
     let groups: Vec<Gid> = user
@@ -322,6 +405,11 @@ fn container_process(
     let prog = process.Args.first().ok_or("process has no args")?;
     let path = lookup(prog, path_var).ok_or_else(|| format!("exec {prog}: not found in PATH"))?;
     let path = CString::new(path).map_err(err("exec path"))?;
+    if let (Some(f), true) = (&filter, process.NoNewPrivileges) {
+        // With no_new_privs: as late as possible, so the filter constrains
+        // only the program (which must be allowed execve).
+        seccomp::install(f).map_err(|e| e.to_string())?;
+    }
     let e = match execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},

@@ -107,7 +107,13 @@ impl Vm {
                 .arg(d.join("fs.sock"))
                 .arg("--shared-dir")
                 .arg(d.join("shared"))
-                .args(["--sandbox", "none"])
+                .args(["--sandbox", "none", "--cache"])
+                // `always`: the guest keeps file pages across opens. With
+                // virtiofsd's default (`auto`) every open drops them, so every
+                // exec re-reads its program from the host: 226 ms per busybox
+                // exec instead of 13 here (tests/latency.rs), the bulk of the
+                // 1000-exec check. KATA_TEST_VIRTIOFS_CACHE=auto compares.
+                .arg(std::env::var("KATA_TEST_VIRTIOFS_CACHE").unwrap_or_else(|_| "always".into()))
                 .stdout(log("fs.log")?)
                 .stderr(log("fs.err")?)
                 .spawn()

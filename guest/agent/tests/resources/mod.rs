@@ -137,7 +137,7 @@ async fn stats(agent: &AgentServiceClient, cid: &str) -> Result<StatsContainerRe
 }
 
 /// Reads the agent's log port (hybrid vsock 1025) until `needle` shows up.
-fn read_log_port(vm: &Vm, needle: &str) -> Result<String> {
+pub fn read_log_port(vm: &Vm, needle: &str) -> Result<String> {
     let mut s = vm.dial_port(1025, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut text = Vec::new();
