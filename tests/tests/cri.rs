@@ -850,7 +850,6 @@ async fn attach_streaming_with_tty() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (about 1 run in 3): the container's stdin sees EOF before the attached input arrives; under investigation in the shim's stdin path"]
 async fn attach_streaming_without_tty() -> Result<()> {
     require_vm!();
     let (ctd, mut c) = setup().await?;
