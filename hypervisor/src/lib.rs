@@ -23,7 +23,10 @@
 //! QEMU's events (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, DEVICE_DELETED)
 //! arrive on a second, event-only QMP monitor and are broadcast
 //! ([`Vm::subscribe_events`]); [`Vm::resize_vcpus`] and [`Vm::add_memory`]
-//! hot-plug (the guest onlines them: agent `OnlineCPUMem`).
+//! hot-plug (the guest onlines them: agent `OnlineCPUMem`). A guest kernel
+//! panic reaches QEMU through a pvpanic device ([`cmdline::panic`]): QEMU
+//! reports GUEST_PANICKED and exits with status 1, and [`Vm::exit_reason`]
+//! then starts with "guest kernel panicked".
 //!
 //! microvm under TCG: the guest cannot calibrate its TSC (no HPET, no ACPI PM
 //! timer, no port 0x61) and hung at boot; the host's TSC frequency is passed
@@ -190,7 +193,7 @@ pub enum VsockEndpoint {
 pub enum VmEvent {
     /// The VM is shutting down; `guest` = the guest asked (power-off, reboot).
     Shutdown { guest: bool, reason: String },
-    /// The guest kernel panicked (needs a pvpanic device in the guest).
+    /// The guest kernel panicked (the pvpanic device fired; QEMU then exits).
     GuestPanicked { action: String },
     /// vCPUs stopped (QMP `stop`, or an error).
     Stop,

@@ -226,8 +226,10 @@ impl QemuVm {
                 let Some(qemu) = qemu else {
                     return Err(Error::Qmp("internal: QEMU missing after launch".into()));
                 };
+                let (panicked_tx, panicked) = watch::channel(None);
                 let any_exit = watch_any_exit(
                     qemu.exit_watch(),
+                    panicked,
                     helpers.iter().map(Supervised::exit_watch),
                 );
                 tracing::info!(sandbox = %sandbox, elapsed = ?started.elapsed(), "VM launched");
@@ -236,6 +238,7 @@ impl QemuVm {
                     config.run_dir.join(QMP_EVENTS_SOCKET),
                     qemu.exit_watch(),
                     events.clone(),
+                    panicked_tx,
                     sandbox.clone(),
                 ));
                 Ok(QemuVm {
@@ -423,10 +426,17 @@ impl QemuVm {
 /// dies, virtiofsd exits right after it and may be reaped first.
 const HELPER_EXIT_GRACE: Duration = Duration::from_millis(100);
 
+/// How long QEMU's exit waits for the event monitor to deliver what QEMU
+/// said before dying (it reads to EOF once QEMU is gone).
+const EVENTS_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// A receiver that turns `Some` with the first exit among QEMU and its helpers,
-/// preferring QEMU's when both end together.
+/// preferring QEMU's when both end together. `panicked` turns `Some(action)`
+/// when QEMU reports GUEST_PANICKED (and closes when the event watcher ends):
+/// QEMU's exit is then described as the guest's panic.
 fn watch_any_exit(
     qemu: watch::Receiver<Option<String>>,
+    mut panicked: watch::Receiver<Option<String>>,
     helpers: impl Iterator<Item = watch::Receiver<Option<String>>>,
 ) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
@@ -445,10 +455,23 @@ fn watch_any_exit(
         let tx = tx.clone();
         let mut w = qemu.clone();
         tokio::spawn(async move {
-            if let Ok(v) = w.wait_for(Option::is_some).await {
-                let desc = v.clone().unwrap_or_default();
-                publish(&tx, desc);
-            }
+            let desc = match w.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => return,
+            };
+            // Ends early when the watcher ends without a panic (channel closed).
+            let _ =
+                tokio::time::timeout(EVENTS_DRAIN_GRACE, panicked.wait_for(Option::is_some)).await;
+            let action = panicked.borrow().clone();
+            publish(
+                &tx,
+                match action {
+                    Some(action) => {
+                        format!("guest kernel panicked (QEMU action: {action}); {desc}")
+                    }
+                    None => desc,
+                },
+            );
         });
     }
     for mut w in helpers {
@@ -478,6 +501,7 @@ async fn watch_events(
     socket: PathBuf,
     qemu_exit: watch::Receiver<Option<String>>,
     tx: broadcast::Sender<VmEvent>,
+    panicked: watch::Sender<Option<String>>,
     sandbox: String,
 ) {
     let deadline = Instant::now() + EVENTS_CONNECT_TIMEOUT;
@@ -499,8 +523,9 @@ async fn watch_events(
             Ok((name, data)) => {
                 let event = VmEvent::from_qmp(&name, &data);
                 match &event {
-                    VmEvent::GuestPanicked { .. } => {
-                        tracing::error!(sandbox, ?event, "guest kernel panicked")
+                    VmEvent::GuestPanicked { action } => {
+                        tracing::error!(sandbox, ?event, "guest kernel panicked");
+                        panicked.send_replace(Some(action.clone()));
                     }
                     _ => tracing::info!(sandbox, ?event, "QEMU event"),
                 }
@@ -831,6 +856,35 @@ impl Drop for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// QEMU's exit after GUEST_PANICKED names the panic; without one (the
+    /// event watcher ends) it is the plain exit, without waiting out the grace.
+    #[tokio::test]
+    async fn exit_after_a_panic_names_it() {
+        for panicked in [true, false] {
+            let (qemu_tx, qemu_rx) = watch::channel(None);
+            let (panic_tx, panic_rx) = watch::channel(None);
+            let mut any = watch_any_exit(qemu_rx, panic_rx, std::iter::empty());
+            if panicked {
+                panic_tx.send_replace(Some("poweroff".to_string()));
+            }
+            drop(panic_tx);
+            qemu_tx.send_replace(Some("qemu (pid 1) exited: exit status: 1".to_string()));
+            let t = Instant::now();
+            let desc = tokio::time::timeout(Duration::from_secs(2), any.wait_for(Option::is_some))
+                .await
+                .expect("published")
+                .expect("open")
+                .clone()
+                .unwrap_or_default();
+            assert!(t.elapsed() < EVENTS_DRAIN_GRACE, "{:?}", t.elapsed());
+            assert_eq!(
+                desc.starts_with("guest kernel panicked (QEMU action: poweroff); qemu"),
+                panicked,
+                "{desc}"
+            );
+        }
+    }
 
     #[test]
     fn cids_start_at_three_and_increase() {

@@ -24,6 +24,9 @@ use protocols::health::CheckRequest;
 use protocols::health_ttrpc::HealthClient;
 use tokio::sync::broadcast;
 
+#[path = "support/container.rs"]
+mod container;
+
 fn image_dir() -> Option<PathBuf> {
     match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
         Some(d) => Some(PathBuf::from(d)),
@@ -326,6 +329,68 @@ async fn microvm_with_virtio_9p_and_guest_shutdown() {
         .await
         .expect("QEMU exits after the guest powers off");
     vm.stop().await.expect("stop");
+}
+
+/// A guest kernel panic (a container writes `c` to /proc/sysrq-trigger):
+/// GUEST_PANICKED within 2 s, QEMU ends and the VM's end names the panic,
+/// and stop leaves no process or run directory behind. q35 and microvm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_panic_is_reported_and_ends_the_vm() {
+    let Some(images) = image_dir() else { return };
+    for machine in [MachineType::Q35, MachineType::Microvm] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&images, work.path(), "panic1", machine);
+        let (shared, run_dir) = (cfg.shared_dir.clone(), cfg.run_dir.clone());
+        let (vm, client, _) = boot(cfg, &VmOptions::default()).await;
+        let agent = AgentServiceClient::new(client);
+        let mut events = vm.subscribe_events().expect("events");
+        container::create_sandbox(&agent, "panic1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+        let pids = vm.pids();
+        container::start(
+            &agent,
+            &shared,
+            "crash",
+            &["sh", "-c", "echo c > /proc/sysrq-trigger"],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+        let t = Instant::now();
+        let panicked = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match events.recv().await {
+                    Ok(e @ VmEvent::GuestPanicked { .. }) => return Some(e),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await;
+        let seen_after = t.elapsed();
+        let exited = tokio::time::timeout(Duration::from_secs(5), vm.wait_exit())
+            .await
+            .is_ok();
+        let reason = vm.exit_reason();
+        let console = vm.console_tail();
+        vm.stop().await.expect("stop");
+        eprintln!("{machine:?}: {panicked:?} after {seen_after:.2?}; exit: {reason:?}");
+        assert!(
+            matches!(panicked, Ok(Some(VmEvent::GuestPanicked { .. }))),
+            "{machine:?}: no GUEST_PANICKED within 2 s ({panicked:?})\nconsole:\n{console}"
+        );
+        assert!(exited, "{machine:?}: QEMU still runs after the panic");
+        let reason = reason.unwrap_or_default();
+        assert!(reason.contains("guest kernel panicked"), "{reason}");
+        assert!(reason.contains("exit status: 1"), "{reason}");
+        for p in pids {
+            assert!(
+                hypervisor::process::proc_start_time(p).is_none(),
+                "{machine:?}: pid {p} is still there"
+            );
+        }
+        assert!(!run_dir.exists(), "{machine:?}: run dir left behind");
+    }
 }
 
 /// QMP stop → `query-status` paused, the agent does not answer (neither on
