@@ -1,13 +1,14 @@
 //! The QEMU implementation of [`Hypervisor`]: validates, starts the helper
 //! daemons, launches QEMU, connects QMP, supervises, stops.
 
+mod hotplug;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::json;
 use tokio::sync::{broadcast, watch, Mutex};
 use tokio::time::Instant;
 
@@ -19,7 +20,6 @@ use crate::console::{spawn_reader, Ring, Source};
 use crate::helpers::{self, HelperSpec};
 use crate::options::{SharedFsKind, VmOptions};
 use crate::process::Supervised;
-use crate::qmp::CpuSlot;
 use crate::qmp::Qmp;
 use crate::state::{self, ProcessRecord, StateFile};
 use crate::vsock_gate::Gate;
@@ -99,8 +99,6 @@ impl Hypervisor for Qemu {
 
 /// Granularity of memory hotplug: the guest onlines memory in blocks of this size.
 pub const MEMORY_HOTPLUG_ALIGN_MIB: u32 = 128;
-/// How long an unplug waits for the guest to release a vCPU.
-const UNPLUG_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the event watcher tries to reach the event monitor.
 const EVENTS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -540,22 +538,6 @@ async fn watch_events(
     }
 }
 
-/// The `device_add` id of a hot-plugged vCPU slot.
-fn vcpu_device_id(slot: &CpuSlot) -> String {
-    let prop = |k: &str| {
-        slot.props
-            .get(k)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    };
-    format!(
-        "cpu-{}-{}-{}",
-        prop("socket-id"),
-        prop("core-id"),
-        prop("thread-id")
-    )
-}
-
 async fn connect_qmp(
     socket: &Path,
     qemu: &Supervised,
@@ -663,129 +645,11 @@ impl Vm for QemuVm {
     }
 
     async fn resize_vcpus(&self, count: u32) -> Result<u32> {
-        let Some(max) = self.options.max_vcpus else {
-            return Err(Error::InvalidConfig(
-                "vCPU hotplug: the VM was started without max_vcpus".into(),
-            ));
-        };
-        if count == 0 || count > max {
-            return Err(Error::InvalidConfig(format!(
-                "vCPU hotplug: {count} is not between 1 and max_vcpus ({max})"
-            )));
-        }
-        let slots = self
-            .with_qmp(|q| Box::pin(q.query_hotpluggable_cpus()))
-            .await?;
-        let plugged = slots.iter().filter(|s| s.qom_path.is_some()).count() as u32;
-        if count > plugged {
-            let free = slots.iter().filter(|s| s.qom_path.is_none());
-            for slot in free.take((count - plugged) as usize) {
-                let id = vcpu_device_id(slot);
-                let (driver, props) = (slot.driver.clone(), slot.props.clone());
-                tracing::info!(sandbox = %self.id, %id, "hot-plugging a vCPU");
-                self.with_qmp(move |q| {
-                    Box::pin(async move { q.device_add(&driver, &id, props).await })
-                })
-                .await?;
-            }
-        } else if count < plugged {
-            // Only hot-plugged vCPUs (ours have a device id) can go.
-            let mut events = self.events.subscribe();
-            let ours: Vec<String> = slots
-                .iter()
-                .filter(|s| {
-                    s.qom_path
-                        .as_deref()
-                        .is_some_and(|p| p.starts_with("/machine/peripheral/"))
-                })
-                .map(vcpu_device_id)
-                .rev()
-                .take((plugged - count) as usize)
-                .collect();
-            for id in ours {
-                tracing::info!(sandbox = %self.id, %id, "unplugging a vCPU");
-                let del = id.clone();
-                self.with_qmp(move |q| Box::pin(async move { q.device_del(&del).await }))
-                    .await?;
-                let deleted = tokio::time::timeout(UNPLUG_TIMEOUT, async {
-                    loop {
-                        match events.recv().await {
-                            Ok(VmEvent::DeviceDeleted { id: d }) if d == id => return true,
-                            Err(broadcast::error::RecvError::Closed) => return false,
-                            _ => {}
-                        }
-                    }
-                })
-                .await;
-                if !matches!(deleted, Ok(true)) {
-                    tracing::warn!(sandbox = %self.id, %id, "guest did not release the vCPU");
-                    break;
-                }
-            }
-        }
-        Ok(self.vcpus().await?.len() as u32)
+        self.hotplug_vcpus(count).await
     }
 
     async fn add_memory(&self, size_mib: u32) -> Result<()> {
-        let Some(hotplug) = self.options.memory_hotplug else {
-            return Err(Error::InvalidConfig(
-                "memory hotplug: the VM was started without memory_hotplug".into(),
-            ));
-        };
-        if size_mib == 0 || !size_mib.is_multiple_of(MEMORY_HOTPLUG_ALIGN_MIB) {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: {size_mib} MiB is not a multiple of {MEMORY_HOTPLUG_ALIGN_MIB} MiB"
-            )));
-        }
-        let mut dimms = self.dimms.lock().await;
-        if *dimms >= hotplug.slots {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: all {} slots are used",
-                hotplug.slots
-            )));
-        }
-        let (base, plugged) = self
-            .with_qmp(|q| Box::pin(q.query_memory_size_summary()))
-            .await?;
-        let total_mib = ((base + plugged) >> 20) as u32 + size_mib;
-        if total_mib > hotplug.max_mib {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: {total_mib} MiB would exceed max_mib ({})",
-                hotplug.max_mib
-            )));
-        }
-        let n = *dimms;
-        let (mem, dimm) = (format!("dimm-mem{n}"), format!("dimm{n}"));
-        tracing::info!(sandbox = %self.id, size_mib, %dimm, "hot-plugging memory");
-        let bytes = u64::from(size_mib) << 20;
-        // Shared like the boot RAM: vhost-user daemons map every guest page.
-        let m = mem.clone();
-        self.with_qmp(move |q| {
-            Box::pin(async move {
-                q.object_add(
-                    "memory-backend-memfd",
-                    &m,
-                    json!({ "size": bytes, "share": true }),
-                )
-                .await
-            })
-        })
-        .await?;
-        let (m, d) = (mem.clone(), dimm.clone());
-        let added = self
-            .with_qmp(move |q| {
-                Box::pin(async move { q.device_add("pc-dimm", &d, json!({ "memdev": m })).await })
-            })
-            .await;
-        if let Err(e) = added {
-            let m = mem.clone();
-            let _ = self
-                .with_qmp(move |q| Box::pin(async move { q.object_del(&m).await }))
-                .await;
-            return Err(e);
-        }
-        *dimms += 1;
-        Ok(())
+        self.hotplug_memory(size_mib).await
     }
 
     async fn stop(&self) -> Result<()> {

@@ -291,7 +291,7 @@ mod tests {
             "-cpu", "max",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
-            "-append", "console=ttyS0 panic=-1 reboot=k quiet agent.log=debug",
+            "-append", "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet agent.log=debug",
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-qmp", "unix:/run/x/qmp.sock,server=on,wait=off",
@@ -449,7 +449,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("-append console=ttyS0 panic=-1 reboot=k quiet"),
+            s.contains("-append console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet"),
             "{s}"
         );
         assert!(s.contains("-smp 2"), "{s}");

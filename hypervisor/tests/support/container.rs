@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use protocols::agent::{
-    CreateContainerRequest, CreateSandboxRequest, StartContainerRequest, Storage,
+    CreateContainerRequest, CreateSandboxRequest, ReadStreamRequest, RemoveContainerRequest,
+    StartContainerRequest, Storage, WaitProcessRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::oci;
@@ -120,4 +121,43 @@ pub async fn start(
         .await
         .map(|_| ())
         .map_err(|e| format!("start container {cid}: {e}"))
+}
+
+/// Runs `args` in a new container `cid` to its end: (stdout, exit status).
+/// The container is removed afterwards.
+pub async fn run(
+    agent: &AgentServiceClient,
+    shared: &Path,
+    cid: &str,
+    args: &[&str],
+) -> Result<(String, i32), String> {
+    start(agent, shared, cid, args).await?;
+    let mut out = Vec::new();
+    let req = ReadStreamRequest {
+        container_id: cid.into(),
+        len: 4096,
+        ..Default::default()
+    };
+    // The agent ends the stream with an error once the process closed it.
+    while let Ok(chunk) = agent.read_stdout(ctx(), &req).await {
+        out.extend(chunk.data);
+    }
+    let req = WaitProcessRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let status = agent
+        .wait_process(ctx(), &req)
+        .await
+        .map_err(|e| format!("wait {cid}: {e}"))?
+        .status;
+    let req = RemoveContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent
+        .remove_container(ctx(), &req)
+        .await
+        .map_err(|e| format!("remove {cid}: {e}"))?;
+    Ok((String::from_utf8_lossy(&out).into_owned(), status))
 }
