@@ -22,6 +22,10 @@ MODULES=("${MODULES[@]:0:5}" virtio_mmio "${MODULES[@]:5}")
 # Entropy (virtio-rng), the 9p shared fs (no host daemon), the pod's NIC
 # (virtio-net) and free page reporting (virtio-balloon); loaded in the background.
 MODULES+=(virtio-rng 9pnet_virtio 9p virtio_net virtio_balloon)
+# pvpanic: QEMU's ISA `pvpanic` device is the ACPI device QEMU0001 (an I/O
+# port), driven by pvpanic-mmio; a kernel panic then reaches the host as the
+# QMP event GUEST_PANICKED instead of a silent reboot.
+MODULES+=(pvpanic-mmio)
 # Directories the agent mounts on or writes to.
 DIRS=(dev proc sys run tmp etc lib/modules)
 # Fixed timestamp for every initrd entry (reproducibility).

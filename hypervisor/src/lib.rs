@@ -23,7 +23,10 @@
 //! QEMU's events (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, DEVICE_DELETED)
 //! arrive on a second, event-only QMP monitor and are broadcast
 //! ([`Vm::subscribe_events`]); [`Vm::resize_vcpus`] and [`Vm::add_memory`]
-//! hot-plug (the guest onlines them: agent `OnlineCPUMem`).
+//! hot-plug (the guest onlines them: agent `OnlineCPUMem`). A guest kernel
+//! panic reaches QEMU through a pvpanic device ([`cmdline::panic`]): QEMU
+//! reports GUEST_PANICKED and exits with status 1, and [`Vm::exit_reason`]
+//! then starts with "guest kernel panicked".
 //!
 //! microvm under TCG: the guest cannot calibrate its TSC (no HPET, no ACPI PM
 //! timer, no port 0x61) and hung at boot; the host's TSC frequency is passed
@@ -190,7 +193,7 @@ pub enum VsockEndpoint {
 pub enum VmEvent {
     /// The VM is shutting down; `guest` = the guest asked (power-off, reboot).
     Shutdown { guest: bool, reason: String },
-    /// The guest kernel panicked (needs a pvpanic device in the guest).
+    /// The guest kernel panicked (the pvpanic device fired; QEMU then exits).
     GuestPanicked { action: String },
     /// vCPUs stopped (QMP `stop`, or an error).
     Stop,
@@ -198,6 +201,13 @@ pub enum VmEvent {
     Resume,
     /// A `device_del` completed.
     DeviceDeleted { id: String },
+    /// The guest's ACPI answered a hotplug notification (`_OST`) for a
+    /// device: `source` 1 = insert, 3 = eject; `status` 0 = success.
+    AcpiOst {
+        device: String,
+        source: u64,
+        status: u64,
+    },
     /// Any other event, by name.
     Other(String),
 }
@@ -225,6 +235,22 @@ impl VmEvent {
             "STOP" => VmEvent::Stop,
             "RESUME" => VmEvent::Resume,
             "DEVICE_DELETED" => VmEvent::DeviceDeleted { id: text("device") },
+            "ACPI_DEVICE_OST" => {
+                let info = data.get("info");
+                let field = |k: &str| info.and_then(|i| i.get(k));
+                VmEvent::AcpiOst {
+                    device: field("device")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    source: field("source")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0),
+                    status: field("status")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0),
+                }
+            }
             other => VmEvent::Other(other.to_string()),
         }
     }
@@ -310,4 +336,38 @@ pub trait Hypervisor: Send + Sync {
 /// Only processes whose pid *and* start time match the record are killed.
 pub async fn cleanup_run_dir(run_dir: &std::path::Path) -> Result<()> {
     state::cleanup_run_dir(run_dir).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VmEvent;
+
+    #[test]
+    fn qmp_events_are_typed() {
+        let ost = serde_json::json!({"info": {"device": "dimm0", "slot": "0",
+            "slot-type": "DIMM", "source": 1, "status": 0}});
+        assert_eq!(
+            VmEvent::from_qmp("ACPI_DEVICE_OST", &ost),
+            VmEvent::AcpiOst {
+                device: "dimm0".into(),
+                source: 1,
+                status: 0
+            }
+        );
+        let panic = serde_json::json!({"action": "poweroff"});
+        assert_eq!(
+            VmEvent::from_qmp("GUEST_PANICKED", &panic),
+            VmEvent::GuestPanicked {
+                action: "poweroff".into()
+            }
+        );
+        let shutdown = serde_json::json!({"guest": true, "reason": "guest-panic"});
+        assert_eq!(
+            VmEvent::from_qmp("SHUTDOWN", &shutdown),
+            VmEvent::Shutdown {
+                guest: true,
+                reason: "guest-panic".into()
+            }
+        );
+    }
 }

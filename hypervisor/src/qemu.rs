@@ -1,13 +1,14 @@
 //! The QEMU implementation of [`Hypervisor`]: validates, starts the helper
 //! daemons, launches QEMU, connects QMP, supervises, stops.
 
+mod hotplug;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::json;
 use tokio::sync::{broadcast, watch, Mutex};
 use tokio::time::Instant;
 
@@ -19,7 +20,6 @@ use crate::console::{spawn_reader, Ring, Source};
 use crate::helpers::{self, HelperSpec};
 use crate::options::{SharedFsKind, VmOptions};
 use crate::process::Supervised;
-use crate::qmp::CpuSlot;
 use crate::qmp::Qmp;
 use crate::state::{self, ProcessRecord, StateFile};
 use crate::vsock_gate::Gate;
@@ -99,8 +99,6 @@ impl Hypervisor for Qemu {
 
 /// Granularity of memory hotplug: the guest onlines memory in blocks of this size.
 pub const MEMORY_HOTPLUG_ALIGN_MIB: u32 = 128;
-/// How long an unplug waits for the guest to release a vCPU.
-const UNPLUG_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the event watcher tries to reach the event monitor.
 const EVENTS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -226,8 +224,10 @@ impl QemuVm {
                 let Some(qemu) = qemu else {
                     return Err(Error::Qmp("internal: QEMU missing after launch".into()));
                 };
+                let (panicked_tx, panicked) = watch::channel(None);
                 let any_exit = watch_any_exit(
                     qemu.exit_watch(),
+                    panicked,
                     helpers.iter().map(Supervised::exit_watch),
                 );
                 tracing::info!(sandbox = %sandbox, elapsed = ?started.elapsed(), "VM launched");
@@ -236,6 +236,7 @@ impl QemuVm {
                     config.run_dir.join(QMP_EVENTS_SOCKET),
                     qemu.exit_watch(),
                     events.clone(),
+                    panicked_tx,
                     sandbox.clone(),
                 ));
                 Ok(QemuVm {
@@ -423,10 +424,17 @@ impl QemuVm {
 /// dies, virtiofsd exits right after it and may be reaped first.
 const HELPER_EXIT_GRACE: Duration = Duration::from_millis(100);
 
+/// How long QEMU's exit waits for the event monitor to deliver what QEMU
+/// said before dying (it reads to EOF once QEMU is gone).
+const EVENTS_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// A receiver that turns `Some` with the first exit among QEMU and its helpers,
-/// preferring QEMU's when both end together.
+/// preferring QEMU's when both end together. `panicked` turns `Some(action)`
+/// when QEMU reports GUEST_PANICKED (and closes when the event watcher ends):
+/// QEMU's exit is then described as the guest's panic.
 fn watch_any_exit(
     qemu: watch::Receiver<Option<String>>,
+    mut panicked: watch::Receiver<Option<String>>,
     helpers: impl Iterator<Item = watch::Receiver<Option<String>>>,
 ) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
@@ -445,10 +453,23 @@ fn watch_any_exit(
         let tx = tx.clone();
         let mut w = qemu.clone();
         tokio::spawn(async move {
-            if let Ok(v) = w.wait_for(Option::is_some).await {
-                let desc = v.clone().unwrap_or_default();
-                publish(&tx, desc);
-            }
+            let desc = match w.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => return,
+            };
+            // Ends early when the watcher ends without a panic (channel closed).
+            let _ =
+                tokio::time::timeout(EVENTS_DRAIN_GRACE, panicked.wait_for(Option::is_some)).await;
+            let action = panicked.borrow().clone();
+            publish(
+                &tx,
+                match action {
+                    Some(action) => {
+                        format!("guest kernel panicked (QEMU action: {action}); {desc}")
+                    }
+                    None => desc,
+                },
+            );
         });
     }
     for mut w in helpers {
@@ -478,6 +499,7 @@ async fn watch_events(
     socket: PathBuf,
     qemu_exit: watch::Receiver<Option<String>>,
     tx: broadcast::Sender<VmEvent>,
+    panicked: watch::Sender<Option<String>>,
     sandbox: String,
 ) {
     let deadline = Instant::now() + EVENTS_CONNECT_TIMEOUT;
@@ -499,8 +521,9 @@ async fn watch_events(
             Ok((name, data)) => {
                 let event = VmEvent::from_qmp(&name, &data);
                 match &event {
-                    VmEvent::GuestPanicked { .. } => {
-                        tracing::error!(sandbox, ?event, "guest kernel panicked")
+                    VmEvent::GuestPanicked { action } => {
+                        tracing::error!(sandbox, ?event, "guest kernel panicked");
+                        panicked.send_replace(Some(action.clone()));
                     }
                     _ => tracing::info!(sandbox, ?event, "QEMU event"),
                 }
@@ -513,22 +536,6 @@ async fn watch_events(
             }
         }
     }
-}
-
-/// The `device_add` id of a hot-plugged vCPU slot.
-fn vcpu_device_id(slot: &CpuSlot) -> String {
-    let prop = |k: &str| {
-        slot.props
-            .get(k)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    };
-    format!(
-        "cpu-{}-{}-{}",
-        prop("socket-id"),
-        prop("core-id"),
-        prop("thread-id")
-    )
 }
 
 async fn connect_qmp(
@@ -638,129 +645,11 @@ impl Vm for QemuVm {
     }
 
     async fn resize_vcpus(&self, count: u32) -> Result<u32> {
-        let Some(max) = self.options.max_vcpus else {
-            return Err(Error::InvalidConfig(
-                "vCPU hotplug: the VM was started without max_vcpus".into(),
-            ));
-        };
-        if count == 0 || count > max {
-            return Err(Error::InvalidConfig(format!(
-                "vCPU hotplug: {count} is not between 1 and max_vcpus ({max})"
-            )));
-        }
-        let slots = self
-            .with_qmp(|q| Box::pin(q.query_hotpluggable_cpus()))
-            .await?;
-        let plugged = slots.iter().filter(|s| s.qom_path.is_some()).count() as u32;
-        if count > plugged {
-            let free = slots.iter().filter(|s| s.qom_path.is_none());
-            for slot in free.take((count - plugged) as usize) {
-                let id = vcpu_device_id(slot);
-                let (driver, props) = (slot.driver.clone(), slot.props.clone());
-                tracing::info!(sandbox = %self.id, %id, "hot-plugging a vCPU");
-                self.with_qmp(move |q| {
-                    Box::pin(async move { q.device_add(&driver, &id, props).await })
-                })
-                .await?;
-            }
-        } else if count < plugged {
-            // Only hot-plugged vCPUs (ours have a device id) can go.
-            let mut events = self.events.subscribe();
-            let ours: Vec<String> = slots
-                .iter()
-                .filter(|s| {
-                    s.qom_path
-                        .as_deref()
-                        .is_some_and(|p| p.starts_with("/machine/peripheral/"))
-                })
-                .map(vcpu_device_id)
-                .rev()
-                .take((plugged - count) as usize)
-                .collect();
-            for id in ours {
-                tracing::info!(sandbox = %self.id, %id, "unplugging a vCPU");
-                let del = id.clone();
-                self.with_qmp(move |q| Box::pin(async move { q.device_del(&del).await }))
-                    .await?;
-                let deleted = tokio::time::timeout(UNPLUG_TIMEOUT, async {
-                    loop {
-                        match events.recv().await {
-                            Ok(VmEvent::DeviceDeleted { id: d }) if d == id => return true,
-                            Err(broadcast::error::RecvError::Closed) => return false,
-                            _ => {}
-                        }
-                    }
-                })
-                .await;
-                if !matches!(deleted, Ok(true)) {
-                    tracing::warn!(sandbox = %self.id, %id, "guest did not release the vCPU");
-                    break;
-                }
-            }
-        }
-        Ok(self.vcpus().await?.len() as u32)
+        self.hotplug_vcpus(count).await
     }
 
     async fn add_memory(&self, size_mib: u32) -> Result<()> {
-        let Some(hotplug) = self.options.memory_hotplug else {
-            return Err(Error::InvalidConfig(
-                "memory hotplug: the VM was started without memory_hotplug".into(),
-            ));
-        };
-        if size_mib == 0 || !size_mib.is_multiple_of(MEMORY_HOTPLUG_ALIGN_MIB) {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: {size_mib} MiB is not a multiple of {MEMORY_HOTPLUG_ALIGN_MIB} MiB"
-            )));
-        }
-        let mut dimms = self.dimms.lock().await;
-        if *dimms >= hotplug.slots {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: all {} slots are used",
-                hotplug.slots
-            )));
-        }
-        let (base, plugged) = self
-            .with_qmp(|q| Box::pin(q.query_memory_size_summary()))
-            .await?;
-        let total_mib = ((base + plugged) >> 20) as u32 + size_mib;
-        if total_mib > hotplug.max_mib {
-            return Err(Error::InvalidConfig(format!(
-                "memory hotplug: {total_mib} MiB would exceed max_mib ({})",
-                hotplug.max_mib
-            )));
-        }
-        let n = *dimms;
-        let (mem, dimm) = (format!("dimm-mem{n}"), format!("dimm{n}"));
-        tracing::info!(sandbox = %self.id, size_mib, %dimm, "hot-plugging memory");
-        let bytes = u64::from(size_mib) << 20;
-        // Shared like the boot RAM: vhost-user daemons map every guest page.
-        let m = mem.clone();
-        self.with_qmp(move |q| {
-            Box::pin(async move {
-                q.object_add(
-                    "memory-backend-memfd",
-                    &m,
-                    json!({ "size": bytes, "share": true }),
-                )
-                .await
-            })
-        })
-        .await?;
-        let (m, d) = (mem.clone(), dimm.clone());
-        let added = self
-            .with_qmp(move |q| {
-                Box::pin(async move { q.device_add("pc-dimm", &d, json!({ "memdev": m })).await })
-            })
-            .await;
-        if let Err(e) = added {
-            let m = mem.clone();
-            let _ = self
-                .with_qmp(move |q| Box::pin(async move { q.object_del(&m).await }))
-                .await;
-            return Err(e);
-        }
-        *dimms += 1;
-        Ok(())
+        self.hotplug_memory(size_mib).await
     }
 
     async fn stop(&self) -> Result<()> {
@@ -831,6 +720,35 @@ impl Drop for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// QEMU's exit after GUEST_PANICKED names the panic; without one (the
+    /// event watcher ends) it is the plain exit, without waiting out the grace.
+    #[tokio::test]
+    async fn exit_after_a_panic_names_it() {
+        for panicked in [true, false] {
+            let (qemu_tx, qemu_rx) = watch::channel(None);
+            let (panic_tx, panic_rx) = watch::channel(None);
+            let mut any = watch_any_exit(qemu_rx, panic_rx, std::iter::empty());
+            if panicked {
+                panic_tx.send_replace(Some("poweroff".to_string()));
+            }
+            drop(panic_tx);
+            qemu_tx.send_replace(Some("qemu (pid 1) exited: exit status: 1".to_string()));
+            let t = Instant::now();
+            let desc = tokio::time::timeout(Duration::from_secs(2), any.wait_for(Option::is_some))
+                .await
+                .expect("published")
+                .expect("open")
+                .clone()
+                .unwrap_or_default();
+            assert!(t.elapsed() < EVENTS_DRAIN_GRACE, "{:?}", t.elapsed());
+            assert_eq!(
+                desc.starts_with("guest kernel panicked (QEMU action: poweroff); qemu"),
+                panicked,
+                "{desc}"
+            );
+        }
+    }
 
     #[test]
     fn cids_start_at_three_and_increase() {

@@ -1,7 +1,9 @@
 //! VM tests that talk to the guest agent: boot → agent health; sandbox pause
-//! (QMP stop: the agent goes silent) and resume; vCPU and memory hotplug;
-//! QMP events; microvm with virtio-9p (no virtiofsd); and, ignored by default,
-//! the boot-time figure (QEMU launch → agent answers, median of 10).
+//! (QMP stop: the agent goes silent) and resume; vCPU and memory hotplug, as
+//! QEMU and as the guest see them; QMP events; a guest kernel panic reported
+//! as GUEST_PANICKED and as the VM's end; microvm with virtio-9p (no
+//! virtiofsd); and, ignored by default, the boot-time figure (QEMU launch →
+//! agent answers, median of 10).
 //!
 //! Needs `KATA_GUEST_IMAGE_DIR` (see tests/boot.rs); without it each test
 //! prints why and passes.
@@ -23,6 +25,9 @@ use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::CheckRequest;
 use protocols::health_ttrpc::HealthClient;
 use tokio::sync::broadcast;
+
+#[path = "support/container.rs"]
+mod container;
 
 fn image_dir() -> Option<PathBuf> {
     match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
@@ -189,12 +194,31 @@ async fn next_event(rx: &mut broadcast::Receiver<VmEvent>, want: fn(&VmEvent) ->
         .expect("event within 10 s")
 }
 
+/// The guest's own view: online CPUs (`0`, `0-1`, ...) and MemTotal in KiB,
+/// read by a container `cid`.
+async fn guest_view(agent: &AgentServiceClient, shared: &Path, cid: &str) -> (String, u64) {
+    let script = "cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo";
+    let (out, status) = container::run(agent, shared, cid, &["sh", "-c", script])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 0, "{script}: {out}");
+    let mut lines = out.lines();
+    let cpus = lines.next().unwrap_or_default().trim().to_string();
+    let mem_kib = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out:?}"));
+    (cpus, mem_kib)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q35_pause_resume_hotplug_and_events() {
     let Some(images) = image_dir() else { return };
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(&images, work.path(), "hp1", MachineType::Q35);
     cfg.vcpus = 1;
+    let shared = cfg.shared_dir.clone();
     let options = VmOptions {
         max_vcpus: Some(2),
         memory_hotplug: Some(MemoryHotplug {
@@ -208,6 +232,12 @@ async fn q35_pause_resume_hotplug_and_events() {
     let health = HealthClient::new(client.clone());
     let agent = AgentServiceClient::new(client);
     let mut events = vm.subscribe_events().expect("events");
+    container::create_sandbox(&agent, "hp1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+    let (cpus_before, mem_before) = guest_view(&agent, &shared, "view0").await;
+    eprintln!("guest before hotplug: CPUs {cpus_before}, MemTotal {mem_before} KiB");
+    assert_eq!(cpus_before, "0");
 
     // vCPU hotplug: 1 → 2, onlined by the agent.
     assert_eq!(vm.vcpus().await.expect("vcpus").len(), 1);
@@ -226,10 +256,17 @@ async fn q35_pause_resume_hotplug_and_events() {
         .await
         .expect("guest onlines the new vCPU");
     assert!(vm.resize_vcpus(3).await.is_err(), "beyond max_vcpus");
+    let (cpus, _) = guest_view(&agent, &shared, "view1").await;
+    assert_eq!(cpus, "0-1", "the guest runs on both vCPUs");
 
     // Memory hotplug: a 128 MiB DIMM, onlined by the agent.
     assert!(vm.add_memory(100).await.is_err(), "unaligned size");
+    let t = Instant::now();
     vm.add_memory(128).await.expect("memory hotplug");
+    let acked = t.elapsed();
+    eprintln!("DIMM plugged and acknowledged by the guest's ACPI in {acked:.2?}");
+    // add_memory gives up waiting for the guest's _OST after 5 s.
+    assert!(acked < Duration::from_secs(5), "no ACPI answer: {acked:?}");
     let (base, plugged) = vm.memory_summary().await.expect("summary");
     assert_eq!((base, plugged), (256 << 20, 128 << 20));
     let online = OnlineCPUMemRequest {
@@ -243,6 +280,15 @@ async fn q35_pause_resume_hotplug_and_events() {
         .await
         .expect("guest onlines the DIMM");
     assert!(vm.add_memory(512).await.is_err(), "beyond max_mib");
+    let (_, mem_after) = guest_view(&agent, &shared, "view2").await;
+    eprintln!("guest after hotplug: MemTotal {mem_after} KiB");
+    // Online at once (memhp_default_state=online): the block's 128 MiB count
+    // in full (its page structs come from the memory already there).
+    let grown = mem_after.saturating_sub(mem_before);
+    assert!(
+        (120 << 10..=128 << 10).contains(&grown),
+        "MemTotal grew by {grown} KiB, not ~128 MiB"
+    );
 
     // vCPU unplug: the guest ejects the hot-plugged vCPU.
     let left = vm.resize_vcpus(1).await.expect("unplug");
@@ -326,6 +372,68 @@ async fn microvm_with_virtio_9p_and_guest_shutdown() {
         .await
         .expect("QEMU exits after the guest powers off");
     vm.stop().await.expect("stop");
+}
+
+/// A guest kernel panic (a container writes `c` to /proc/sysrq-trigger):
+/// GUEST_PANICKED within 2 s, QEMU ends and the VM's end names the panic,
+/// and stop leaves no process or run directory behind. q35 and microvm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_panic_is_reported_and_ends_the_vm() {
+    let Some(images) = image_dir() else { return };
+    for machine in [MachineType::Q35, MachineType::Microvm] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&images, work.path(), "panic1", machine);
+        let (shared, run_dir) = (cfg.shared_dir.clone(), cfg.run_dir.clone());
+        let (vm, client, _) = boot(cfg, &VmOptions::default()).await;
+        let agent = AgentServiceClient::new(client);
+        let mut events = vm.subscribe_events().expect("events");
+        container::create_sandbox(&agent, "panic1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+        let pids = vm.pids();
+        container::start(
+            &agent,
+            &shared,
+            "crash",
+            &["sh", "-c", "echo c > /proc/sysrq-trigger"],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+        let t = Instant::now();
+        let panicked = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match events.recv().await {
+                    Ok(e @ VmEvent::GuestPanicked { .. }) => return Some(e),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await;
+        let seen_after = t.elapsed();
+        let exited = tokio::time::timeout(Duration::from_secs(5), vm.wait_exit())
+            .await
+            .is_ok();
+        let reason = vm.exit_reason();
+        let console = vm.console_tail();
+        vm.stop().await.expect("stop");
+        eprintln!("{machine:?}: {panicked:?} after {seen_after:.2?}; exit: {reason:?}");
+        assert!(
+            matches!(panicked, Ok(Some(VmEvent::GuestPanicked { .. }))),
+            "{machine:?}: no GUEST_PANICKED within 2 s ({panicked:?})\nconsole:\n{console}"
+        );
+        assert!(exited, "{machine:?}: QEMU still runs after the panic");
+        let reason = reason.unwrap_or_default();
+        assert!(reason.contains("guest kernel panicked"), "{reason}");
+        assert!(reason.contains("exit status: 1"), "{reason}");
+        for p in pids {
+            assert!(
+                hypervisor::process::proc_start_time(p).is_none(),
+                "{machine:?}: pid {p} is still there"
+            );
+        }
+        assert!(!run_dir.exists(), "{machine:?}: run dir left behind");
+    }
 }
 
 /// QMP stop → `query-status` paused, the agent does not answer (neither on

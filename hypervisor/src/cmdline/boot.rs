@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use super::QemuArgs;
 
 /// Parameters every guest gets: console on the first serial port, reboot
-/// (= QEMU exit, with `-no-reboot`) right after a panic.
-pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k";
+/// (= QEMU exit, with `-no-reboot`) right after a panic, and hot-plugged
+/// memory online as soon as the kernel adds it (the agent's `OnlineCPUMem`
+/// onlines only the blocks already there, which raced with the guest's ACPI
+/// handling: a DIMM stayed offline).
+pub const DEFAULT_KERNEL_PARAMS: &str =
+    "console=ttyS0 panic=-1 reboot=k memhp_default_state=online";
 
 #[derive(Debug, Clone)]
 pub struct DirectKernel {
@@ -89,7 +93,7 @@ mod tests {
         };
         assert_eq!(
             k.cmdline(),
-            "console=ttyS0 panic=-1 reboot=k tsc=reliable quiet"
+            "console=ttyS0 panic=-1 reboot=k memhp_default_state=online tsc=reliable quiet"
         );
     }
 }

@@ -7,6 +7,7 @@ pub mod console;
 pub mod fs;
 pub mod machine;
 pub mod net;
+pub mod panic;
 pub mod rng;
 pub mod sandbox;
 pub mod vsock;
@@ -70,6 +71,8 @@ pub struct CommandLine {
     pub fs: fs::SharedFs,
     pub net: Option<net::TapNic>,
     pub balloon: Option<balloon::FreePageReporting>,
+    /// Guest panics reach the host as GUEST_PANICKED and end the VM.
+    pub panic: Option<panic::PanicDevice>,
 }
 
 impl CommandLine {
@@ -121,6 +124,7 @@ impl CommandLine {
             }),
             vsock: vsock_dev.with_transport(transport),
             balloon: Some(balloon::FreePageReporting { transport }),
+            panic: Some(panic::PanicDevice),
             net: config.network.as_ref().map(|n| net::TapNic {
                 ifname: n.tap.clone(),
                 mac: n.mac.clone(),
@@ -143,7 +147,7 @@ impl CommandLine {
 
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["-name".to_string(), escape(&self.name)];
-        let parts: [Option<&dyn QemuArgs>; 15] = [
+        let parts: [Option<&dyn QemuArgs>; 16] = [
             Some(&self.machine),
             Some(&self.accel),
             Some(&self.memory),
@@ -159,6 +163,7 @@ impl CommandLine {
             Some(&self.fs),
             self.net.as_ref().map(|n| n as &dyn QemuArgs),
             self.balloon.as_ref().map(|b| b as &dyn QemuArgs),
+            self.panic.as_ref().map(|p| p as &dyn QemuArgs),
         ];
         for part in parts.into_iter().flatten() {
             part.append_to(&mut args);
@@ -223,6 +228,7 @@ mod tests {
             },
             net: None,
             balloon: None,
+            panic: Some(panic::PanicDevice),
         }
     }
 
@@ -285,7 +291,7 @@ mod tests {
             "-cpu", "max",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
-            "-append", "console=ttyS0 panic=-1 reboot=k quiet agent.log=debug",
+            "-append", "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet agent.log=debug",
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-qmp", "unix:/run/x/qmp.sock,server=on,wait=off",
@@ -296,6 +302,7 @@ mod tests {
             "-device", "vhost-user-vsock-pci,chardev=vsock",
             "-chardev", "socket,id=fs,path=/run/x/virtiofsd.sock",
             "-device", "vhost-user-fs-pci,chardev=fs,tag=kataShared",
+            "-device", "pvpanic,id=pvpanic0", "-action", "panic=exit-failure",
         ];
         assert_eq!(a, expected);
     }
@@ -340,6 +347,8 @@ mod tests {
         );
         assert!(s.contains("-device virtio-rng-device,rng=rng"), "{s}");
         assert!(!s.contains("-pci"), "{s}");
+        // microvm has an ISA bus (serial, PIT, RTC): the ISA pvpanic fits.
+        assert!(s.contains("-device pvpanic,id=pvpanic0"), "{s}");
     }
 
     #[test]
@@ -440,11 +449,15 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("-append console=ttyS0 panic=-1 reboot=k quiet"),
+            s.contains("-append console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet"),
             "{s}"
         );
         assert!(s.contains("-smp 2"), "{s}");
         assert!(s.contains("path=/run/vc/sb1/virtiofsd.sock"), "{s}");
+        assert!(
+            s.contains("-device pvpanic,id=pvpanic0 -action panic=exit-failure"),
+            "{s}"
+        );
     }
 
     #[test]

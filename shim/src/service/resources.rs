@@ -101,7 +101,14 @@ impl TaskService {
             )));
         }
         let sandbox = self.live_sandbox().await?;
-        grow_for(&sandbox, &container.id, &resources).await?;
+        // Every live container counts, with the limits its spec set at Create
+        // unless an Update replaced them.
+        let live: Vec<(String, String)> = self
+            .containers()
+            .values()
+            .map(|c| (c.id.clone(), c.bundle.clone()))
+            .collect();
+        grow_for(&sandbox, &container.id, &resources, &live).await?;
         sandbox
             .agent
             .update_container(protocols::agent::UpdateContainerRequest {
@@ -140,8 +147,49 @@ impl TaskService {
 /// Granularity of memory hotplug (the guest's memory block).
 const MEMORY_BLOCK_MIB: u32 = 128;
 
+/// What a container's limits ask of the VM. `None`: this source (spec or
+/// Update) does not set that limit; `Some(0)`: explicitly unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// vCPUs: CPU quota / period, rounded up.
+    pub cpus: Option<u32>,
+    /// Memory limit in MiB, rounded up.
+    pub memory_mib: Option<u32>,
+}
+
+impl Needs {
+    /// `self`'s limits, with `older`'s where `self` sets none (an Update
+    /// that only sets memory leaves the CPU quota as it was).
+    fn over(self, older: Needs) -> Needs {
+        Needs {
+            cpus: self.cpus.or(older.cpus),
+            memory_mib: self.memory_mib.or(older.memory_mib),
+        }
+    }
+
+    /// From a quota/period pair and a memory limit in bytes (OCI semantics:
+    /// unset = 0 in protobuf, absent in JSON; negative = unlimited).
+    fn from_limits(quota: Option<i64>, period: Option<u64>, limit: Option<i64>) -> Needs {
+        let cpus = match (quota, period) {
+            (Some(q), _) if q < 0 => Some(0),
+            (Some(q), Some(p)) if q > 0 && p > 0 => {
+                Some(u32::try_from((q as u64).div_ceil(p)).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        };
+        let memory_mib = match limit {
+            Some(l) if l < 0 => Some(0),
+            Some(l) if l > 0 => {
+                Some(u32::try_from((l as u64).div_ceil(1 << 20)).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        };
+        Needs { cpus, memory_mib }
+    }
+}
+
 /// The VM's current size, its hotplug room, and what each container's
-/// limits need (from Update).
+/// limits need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSize {
     pub vcpus: u32,
@@ -149,8 +197,11 @@ pub struct VmSize {
     pub max_vcpus: u32,
     pub max_memory_mib: u32,
     pub slots_left: u32,
-    /// Per container: (vCPUs, MiB) its limits ask for.
-    pub needs: std::collections::HashMap<String, (u32, u32)>,
+    /// Per container: the limits its spec set at Create (read from its
+    /// bundle the first time an Update needs them; the spec does not change).
+    pub from_spec: std::collections::HashMap<String, Needs>,
+    /// Per container: the limits Updates set since (they win over the spec's).
+    pub from_update: std::collections::HashMap<String, Needs>,
 }
 
 impl VmSize {
@@ -162,40 +213,86 @@ impl VmSize {
             max_vcpus: q.options.max_vcpus.unwrap_or(q.vcpus).max(q.vcpus),
             max_memory_mib: hotplug.map_or(q.memory_mib, |h| h.max_mib.max(q.memory_mib)),
             slots_left: hotplug.map_or(0, |h| h.slots),
-            needs: Default::default(),
+            from_spec: Default::default(),
+            from_update: Default::default(),
+        }
+    }
+
+    /// Total (vCPUs, MiB) the `live` containers' limits ask for.
+    fn total(&self, live: &[(String, String)]) -> (u32, u32) {
+        live.iter().fold((0, 0), |(c, m), (id, _)| {
+            let spec = self.from_spec.get(id).copied().unwrap_or_default();
+            let needs = self.from_update.get(id).map_or(spec, |u| u.over(spec));
+            (
+                c.saturating_add(needs.cpus.unwrap_or(0)),
+                m.saturating_add(needs.memory_mib.unwrap_or(0)),
+            )
+        })
+    }
+}
+
+/// What an Update's resources ask for.
+fn update_needs(r: &protocols::oci::LinuxResources) -> Needs {
+    Needs::from_limits(
+        r.CPU.as_ref().map(|c| c.Quota).filter(|q| *q != 0),
+        r.CPU.as_ref().map(|c| c.Period),
+        r.Memory.as_ref().map(|m| m.Limit).filter(|l| *l != 0),
+    )
+}
+
+/// What the spec in `bundle` set at Create; unreadable = no limits (logged).
+async fn spec_needs(sandbox: &str, cid: &str, bundle: &str) -> Needs {
+    match crate::spec::load(std::path::Path::new(bundle)).await {
+        Ok(spec) => {
+            let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+            let cpu = r.and_then(|r| r.cpu().as_ref());
+            let memory = r.and_then(|r| r.memory().as_ref());
+            Needs::from_limits(
+                cpu.and_then(|c| c.quota()),
+                cpu.and_then(|c| c.period()),
+                memory.and_then(|m| m.limit()),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(
+                sandbox,
+                container = cid,
+                "limits from the spec unknown: {e}"
+            );
+            Needs::default()
         }
     }
 }
 
-/// vCPUs (quota/period rounded up) and MiB (limit rounded up) `r` asks for.
-fn needs_of(r: &protocols::oci::LinuxResources) -> (u32, u32) {
-    let cpus = r
-        .CPU
-        .as_ref()
-        .filter(|c| c.Quota > 0 && c.Period > 0)
-        .map_or(0, |c| {
-            u32::try_from((c.Quota as u64).div_ceil(c.Period)).unwrap_or(u32::MAX)
-        });
-    let mem = r.Memory.as_ref().filter(|m| m.Limit > 0).map_or(0, |m| {
-        u32::try_from((m.Limit as u64).div_ceil(1 << 20)).unwrap_or(u32::MAX)
-    });
-    (cpus, mem)
-}
-
 /// Grows the VM (vCPUs, then memory; the guest onlines them) when the
-/// containers' limits, with `cid`'s new ones, exceed it. Above the
-/// configured maxima it grows to them and logs, as kata does.
+/// `live` containers' limits (id, bundle), with `cid`'s new ones, exceed it.
+/// Above the configured maxima it grows to them and logs, as kata does.
 async fn grow_for(
     sandbox: &crate::sandbox::Sandbox,
     cid: &str,
     resources: &protocols::oci::LinuxResources,
+    live: &[(String, String)],
 ) -> Result<()> {
-    let mut size = sandbox.size.lock().await;
-    size.needs.insert(cid.to_owned(), needs_of(resources));
-    let (cpus, mem): (u32, u32) = size.needs.values().fold((0, 0), |(c, m), (dc, dm)| {
-        (c.saturating_add(*dc), m.saturating_add(*dm))
-    });
     let sb = sandbox.id.as_str();
+    let mut size = sandbox.size.lock().await;
+    // Containers deleted since the last Update no longer count.
+    size.from_spec
+        .retain(|id, _| live.iter().any(|(l, _)| l == id));
+    size.from_update
+        .retain(|id, _| live.iter().any(|(l, _)| l == id));
+    for (id, bundle) in live {
+        if !size.from_spec.contains_key(id) {
+            let needs = spec_needs(sb, id, bundle).await;
+            size.from_spec.insert(id.clone(), needs);
+        }
+    }
+    let update = update_needs(resources);
+    let merged = size
+        .from_update
+        .get(cid)
+        .map_or(update, |older| update.over(*older));
+    size.from_update.insert(cid.to_owned(), merged);
+    let (cpus, mem) = size.total(live);
     if cpus > size.vcpus {
         let target = cpus.min(size.max_vcpus);
         if target < cpus {
@@ -264,4 +361,39 @@ async fn grow_for(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_replace_only_the_limits_they_set() {
+        let spec = Needs::from_limits(Some(150_000), Some(100_000), Some(300 << 20));
+        assert_eq!(
+            spec,
+            Needs {
+                cpus: Some(2),
+                memory_mib: Some(300)
+            }
+        );
+        // Memory only: the spec's CPU quota still counts.
+        let update = Needs::from_limits(None, Some(100_000), Some(1));
+        assert_eq!(
+            update.over(spec),
+            Needs {
+                cpus: Some(2),
+                memory_mib: Some(1)
+            }
+        );
+        // Negative = unlimited: no longer needs anything.
+        let unlimited = Needs::from_limits(Some(-1), None, Some(-1));
+        assert_eq!(
+            unlimited.over(spec),
+            Needs {
+                cpus: Some(0),
+                memory_mib: Some(0)
+            }
+        );
+    }
 }

@@ -616,3 +616,57 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
         3
     );
 }
+
+/// The VM's size counts the limits containers got at Create, not only those
+/// set by Update: app's spec has a 1-CPU quota, the pod is updated to 1 CPU,
+/// the VM has 1 vCPU → it grows to 2.
+#[tokio::test]
+async fn update_counts_the_limits_containers_were_created_with() {
+    let r = rig();
+    std::fs::write(
+        r.dir.path().join("kata.toml"),
+        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\ndefault_vcpus = 1\ndefault_maxvcpus = 2\n",
+    )
+    .expect("config");
+    r.create("pod", serde_json::json!({})).await.expect("pod");
+    r.start("pod", "").await.expect("start");
+    let app = r.bundle(
+        "app",
+        serde_json::json!({"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod"}),
+    );
+    let path = PathBuf::from(&app).join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    spec["linux"] = serde_json::json!({"resources": {"cpu": {"quota": 100000, "period": 100000}}});
+    std::fs::write(&path, spec.to_string()).expect("write");
+    let req = api::CreateTaskRequest {
+        id: "app".into(),
+        bundle: app,
+        options: Some(r.options()).into(),
+        ..Default::default()
+    };
+    r.svc.do_create(req).await.expect("app");
+    let update = api::UpdateTaskRequest {
+        id: "pod".into(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: br#"{"cpu":{"quota":100000,"period":100000}}"#.to_vec(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    r.svc.do_update(update).await.expect("update");
+    let grows: Vec<VmCall> =
+        r.hv.calls()
+            .into_iter()
+            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
+            .collect();
+    assert_eq!(
+        grows,
+        [VmCall::ResizeVcpus {
+            id: "pod".into(),
+            count: 2
+        }]
+    );
+}
