@@ -204,8 +204,11 @@ impl TaskService {
 
     /// When the VM dies, every live process is reported exited, and the
     /// VM's helpers and directories are cleaned up; containerd then deletes
-    /// the tasks and shuts the daemon down.
+    /// the tasks and shuts the daemon down, or the daemon exits by itself
+    /// after [`super::VM_GONE_LINGER`].
     pub(super) fn watch_vm(&self, sandbox: Arc<Sandbox>) {
+        let exit = self.exit.clone();
+        let linger = self.vm_gone_linger;
         let events = self.events.clone();
         let map = self.containers.clone();
         let slot = self.sandbox_slot();
@@ -253,6 +256,9 @@ impl TaskService {
                 }
                 publish_exit(events.as_ref(), &c, &c.init, "", pid, VM_GONE_STATUS).await;
             }
+            tokio::time::sleep(linger).await;
+            tracing::info!(sandbox = %sandbox.id, "VM gone and containerd did not shut the daemon down: exiting");
+            exit.notify_one();
         });
     }
 

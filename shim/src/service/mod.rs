@@ -13,6 +13,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hypervisor::Hypervisor;
@@ -78,7 +79,15 @@ pub struct TaskService {
     ooms: Arc<lifecycle::OomTracker>,
     /// Signalled when the daemon should exit (Shutdown with nothing left).
     pub exit: Arc<Notify>,
+    /// How long the daemon waits for containerd after its VM died.
+    vm_gone_linger: Duration,
 }
+
+/// After the VM died and every exit was published, containerd normally
+/// deletes the tasks and sends Shutdown within milliseconds. If it never
+/// does (containerd is gone too), the daemon exits anyway rather than
+/// outlive its VM; containerd's `delete` action covers a daemon that exited.
+pub const VM_GONE_LINGER: Duration = Duration::from_secs(30);
 
 impl TaskService {
     pub fn new(
@@ -100,7 +109,14 @@ impl TaskService {
             containers: Arc::new(Mutex::new(HashMap::new())),
             exit: Arc::new(Notify::new()),
             ooms: Arc::default(),
+            vm_gone_linger: VM_GONE_LINGER,
         }
+    }
+
+    /// Sets how long the daemon outlives a dead VM without containerd (tests).
+    pub fn with_vm_gone_linger(mut self, linger: Duration) -> Self {
+        self.vm_gone_linger = linger;
+        self
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {

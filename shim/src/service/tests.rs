@@ -372,6 +372,30 @@ async fn vm_death_reports_every_live_process_exited() {
 }
 
 #[tokio::test]
+async fn daemon_exits_after_vm_death_when_containerd_never_comes() {
+    let mut r = rig();
+    r.svc = r.svc.with_vm_gone_linger(Duration::from_millis(200));
+    let exit = r.svc.exit.clone();
+    let exited = exit.notified();
+    tokio::pin!(exited);
+    exited.as_mut().enable();
+    r.create("c1", serde_json::json!({})).await.expect("create");
+    r.start("c1", "").await.expect("start");
+    // A live VM keeps the daemon up.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), exited.as_mut())
+            .await
+            .is_err(),
+        "daemon exited with its VM running"
+    );
+    r.hv.vms()[0].exit("killed");
+    assert_eq!(r.wait("c1", "").await, 137);
+    tokio::time::timeout(Duration::from_secs(5), exited)
+        .await
+        .expect("daemon exits after its VM died and nobody came");
+}
+
+#[tokio::test]
 async fn failed_boot_or_create_leaves_nothing() {
     let r = rig();
     r.hv.fail_next_launch(hypervisor::Error::InvalidConfig(
