@@ -29,6 +29,11 @@ use crate::{
 
 /// Each QMP exchange is bounded by this.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before QMP `stop` and after `cont` for vhost-device-vsock to be
+/// idle (see `vsock_gate`): without it, 1 run in 6 of `agent_answers_after_cont`
+/// lost the helper's vring worker on this loaded 2-core host.
+const VSOCK_SETTLE: Duration = Duration::from_millis(200);
 /// How long `stop` waits for QMP `quit` before killing QEMU.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `stop` waits for QEMU to exit after `quit` before killing it.
@@ -602,6 +607,9 @@ impl Vm for QemuVm {
         // stopped (see vsock_gate): close the gate first.
         if let Some(gate) = &self.gate {
             gate.close().await;
+            // What already reached the helper (and the guest's answers to
+            // it: credit updates) must be through before its vrings stop.
+            tokio::time::sleep(VSOCK_SETTLE).await;
         }
         let stopped = self.with_qmp(|q| Box::pin(q.stop())).await;
         if stopped.is_err() {
@@ -616,6 +624,8 @@ impl Vm for QemuVm {
         // `cont` returns once QEMU has re-sent the vring setup.
         self.with_qmp(|q| Box::pin(q.cont())).await?;
         if let Some(gate) = &self.gate {
+            // Let the helper finish restarting its vrings before host traffic.
+            tokio::time::sleep(VSOCK_SETTLE).await;
             gate.open();
         }
         Ok(())
