@@ -23,6 +23,7 @@ use protocols::health;
 pub mod dial;
 pub mod fake;
 pub mod kata;
+pub mod testing;
 pub mod watch;
 
 pub use fake::FakeAgent;

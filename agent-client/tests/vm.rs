@@ -7,23 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agent_client::testing::{self, which};
 use agent_client::{connect, Address, Agent};
 use hypervisor::{Accel, Hypervisor, MachineType, Qemu, VmConfig, VsockEndpoint, VsockKind};
-use protocols::agent::{CreateContainerRequest, CreateSandboxRequest, Storage};
-use protocols::oci;
+use protocols::agent::{CreateContainerRequest, CreateSandboxRequest};
 use protocols::ttrpc::Code;
-
-const SHARED: &str = "/run/kata-containers/shared/containers";
-
-fn which(name: &str, fallback: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from(fallback))
-}
 
 fn vm_config(images: &Path, work: &Path) -> VmConfig {
     let shared = work.join("shared");
@@ -50,54 +38,6 @@ fn vm_config(images: &Path, work: &Path) -> VmConfig {
         virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
         start_timeout: Duration::from_secs(30),
         network: None,
-    }
-}
-
-/// A busybox rootfs for container `cid` in the host's shared directory.
-fn make_rootfs(shared: &Path, cid: &str) {
-    let root = shared.join(cid).join("rootfs");
-    for d in ["bin", "proc", "dev", "tmp", "sys"] {
-        std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-}
-
-fn spec(cid: &str, args: &[&str]) -> oci::Spec {
-    oci::Spec {
-        Version: "1.1.0".into(),
-        Hostname: "c".into(),
-        Process: Some(oci::Process {
-            Args: args.iter().map(|s| s.to_string()).collect(),
-            Env: vec!["PATH=/bin".into()],
-            Cwd: "/".into(),
-            User: Some(oci::User::default()).into(),
-            ..Default::default()
-        })
-        .into(),
-        Root: Some(oci::Root {
-            Path: format!("{SHARED}/{cid}/rootfs"),
-            ..Default::default()
-        })
-        .into(),
-        Mounts: vec![oci::Mount {
-            destination: "/proc".into(),
-            source: "proc".into(),
-            type_: "proc".into(),
-            ..Default::default()
-        }],
-        Linux: Some(oci::Linux {
-            Namespaces: ["pid", "mount", "ipc", "uts"]
-                .iter()
-                .map(|t| oci::LinuxNamespace {
-                    Type: t.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
     }
 }
 
@@ -150,23 +90,15 @@ async fn sandbox_with_container(agent: &dyn Agent, shared: &Path, cid: &str, arg
     agent
         .create_sandbox(CreateSandboxRequest {
             hostname: "sb".into(),
-            sandbox_id: "agentvm".into(),
-            storages: vec![Storage {
-                driver: "virtio-fs".into(),
-                fstype: "virtiofs".into(),
-                source: "kataShared".into(),
-                mount_point: format!("{SHARED}/"),
-                ..Default::default()
-            }],
-            ..Default::default()
+            ..testing::shared_fs_sandbox("agentvm")
         })
         .await
         .expect("create sandbox");
-    make_rootfs(shared, cid);
+    testing::busybox_rootfs(shared, cid).expect("busybox rootfs");
     let req = CreateContainerRequest {
         container_id: cid.into(),
         exec_id: cid.into(),
-        OCI: Some(spec(cid, args)).into(),
+        OCI: Some(testing::busybox_spec(cid, args)).into(),
         ..Default::default()
     };
     agent.create_container(req).await.expect("create container");

@@ -15,6 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agent_client::testing::which;
 use hypervisor::qemu::QemuVm;
 use hypervisor::{
     Accel, HostProbe, MachineType, MemoryHotplug, SharedFsKind, Vm, VmConfig, VmEvent, VmOptions,
@@ -37,16 +38,6 @@ fn image_dir() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn which(name: &str, fallback: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from(fallback))
 }
 
 fn config(images: &Path, work: &Path, id: &str, machine: MachineType) -> VmConfig {

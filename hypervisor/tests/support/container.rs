@@ -5,16 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use agent_client::testing;
 use protocols::agent::{
-    CreateContainerRequest, CreateSandboxRequest, ReadStreamRequest, RemoveContainerRequest,
-    StartContainerRequest, Storage, WaitProcessRequest,
+    CreateContainerRequest, ReadStreamRequest, RemoveContainerRequest, StartContainerRequest,
+    WaitProcessRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
-use protocols::oci;
 
-/// Where the guest mounts the host's shared directory.
-const SHARED: &str = "/run/kata-containers/shared/containers";
-/// Each agent call is bounded by this (TCG, shared machine).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn ctx() -> ttrpc::context::Context {
@@ -23,75 +20,12 @@ fn ctx() -> ttrpc::context::Context {
 
 /// CreateSandbox with the virtio-fs share mounted where container rootfs live.
 pub async fn create_sandbox(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
-    let req = CreateSandboxRequest {
-        hostname: id.into(),
-        sandbox_id: id.into(),
-        storages: vec![Storage {
-            driver: "virtio-fs".into(),
-            fstype: "virtiofs".into(),
-            source: "kataShared".into(),
-            mount_point: format!("{SHARED}/"),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let req = testing::shared_fs_sandbox(id);
     agent
         .create_sandbox(ctx(), &req)
         .await
         .map(|_| ())
         .map_err(|e| format!("create sandbox: {e}"))
-}
-
-/// A busybox rootfs for container `cid` in the host's shared directory.
-fn make_rootfs(shared: &Path, cid: &str) -> Result<(), String> {
-    let root = shared.join(cid).join("rootfs");
-    let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", root.display());
-    for d in ["bin", "proc", "dev", "tmp", "sys"] {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| io(d, e))?;
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| io("busybox", e))?;
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| io("sh", e))?;
-    Ok(())
-}
-
-fn spec(cid: &str, args: &[&str]) -> oci::Spec {
-    let mount = |destination: &str, type_: &str| oci::Mount {
-        destination: destination.into(),
-        source: type_.into(),
-        type_: type_.into(),
-        ..Default::default()
-    };
-    oci::Spec {
-        Version: "1.1.0".into(),
-        Hostname: "c".into(),
-        Process: Some(oci::Process {
-            Args: args.iter().map(|s| s.to_string()).collect(),
-            Env: vec!["PATH=/bin".into()],
-            Cwd: "/".into(),
-            User: Some(oci::User::default()).into(),
-            ..Default::default()
-        })
-        .into(),
-        Root: Some(oci::Root {
-            Path: format!("{SHARED}/{cid}/rootfs"),
-            ..Default::default()
-        })
-        .into(),
-        // sysfs: the guest's CPUs and memory blocks, as the kernel sees them.
-        Mounts: vec![mount("/proc", "proc"), mount("/sys", "sysfs")],
-        Linux: Some(oci::Linux {
-            Namespaces: ["pid", "mount", "ipc", "uts"]
-                .iter()
-                .map(|t| oci::LinuxNamespace {
-                    Type: t.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    }
 }
 
 /// Creates and starts container `cid` running `args` (the sandbox must exist).
@@ -101,11 +35,12 @@ pub async fn start(
     cid: &str,
     args: &[&str],
 ) -> Result<(), String> {
-    make_rootfs(shared, cid)?;
+    testing::busybox_rootfs(shared, cid)
+        .map_err(|e| format!("busybox rootfs of {cid} in {}: {e}", shared.display()))?;
     let req = CreateContainerRequest {
         container_id: cid.into(),
         exec_id: cid.into(),
-        OCI: Some(spec(cid, args)).into(),
+        OCI: Some(testing::busybox_spec(cid, args)).into(),
         ..Default::default()
     };
     agent
