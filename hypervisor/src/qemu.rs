@@ -30,6 +30,44 @@ use crate::{
 /// Each QMP exchange is bounded by this.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Polls QMP until the vhost-user-vsock device is started (the guest driver
+/// is up and QEMU handed the vrings to vhost-device-vsock), QEMU exits, or
+/// `deadline`. QEMU without `x-query-virtio-status` (before 7.2) counts as
+/// started: the old behaviour.
+async fn wait_vhost_started(qmp: &mut Qmp, deadline: Instant, qemu: Option<&Supervised>) -> bool {
+    let path = format!(
+        "/machine/peripheral/{}/virtio-backend",
+        crate::cmdline::vsock::VHOST_USER_VSOCK_ID
+    );
+    loop {
+        match qmp
+            .execute(
+                "x-query-virtio-status",
+                Some(serde_json::json!({ "path": path })),
+            )
+            .await
+        {
+            Ok(v) => match v.get("vhost-started") {
+                Some(serde_json::Value::Bool(true)) => return true,
+                Some(_) => {}
+                None => {
+                    tracing::debug!("QMP reports no vhost state: not waiting");
+                    return true;
+                }
+            },
+            Err(e) => {
+                tracing::debug!("no vhost state from QMP ({e}): not waiting");
+                return true;
+            }
+        }
+        if Instant::now() >= deadline || qemu.is_some_and(Supervised::has_exited) {
+            tracing::warn!("vhost-user-vsock not started in time; opening the vsock anyway");
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 /// Pause before QMP `stop` and after `cont` for vhost-device-vsock to be
 /// idle (see `vsock_gate`): without it, 1 run in 6 of `agent_answers_after_cont`
 /// lost the helper's vring worker on this loaded 2-core host.
@@ -210,7 +248,7 @@ impl QemuVm {
         )
         .await
         {
-            Ok((qmp, endpoint)) => {
+            Ok((mut qmp, endpoint)) => {
                 let gate = match &endpoint {
                     VsockEndpoint::Hybrid { uds_path } => match Gate::listen(
                         uds_path,
@@ -225,6 +263,19 @@ impl QemuVm {
                     },
                     VsockEndpoint::Kernel { .. } => None,
                 };
+                if let Some(gate) = &gate {
+                    // Host traffic before the guest's driver set up the vrings
+                    // can also cost vhost-device-vsock its worker ("backend
+                    // event before vring initialization", then CONNECTs that
+                    // are never answered: ~1 boot in 15 here). Clients wait
+                    // at the gate until QEMU has started the vhost device.
+                    gate.close().await;
+                    let ready = Instant::now() + config.start_timeout;
+                    let vhost = wait_vhost_started(&mut qmp, ready, launching.qemu.as_ref()).await;
+                    tracing::info!(sandbox = %sandbox, vhost_started = vhost, elapsed = ?started.elapsed(), "hybrid vsock open");
+                    tokio::time::sleep(VSOCK_SETTLE).await;
+                    gate.open();
+                }
                 let Launching { helpers, qemu, .. } = launching;
                 let Some(qemu) = qemu else {
                     return Err(Error::Qmp("internal: QEMU missing after launch".into()));
@@ -621,10 +672,19 @@ impl Vm for QemuVm {
     }
 
     async fn resume(&self) -> Result<()> {
-        // `cont` returns once QEMU has re-sent the vring setup.
         self.with_qmp(|q| Box::pin(q.cont())).await?;
         if let Some(gate) = &self.gate {
-            // Let the helper finish restarting its vrings before host traffic.
+            // Host traffic only once QEMU has restarted the vhost device and
+            // the helper its vrings.
+            let ready = Instant::now() + QMP_TIMEOUT;
+            // A dead QEMU fails the QMP call, which ends the wait.
+            self.with_qmp(|q| {
+                Box::pin(async move {
+                    wait_vhost_started(q, ready, None).await;
+                    Ok(())
+                })
+            })
+            .await?;
             tokio::time::sleep(VSOCK_SETTLE).await;
             gate.open();
         }

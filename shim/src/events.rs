@@ -1,41 +1,229 @@
 //! Events to containerd (`/tasks/...` topics) through a small seam so the
 //! service can be tested without containerd.
+//!
+//! The publisher keeps containerd's order: one queue, one sender task, and
+//! an event that fails is retried (reconnecting, with backoff) before the
+//! next one goes, so a TaskExit never overtakes its TaskStart while
+//! containerd is briefly unreachable.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
-use protocols::containerd::protobuf::MessageDyn;
-use protocols::containerd::ttrpc::context::Context;
+use protocols::containerd::protobuf::well_known_types::any::Any;
+use protocols::containerd::protobuf::well_known_types::timestamp::Timestamp;
+use protocols::containerd::protobuf::{MessageDyn, MessageField};
+use protocols::containerd::shim::event::Envelope;
+use protocols::containerd::shim::events::ForwardRequest;
+use protocols::containerd::shim_async::EventsClient;
+use protocols::containerd::ttrpc;
+use tokio::sync::mpsc;
 
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>);
 }
 
-/// containerd's event service at `TTRPC_ADDRESS`; failed sends are retried
-/// by the publisher's queue.
+/// Events waiting for containerd; beyond this, publishing waits.
+const QUEUE: usize = 1024;
+/// Attempts per event before it is dropped (with a warning).
+const ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+/// Bound on one Forward call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// containerd's event service at `TTRPC_ADDRESS`.
 pub struct Containerd {
-    publisher: RemotePublisher,
+    queue: mpsc::Sender<Envelope>,
     namespace: String,
 }
 
 impl Containerd {
-    pub async fn connect(ttrpc_address: &str, namespace: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            publisher: RemotePublisher::new(ttrpc_address).await?,
+    /// Starts the sender; it connects on the first event (and after errors),
+    /// so a containerd that is not listening yet delays events, not the shim.
+    pub fn connect(ttrpc_address: &str, namespace: &str) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(send_loop(url_of(ttrpc_address), rx));
+        Self {
+            queue,
             namespace: namespace.to_owned(),
-        })
+        }
     }
+}
+
+fn url_of(address: &str) -> String {
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("unix://{address}")
+    }
+}
+
+/// The envelope containerd expects: the event as an `Any` named by its
+/// protobuf full name, with topic, namespace and time.
+pub fn envelope(
+    topic: &str,
+    namespace: &str,
+    event: &dyn MessageDyn,
+) -> protocols::containerd::protobuf::Result<Envelope> {
+    let mut value = Vec::new();
+    event.write_to_vec_dyn(&mut value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(Envelope {
+        timestamp: MessageField::some(Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+            ..Default::default()
+        }),
+        namespace: namespace.to_owned(),
+        topic: topic.to_owned(),
+        event: MessageField::some(Any {
+            type_url: event.descriptor_dyn().full_name().to_owned(),
+            value,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+async fn send_loop(url: String, mut rx: mpsc::Receiver<Envelope>) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(env) = rx.recv().await {
+        let req = ForwardRequest {
+            envelope: MessageField::some(env),
+            ..Default::default()
+        };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            if client.is_none() {
+                client = ttrpc::r#async::Client::connect(&url)
+                    .await
+                    .map(EventsClient::new)
+                    .map_err(|e| tracing::debug!(url, error = %e, "connecting to containerd"))
+                    .ok();
+            }
+            let sent = match &client {
+                Some(c) => {
+                    let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
+                    c.forward(ctx, &req).await.map(|_| ())
+                }
+                None => Err(ttrpc::Error::LocalClosed),
+            };
+            match sent {
+                Ok(()) => break,
+                Err(e) if attempt == ATTEMPTS => {
+                    tracing::warn!(topic = %topic_of(&req), error = %e, "event dropped: containerd unreachable");
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %topic_of(&req), attempt, error = %e, "event not delivered yet");
+                    client = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn topic_of(req: &ForwardRequest) -> String {
+    req.envelope.topic.clone()
 }
 
 #[async_trait]
 impl EventSink for Containerd {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
-            tracing::warn!(topic, error = %e, "publishing event failed");
+        match envelope(topic, &self.namespace, event.as_ref()) {
+            Ok(env) => {
+                if self.queue.send(env).await.is_err() {
+                    tracing::warn!(topic, "event sender gone");
+                }
+            }
+            Err(e) => tracing::warn!(topic, error = %e, "encoding event"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use protocols::containerd::api::Empty;
+    use protocols::containerd::events::task::{TaskExit, TaskStart};
+    use protocols::containerd::shim_async::{create_events, Events};
+    use protocols::containerd::ttrpc::r#async::{Server, TtrpcContext};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<(String, String, String)>>>);
+
+    #[async_trait]
+    impl Events for Sink {
+        async fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            let e = req.envelope;
+            if let Ok(mut v) = self.0.lock() {
+                v.push((
+                    e.topic.clone(),
+                    e.namespace.clone(),
+                    e.event.type_url.clone(),
+                ));
+            }
+            Ok(Empty::default())
+        }
+    }
+
+    async fn serve(path: &std::path::Path, sink: Sink) -> Server {
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .expect("bind")
+            .register_service(create_events(Arc::new(sink)));
+        server.start().await.expect("start");
+        server
+    }
+
+    async fn wait_for(sink: &Sink, n: usize) -> Vec<(String, String, String)> {
+        for _ in 0..200 {
+            let got = sink.0.lock().map(|v| v.clone()).unwrap_or_default();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        sink.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_arrive_in_order_even_when_containerd_comes_late() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("containerd.sock.ttrpc");
+        let publisher = Containerd::connect(&path.to_string_lossy(), "k8s.io");
+        // containerd is not listening yet: the events wait and keep their order.
+        publisher
+            .publish("/tasks/start", Box::new(TaskStart::default()))
+            .await;
+        publisher
+            .publish("/tasks/exit", Box::new(TaskExit::default()))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sink = Sink::default();
+        let _server = serve(&path, sink.clone()).await;
+        let got = wait_for(&sink, 2).await;
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "/tasks/start".to_owned(),
+                    "k8s.io".to_owned(),
+                    "containerd.events.TaskStart".to_owned()
+                ),
+                (
+                    "/tasks/exit".to_owned(),
+                    "k8s.io".to_owned(),
+                    "containerd.events.TaskExit".to_owned()
+                ),
+            ]
+        );
     }
 }

@@ -18,7 +18,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let args: Vec<_> = std::env::args_os().collect();
-    let flags = containerd_shim::parse(&args[1..]).context("parsing arguments")?;
+    let flags = cli::flags::parse(&args[1..]).context("parsing arguments")?;
     if flags.version {
         println!("containerd-shim-kata-v2:");
         println!("  Version: {}", env!("CARGO_PKG_VERSION"));

@@ -299,7 +299,7 @@ mod tests {
             "-object", "rng-random,id=rng,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng",
             "-chardev", "socket,id=vsock,path=/run/x/vhost-vsock.sock",
-            "-device", "vhost-user-vsock-pci,chardev=vsock",
+            "-device", "vhost-user-vsock-pci,chardev=vsock,id=vsock0",
             "-chardev", "socket,id=fs,path=/run/x/virtiofsd.sock",
             "-device", "vhost-user-fs-pci,chardev=fs,tag=kataShared",
             "-device", "pvpanic,id=pvpanic0", "-action", "panic=exit-failure",
@@ -338,7 +338,7 @@ mod tests {
         assert!(s.contains("-machine microvm,"), "{s}");
         assert!(s.contains("memory-backend=mem"), "{s}");
         assert!(
-            s.contains("-device vhost-user-vsock-device,chardev=vsock"),
+            s.contains("-device vhost-user-vsock-device,chardev=vsock,id=vsock0"),
             "{s}"
         );
         assert!(

@@ -17,6 +17,9 @@ pub enum VsockDevice {
     },
 }
 
+/// QOM id of the vhost-user-vsock device.
+pub const VHOST_USER_VSOCK_ID: &str = "vsock0";
+
 impl VsockDevice {
     /// The same device on another transport.
     pub fn with_transport(self, transport: Transport) -> Self {
@@ -44,8 +47,9 @@ impl QemuArgs for VsockDevice {
                     escape(&socket.to_string_lossy())
                 ));
                 args.push("-device".into());
+                // The id names the device for QMP (`vhost-started`, see qemu.rs).
                 args.push(format!(
-                    "{},chardev=vsock",
+                    "{},chardev=vsock,id={VHOST_USER_VSOCK_ID}",
                     transport.device("vhost-user-vsock")
                 ));
             }

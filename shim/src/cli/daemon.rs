@@ -6,8 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::flags::Flags;
 use anyhow::Context;
-use containerd_shim::Flags;
 use protocols::containerd::shim_async::create_task;
 use protocols::containerd::ttrpc::r#async::transport::Listener;
 use protocols::containerd::ttrpc::r#async::Server;
@@ -60,7 +60,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
 
 async fn serve(flags: Flags) -> anyhow::Result<()> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS not set")?;
-    let events = Arc::new(Containerd::connect(&ttrpc_address, &flags.namespace).await?);
+    let events = Arc::new(Containerd::connect(&ttrpc_address, &flags.namespace));
     let service = Arc::new(TaskService::new(
         &flags.namespace,
         PathBuf::from(RUN_ROOT),

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use containerd_shim::Flags;
+use super::flags::{self, Flags};
 use protocols::containerd::api::DeleteResponse;
 use protocols::protobuf::well_known_types::timestamp::Timestamp;
 use protocols::protobuf::{Message, MessageField};
@@ -22,8 +22,7 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
     cleanup(Path::new(RUN_ROOT), &sandbox_id, &flags.id).await?;
     if flags.id == sandbox_id {
-        let address =
-            containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+        let address = flags::socket_address(&flags.address, &flags.namespace, &sandbox_id);
         let path = address.trim_start_matches("unix://");
         if std::os::unix::net::UnixStream::connect(path).is_err() {
             let _ = std::fs::remove_file(path);

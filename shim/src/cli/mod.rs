@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod delete;
+pub mod flags;
 pub mod start;
 
 use std::path::Path;

@@ -9,8 +9,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use super::flags::{self, Flags};
 use anyhow::{bail, Context};
-use containerd_shim::Flags;
 
 /// The daemon finds its listening socket at this descriptor.
 pub const LISTENER_FD: i32 = 3;
@@ -23,7 +23,7 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
 
     let bundle = std::env::current_dir().context("bundle directory")?;
     let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+    let address = flags::socket_address(&flags.address, &flags.namespace, &sandbox_id);
     let path = address
         .strip_prefix("unix://")
         .unwrap_or(&address)
