@@ -206,7 +206,7 @@ mod tests {
                 kernel: PathBuf::from("/k/vmlinux"),
                 initrd: PathBuf::from("/k/initrd.img"),
                 machine_params: String::new(),
-                extra_params: "quiet agent.log=debug".into(),
+                extra_params: "agent.log=debug".into(),
             },
             sandbox: sandbox::Sandbox(crate::options::Seccomp::On),
             console: console::SerialConsole,
