@@ -18,8 +18,9 @@ const CHUNK: u32 = 1024 * 1024;
 const STALL: Duration = Duration::from_secs(5);
 /// Chunks read from the agent but not yet written out. While the fifo takes
 /// one chunk the next ReadStdout is already on its way, so the vsock is not
-/// idle during our write; the shim holds at most `AHEAD + 1` chunks (each
-/// at most [`CHUNK`]) per stream, then stops asking: back-pressure.
+/// idle during our write. Per stream the shim holds at most `AHEAD + 2`
+/// chunks (each at most [`CHUNK`]: one being written, `AHEAD` queued, one
+/// read and waiting for room), then stops asking: back-pressure.
 const AHEAD: usize = 1;
 /// Buffer of the output fifo (containerd's reader drains it): a 1 MiB fifo
 /// takes a whole chunk in one write instead of sixteen 64 KiB wake-ups. The
