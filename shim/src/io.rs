@@ -16,6 +16,16 @@ const CHUNK: u32 = 1024 * 1024;
 /// A reader that takes nothing for this long is abandoned: its output is
 /// discarded so a stalled client never holds up Kill, Wait or Delete.
 const STALL: Duration = Duration::from_secs(5);
+/// Chunks read from the agent but not yet written out. While the fifo takes
+/// one chunk the next ReadStdout is already on its way, so the vsock is not
+/// idle during our write. Per stream the shim holds at most `AHEAD + 2`
+/// chunks (each at most [`CHUNK`]: one being written, `AHEAD` queued, one
+/// read and waiting for room), then stops asking: back-pressure.
+const AHEAD: usize = 1;
+/// Buffer of the output fifo (containerd's reader drains it): a 1 MiB fifo
+/// takes a whole chunk in one write instead of sixteen 64 KiB wake-ups. The
+/// kernel allocates its pages only while they hold data.
+const FIFO_SIZE: i32 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -151,11 +161,24 @@ async fn open_sink(uri: &str) -> Option<Sink> {
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
     match pipe::OpenOptions::new().open_sender(path) {
-        Ok(s) => Some(Box::new(s)),
+        Ok(s) => {
+            grow_pipe(&s, FIFO_SIZE);
+            Some(Box::new(s))
+        }
         Err(e) => {
             tracing::warn!(path, error = %e, "cannot open output fifo; output discarded");
             None
         }
+    }
+}
+
+/// Asks the kernel for a `size`-byte pipe buffer; a fifo we cannot grow
+/// (limits, not a pipe) still works at its default size.
+fn grow_pipe(fd: &impl std::os::fd::AsFd, size: i32) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::fd::AsRawFd;
+    if let Err(e) = fcntl(fd.as_fd().as_raw_fd(), FcntlArg::F_SETPIPE_SZ(size)) {
+        tracing::debug!(error = %e, "cannot grow the output fifo");
     }
 }
 
@@ -167,37 +190,74 @@ pub async fn copy_out(
     container_id: String,
     exec_id: String,
     stream: Stream,
-    mut out: Option<Sink>,
+    out: Option<Sink>,
 ) {
-    loop {
-        let chunk = match stream {
-            Stream::Stdout => agent.read_stdout(&container_id, &exec_id, CHUNK).await,
-            Stream::Stderr => agent.read_stderr(&container_id, &exec_id, CHUNK).await,
-        };
-        let data = match chunk {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(container = %container_id, exec = %exec_id, error = %e, "{stream:?} ended");
+    copy_out_with(agent, container_id, exec_id, stream, out, STALL).await;
+}
+
+async fn copy_out_with(
+    agent: Arc<dyn Agent>,
+    container_id: String,
+    exec_id: String,
+    stream: Stream,
+    out: Option<Sink>,
+    stall: Duration,
+) {
+    // Reading (RPCs to the agent) and writing (to containerd's fifo) run
+    // side by side, joined by a channel that keeps the order of the chunks.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(AHEAD);
+    let ids = (container_id.clone(), exec_id.clone());
+    let writer = write_out(out, rx, stream, ids, stall);
+    let reader = async move {
+        loop {
+            let chunk = match stream {
+                Stream::Stdout => agent.read_stdout(&container_id, &exec_id, CHUNK).await,
+                Stream::Stderr => agent.read_stderr(&container_id, &exec_id, CHUNK).await,
+            };
+            let data = match chunk {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(container = %container_id, exec = %exec_id, error = %e, "{stream:?} ended");
+                    break;
+                }
+            };
+            // The writer takes every chunk until the channel closes (it
+            // discards them once its reader is gone): never fails early.
+            if tx.send(data).await.is_err() {
                 break;
             }
-        };
-        if let Some(w) = out.as_mut() {
-            match tokio::time::timeout(STALL, w.write_all(&data)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(container = %container_id, exec = %exec_id, error = %e, "{stream:?} reader gone; discarding");
-                    out = None;
-                }
-                Err(_) => {
-                    tracing::warn!(container = %container_id, exec = %exec_id, "{stream:?} reader stalled; discarding");
-                    out = None;
-                }
+        }
+        // Dropping `tx` tells the writer the stream ended.
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Writes the chunks in order to `out`; once the reader is gone or stalled
+/// for `stall`, discards them (the guest's stream is still drained).
+async fn write_out(
+    mut out: Option<Sink>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    stream: Stream,
+    (container_id, exec_id): (String, String),
+    stall: Duration,
+) {
+    while let Some(data) = rx.recv().await {
+        let Some(w) = out.as_mut() else { continue };
+        match tokio::time::timeout(stall, w.write_all(&data)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(container = %container_id, exec = %exec_id, error = %e, "{stream:?} reader gone; discarding");
+                out = None;
+            }
+            Err(_) => {
+                tracing::warn!(container = %container_id, exec = %exec_id, "{stream:?} reader stalled; discarding");
+                out = None;
             }
         }
     }
     if let Some(mut w) = out {
-        let _ = tokio::time::timeout(STALL, w.flush()).await;
+        let _ = tokio::time::timeout(stall, w.flush()).await;
     }
 }
 
@@ -272,6 +332,105 @@ mod tests {
         assert_eq!(p, "/usr/bin/logger");
         assert_eq!(a, vec!["-id", "abc", "--json"]);
         assert!(parse_binary_uri("binary://relative/logger").is_err());
+    }
+
+    /// A sink that records what it is given, or never accepts anything.
+    struct Recorder {
+        got: Arc<std::sync::Mutex<Vec<u8>>>,
+        stuck: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.stuck {
+                return std::task::Poll::Pending;
+            }
+            // Short writes, to exercise write_all across chunk boundaries.
+            let n = buf.len().min(7);
+            self.got
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads run ahead of the writer: every byte still arrives once, in order.
+    #[tokio::test]
+    async fn output_arrives_whole_and_in_order() {
+        let fake = Arc::new(agent_client::fake::FakeAgent::new());
+        let mut want = Vec::new();
+        for i in 0..2000u32 {
+            let line = format!("{i}\n");
+            fake.push_stdout("c1", "", line.as_bytes());
+            want.extend_from_slice(line.as_bytes());
+        }
+        fake.exit_process("c1", "", 0);
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Recorder {
+            got: got.clone(),
+            stuck: false,
+        };
+        copy_out(
+            fake,
+            "c1".into(),
+            String::new(),
+            Stream::Stdout,
+            Some(Box::new(sink)),
+        )
+        .await;
+        assert_eq!(*got.lock().unwrap_or_else(|p| p.into_inner()), want);
+    }
+
+    /// A reader that never reads is given up on; the stream is still drained
+    /// to its end, so the process is never blocked on its output.
+    #[tokio::test]
+    async fn a_stalled_reader_does_not_stop_the_drain() {
+        let fake = Arc::new(agent_client::fake::FakeAgent::new());
+        for _ in 0..10 {
+            fake.push_stdout("c1", "", &[b'x'; 1000]);
+        }
+        fake.exit_process("c1", "", 0);
+        let sink = Recorder {
+            got: Arc::default(),
+            stuck: true,
+        };
+        let agent: Arc<dyn Agent> = fake.clone();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            copy_out_with(
+                agent,
+                "c1".into(),
+                String::new(),
+                Stream::Stdout,
+                Some(Box::new(sink)),
+                Duration::from_millis(100),
+            ),
+        )
+        .await
+        .expect("copy_out ends although nobody reads");
+        let reads = fake
+            .methods()
+            .iter()
+            .filter(|m| **m == "ReadStdout")
+            .count();
+        assert_eq!(reads, 11, "10 chunks and the end of stream");
     }
 
     #[tokio::test]

@@ -157,6 +157,50 @@ async fn one_container_through_the_task_api() -> Result<()> {
         "hello through stdin"
     );
 
+    // A long stdout arrives whole and in order (1.2 MB of `seq`: many
+    // ReadStdout chunks, run-ahead reads in the shim, a grown guest pipe).
+    let seq = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "seq1",
+        "box",
+        "seq",
+        "1",
+        "200000",
+    ])?;
+    assert!(
+        seq.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seq.stderr)
+    );
+    let want: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(seq.stdout.len(), want.len(), "seq output length");
+    assert!(seq.stdout == want.as_bytes(), "seq output differs");
+
+    // Small writes are not held back: the first line arrives while the
+    // process still sleeps, well before the second.
+    let mut child = Command::new("ctr")
+        .args(["--address", &addr, "-n", "kata-test", "task", "exec"])
+        .args(["--exec-id", "prompt1", "box", "sh", "-c"])
+        .arg("echo first; sleep 4; echo second")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let first = lines.next().context("first line")??;
+        let t = std::time::Instant::now();
+        let second = lines.next().context("second line")??;
+        assert_eq!((first.as_str(), second.as_str()), ("first", "second"));
+        assert!(
+            t.elapsed() >= Duration::from_secs(2),
+            "the first line was held back until {:?} before the second",
+            t.elapsed()
+        );
+    }
+    assert!(child.wait()?.success());
+
     // Duplicate exec id while the first is running → AlreadyExists; shim keeps serving.
     ctd.ctr_ok(&[
         "task",

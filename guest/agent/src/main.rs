@@ -27,10 +27,27 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_ADDR: &str = "vsock://-1:1024";
 const BIND_ATTEMPTS: u32 = 500;
 
+/// Stdout answers allocate up to 1 MiB twice per ReadStdout (the data, its
+/// encoding). With glibc's adaptive defaults those come from mmap or from a
+/// heap top trimmed after every answer, so each one faults its pages in
+/// again, and page faults are slow under TCG. Fixed thresholds keep them
+/// on the heap and keep up to 4 MiB of freed heap for the next answer (a cost
+/// paid only by a guest that streamed; idle guests never grow that far).
+fn keep_stream_buffers() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+    }
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(runtime::HELPER_ARG) {
         runtime::helper_main();
     }
+    keep_stream_buffers();
     let pid1 = std::process::id() == 1;
     let problems = if pid1 {
         init::early_setup()

@@ -24,10 +24,18 @@ use pods::{KATA, RUNC};
 use procmem::{Mem, QemuBreakdown};
 use stats::Summary;
 
+/// A single section to run instead of all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    Stdout,
+}
+
 /// What to run and how often.
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub out: PathBuf,
+    /// Run only this section (no pod start, so no start ratios in the report).
+    pub only: Option<Only>,
     /// Samples of pod start (each side) and of the floor.
     pub runs: usize,
     /// Samples of exec latency.
@@ -49,6 +57,7 @@ impl Opts {
     pub fn full(out: PathBuf) -> Self {
         Self {
             out,
+            only: None,
             runs: 5,
             exec_runs: 10,
             throughput_mib: 256,
@@ -60,10 +69,20 @@ impl Opts {
         }
     }
 
+    /// Only stdout throughput, 3 runs (`kata-bench --only stdout`).
+    pub fn stdout_only(out: PathBuf) -> Self {
+        Self {
+            only: Some(Only::Stdout),
+            throughput_runs: 3,
+            ..Self::full(out)
+        }
+    }
+
     /// One iteration of the cheap parts (the smoke test in `make test`).
     pub fn smoke(out: PathBuf) -> Self {
         Self {
             out,
+            only: None,
             runs: 1,
             exec_runs: 1,
             throughput_mib: 0,
@@ -170,6 +189,9 @@ pub fn run(opts: &Opts) -> Result<Results> {
         ("shim RPC overhead on fakes", rpc_overhead),
     ];
     for (name, section) in sections {
+        if opts.only == Some(Only::Stdout) && name != "stdout throughput" {
+            continue;
+        }
         if let Err(e) = section(&ctd, fl.as_mut(), opts, &mut r) {
             log(&format!("{name} failed: {e:#}"));
             r.notes

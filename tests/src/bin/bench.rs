@@ -3,7 +3,10 @@
 //! the VM floor; writes `report.md`, `report.json`, `scaling.svg` and prints
 //! the ratio table.
 //!
-//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N] [--floor N]`
+//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout]`
+//!
+//! `--only stdout` runs only the stdout throughput section (ours, runc and the
+//! floor, interleaved; `--runs N` sets its runs): a quick loop for tuning.
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -16,12 +19,17 @@ fn main() -> Result<()> {
     let mut out = None;
     let mut smoke = false;
     let mut runs = None;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
             "--smoke" => smoke = true,
             "--runs" => runs = Some(args.next().context("--runs N")?.parse::<usize>()?),
+            "--only" => match args.next().as_deref() {
+                Some("stdout") => only = Some(bench::Only::Stdout),
+                other => bail!("--only takes `stdout`, not {other:?}"),
+            },
             "--floor" => {
                 // Only the VM floor, N boots (diagnosis).
                 let n = args.next().context("--floor N")?.parse::<usize>()?;
@@ -39,7 +47,7 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             "-h" | "--help" => {
-                println!("kata-bench [--out DIR] [--smoke] [--runs N] [--floor N]");
+                println!("kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -50,15 +58,21 @@ fn main() -> Result<()> {
         let build = std::env::var_os("BUILD")
             .map(PathBuf::from)
             .unwrap_or_else(|| integration_tests::repo_root().join("build"));
-        build.join("bench")
+        // A partial run must not overwrite the full report.
+        build.join(if only.is_some() {
+            "bench-only"
+        } else {
+            "bench"
+        })
     });
-    let mut opts = if smoke {
-        bench::Opts::smoke(out)
-    } else {
-        bench::Opts::full(out)
+    let mut opts = match (only, smoke) {
+        (Some(bench::Only::Stdout), _) => bench::Opts::stdout_only(out),
+        (None, true) => bench::Opts::smoke(out),
+        (None, false) => bench::Opts::full(out),
     };
     if let Some(n) = runs {
         opts.runs = n;
+        opts.throughput_runs = n;
     }
     let results = bench::run(&opts)?;
     println!("{}", bench::report::ratio_table(&results));
