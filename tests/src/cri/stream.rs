@@ -62,6 +62,22 @@ pub async fn run(
     stdin: &[u8],
     timeout: Duration,
 ) -> Result<Outcome> {
+    session(url, resize, stdin, None, timeout).await
+}
+
+/// Like [`run`], but returns (closing the stream) as soon as stdout holds
+/// `want`: for a container that keeps running after it answered.
+pub async fn run_until(url: &str, stdin: &[u8], want: &str, timeout: Duration) -> Result<Outcome> {
+    session(url, None, stdin, Some(want), timeout).await
+}
+
+async fn session(
+    url: &str,
+    resize: Option<(u16, u16)>,
+    stdin: &[u8],
+    until: Option<&str>,
+    timeout: Duration,
+) -> Result<Outcome> {
     let ws_url = url.replacen("http://", "ws://", 1);
     let mut req = ws_url.as_str().into_client_request()?;
     req.headers_mut()
@@ -88,7 +104,12 @@ pub async fn run(
         while let Some(msg) = ws.next().await {
             match msg? {
                 Message::Binary(b) if !b.is_empty() => match b[0] {
-                    STDOUT => out.stdout.extend_from_slice(&b[1..]),
+                    STDOUT => {
+                        out.stdout.extend_from_slice(&b[1..]);
+                        if until.is_some_and(|w| String::from_utf8_lossy(&out.stdout).contains(w)) {
+                            break;
+                        }
+                    }
                     STDERR => out.stderr.extend_from_slice(&b[1..]),
                     ERROR => out.status.push_str(&String::from_utf8_lossy(&b[1..])),
                     _ => {}
