@@ -345,13 +345,7 @@ impl AgentService for Agent {
     async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> R<Routes> {
         let wanted = req.routes.into_option().unwrap_or_default().Routes;
         let r = crate::network::update_routes(&wanted).await;
-        log_err(
-            "UpdateRoutes",
-            r.map(|routes| protocols::agent::Routes {
-                Routes: routes,
-                ..Default::default()
-            }),
-        )
+        log_err("UpdateRoutes", r.map(routes_message))
     }
 
     async fn list_interfaces(&self, _: &TtrpcContext, _: ListInterfacesRequest) -> R<Interfaces> {
@@ -367,13 +361,14 @@ impl AgentService for Agent {
 
     async fn list_routes(&self, _: &TtrpcContext, _: ListRoutesRequest) -> R<Routes> {
         let r = crate::network::list_routes().await;
-        log_err(
-            "ListRoutes",
-            r.map(|routes| protocols::agent::Routes {
-                Routes: routes,
-                ..Default::default()
-            }),
-        )
+        log_err("ListRoutes", r.map(routes_message))
+    }
+}
+
+fn routes_message(routes: Vec<protocols::types::Route>) -> Routes {
+    Routes {
+        Routes: routes,
+        ..Default::default()
     }
 }
 
