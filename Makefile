@@ -5,7 +5,7 @@ PREFIX      ?= /usr/local
 BUILD       ?= $(CURDIR)/build
 GUEST_OUT   ?= $(BUILD)/guest
 CARGO       ?= cargo
-SHIM        := target/release/containerd-shim-kata-v2
+SHIM        := target/shim/containerd-shim-kata-v2
 
 .PHONY: all deps build image demo test unit-test integration-test cri-test install lint bench clean
 
@@ -15,7 +15,7 @@ deps:
 	scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --release -p containerd-shim-kata-v2
+	$(CARGO) build --profile shim -p containerd-shim-kata-v2
 
 # Kernel + initramfs with the project's guest agent as PID 1.
 image: deps

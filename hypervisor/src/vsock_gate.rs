@@ -32,10 +32,21 @@ use tokio::task::JoinSet;
 
 use crate::{Error, Result};
 
-/// Relay buffer; one per direction and connection. Stdout chunks arrive as
-/// up to 1 MiB ttrpc answers: 256 KiB moves one in four reads and writes
-/// (64 KiB took sixteen). Pages are touched only as far as a read fills them.
+/// Relay buffer bounds; one buffer per direction and connection. Stdout
+/// chunks arrive as up to 1 MiB ttrpc answers: 256 KiB moves one in four
+/// reads and writes (64 KiB took sixteen). A buffer starts small and grows
+/// once a read fills it, so idle connections (the agent's control channel
+/// of every pod) keep little memory.
+const BUF_MIN: usize = 16 * 1024;
 const BUF: usize = 256 * 1024;
+
+/// After a read of `n` bytes into `buf`: a full buffer means more is
+/// waiting, so the next read gets the largest size.
+fn grow_if_filled(buf: &mut Vec<u8>, n: usize) {
+    if n == buf.len() && buf.len() < BUF {
+        *buf = vec![0u8; BUF];
+    }
+}
 
 #[derive(Debug)]
 struct State {
@@ -143,7 +154,7 @@ async fn relay(mut client: UnixStream, backend: &Path, state: &State) -> io::Res
     let (mut client_r, mut client_w) = client.split();
     let (up_r, mut up_w) = upstream.into_split();
     let to_backend = async {
-        let mut buf = vec![0u8; BUF];
+        let mut buf = vec![0u8; BUF_MIN];
         loop {
             // A client that reset is a client that left: half-close as for EOF.
             let n = tokio::io::AsyncReadExt::read(&mut client_r, &mut buf)
@@ -165,10 +176,11 @@ async fn relay(mut client: UnixStream, backend: &Path, state: &State) -> io::Res
                     Err(e) => return Err(e),
                 }
             }
+            grow_if_filled(&mut buf, n);
         }
     };
     let from_backend = async {
-        let mut buf = vec![0u8; BUF];
+        let mut buf = vec![0u8; BUF_MIN];
         loop {
             up_r.readable().await?;
             let n = {
@@ -183,6 +195,7 @@ async fn relay(mut client: UnixStream, backend: &Path, state: &State) -> io::Res
                 return client_w.shutdown().await;
             }
             client_w.write_all(&buf[..n]).await?;
+            grow_if_filled(&mut buf, n);
         }
     };
     // One direction's EOF is a half-close: the other goes on. An error (the
@@ -279,6 +292,41 @@ mod tests {
             .await
             .expect("the client sees the helper's close");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    /// Buffers start small and grow under load: a stream of several
+    /// largest-buffer sizes crosses both ways intact and in order.
+    #[tokio::test]
+    async fn large_streams_cross_both_ways_intact() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (public, private) = (d.path().join("vsock.sock"), d.path().join("vdv.sock"));
+        let listener = UnixListener::bind(&private).expect("bind");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let gate = Gate::listen(&public, private, "sb".into()).expect("gate");
+        gate.open();
+        let data: Vec<u8> = (0..3 * BUF + 12_345).map(|i| (i % 251) as u8).collect();
+        let c = UnixStream::connect(&public).await.expect("connect");
+        let (mut r, mut w) = c.into_split();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.expect("write");
+            w.shutdown().await.expect("half-close");
+        });
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut back))
+            .await
+            .expect("echo within 10 s")
+            .expect("read");
+        writer.await.expect("writer");
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "echoed bytes differ");
     }
 
     #[tokio::test]

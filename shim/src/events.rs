@@ -66,8 +66,14 @@ pub fn envelope(
     namespace: &str,
     event: &dyn MessageDyn,
 ) -> protocols::containerd::protobuf::Result<Envelope> {
-    let mut value = Vec::new();
-    event.write_to_vec_dyn(&mut value)?;
+    let (type_url, value) = match encode_known(event) {
+        Some((name, value)) => (name.to_owned(), value),
+        None => {
+            let mut value = Vec::new();
+            event.write_to_vec_dyn(&mut value)?;
+            (event.descriptor_dyn().full_name().to_owned(), value)
+        }
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -80,12 +86,43 @@ pub fn envelope(
         namespace: namespace.to_owned(),
         topic: topic.to_owned(),
         event: MessageField::some(Any {
-            type_url: event.descriptor_dyn().full_name().to_owned(),
+            type_url,
             value,
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// Encodes the task events the shim publishes by their concrete type, with
+/// their protobuf full names written out: the `dyn` path goes through
+/// protobuf's reflection tables, which cost every shim hundreds of KiB of
+/// heap once built. Other messages fall back to it.
+fn encode_known(event: &dyn MessageDyn) -> Option<(&'static str, Vec<u8>)> {
+    use protocols::containerd::events::task::*;
+    use protocols::containerd::protobuf::Message;
+    macro_rules! known {
+        ($($t:ident),*) => {$(
+            if let Some(m) = event.downcast_ref::<$t>() {
+                return m
+                    .write_to_bytes()
+                    .ok()
+                    .map(|v| (concat!("containerd.events.", stringify!($t)), v));
+            }
+        )*};
+    }
+    known!(
+        TaskCreate,
+        TaskStart,
+        TaskDelete,
+        TaskExit,
+        TaskOOM,
+        TaskExecAdded,
+        TaskExecStarted,
+        TaskPaused,
+        TaskResumed
+    );
+    None
 }
 
 async fn send_loop(url: String, mut rx: mpsc::Receiver<Envelope>) {
@@ -192,6 +229,46 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         sink.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn known_events_are_named_and_encoded_as_their_descriptors_say() {
+        use protocols::containerd::events::task::*;
+        use protocols::containerd::protobuf::{Message, MessageFull};
+        let exit = TaskExit {
+            container_id: "c1".into(),
+            exit_status: 7,
+            ..Default::default()
+        };
+        let events: Vec<Box<dyn MessageDyn>> = vec![
+            Box::new(TaskCreate::new()),
+            Box::new(TaskStart::new()),
+            Box::new(TaskDelete::new()),
+            Box::new(exit.clone()),
+            Box::new(TaskOOM::new()),
+            Box::new(TaskExecAdded::new()),
+            Box::new(TaskExecStarted::new()),
+            Box::new(TaskPaused::new()),
+            Box::new(TaskResumed::new()),
+            // Not in the table: the reflective path.
+            Box::new(TaskCheckpointed::new()),
+        ];
+        for e in events {
+            let env = envelope("/t", "ns", e.as_ref()).expect("envelope");
+            assert_eq!(env.event.type_url, e.descriptor_dyn().full_name());
+            let mut want = Vec::new();
+            e.write_to_vec_dyn(&mut want).expect("encode");
+            assert_eq!(env.event.value, want, "{}", env.event.type_url);
+        }
+        let env = envelope("/tasks/exit", "ns", &exit).expect("envelope");
+        assert_eq!(
+            TaskExit::parse_from_bytes(&env.event.value).expect("decode"),
+            exit
+        );
+        assert_eq!(
+            TaskExit::descriptor().full_name(),
+            "containerd.events.TaskExit"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use protocols::agent::{BlkioStatsEntry, CgroupStats, MemoryData, StatsContainerR
 use protocols::containerd::cgroups::metrics as v1;
 use protocols::containerd::cgroups_v2::metrics as v2;
 use protocols::protobuf::well_known_types::any::Any;
-use protocols::protobuf::{MessageField, MessageFull};
+use protocols::protobuf::{Message, MessageField};
 
 /// Whether the host runs the unified cgroup v2 hierarchy (what containerd
 /// checks to pick the metrics type it expects).
@@ -32,16 +32,19 @@ fn cgroup_v2_at(root: &Path) -> bool {
 /// (`v2`) or `io.containerd.cgroups.v1.Metrics`, packed the way containerd's
 /// typeurl registry expects (type_url = the message's full name, no prefix).
 pub fn to_metrics_any(stats: &StatsContainerResponse, v2: bool) -> Any {
+    // Names written out rather than taken from the descriptors: protobuf's
+    // reflection tables cost every shim hundreds of KiB once built (the
+    // tests check the names against the descriptors).
     if v2 {
-        pack(&to_v2(stats))
+        pack("io.containerd.cgroups.v2.Metrics", &to_v2(stats))
     } else {
-        pack(&to_v1(stats))
+        pack("io.containerd.cgroups.v1.Metrics", &to_v1(stats))
     }
 }
 
-fn pack<M: MessageFull>(m: &M) -> Any {
+fn pack<M: Message>(type_url: &str, m: &M) -> Any {
     Any {
-        type_url: M::descriptor().full_name().to_string(),
+        type_url: type_url.to_owned(),
         // Encoding a message into a Vec cannot fail (no size limit reached
         // with these small messages); an empty value still decodes.
         value: m.write_to_bytes().unwrap_or_default(),
@@ -362,7 +365,7 @@ mod tests {
         BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryStats, NetworkStats, PidsStats,
         ThrottlingData,
     };
-    use protocols::protobuf::Message;
+    use protocols::protobuf::MessageFull;
 
     fn entry(major: u64, minor: u64, op: &str, value: u64) -> BlkioStatsEntry {
         BlkioStatsEntry {
@@ -456,12 +459,12 @@ mod tests {
     }
 
     fn decode_v1(any: &Any) -> v1::Metrics {
-        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        assert_eq!(any.type_url, v1::Metrics::descriptor().full_name());
         v1::Metrics::parse_from_bytes(&any.value).unwrap()
     }
 
     fn decode_v2(any: &Any) -> v2::Metrics {
-        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        assert_eq!(any.type_url, v2::Metrics::descriptor().full_name());
         v2::Metrics::parse_from_bytes(&any.value).unwrap()
     }
 

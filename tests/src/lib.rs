@@ -34,9 +34,10 @@ pub fn guest_dir() -> PathBuf {
     build.join("guest")
 }
 
-/// Directory holding the built `containerd-shim-kata-v2`.
+/// Directory holding the built `containerd-shim-kata-v2` (cargo profile
+/// `shim`, as `make build` builds it).
 pub fn shim_dir() -> PathBuf {
-    repo_root().join("target/release")
+    repo_root().join("target/shim")
 }
 
 /// Whether the VM tests can run here (root, built guest image and shim).

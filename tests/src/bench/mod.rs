@@ -28,6 +28,19 @@ use stats::Summary;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
     Stdout,
+    Memory,
+}
+
+impl Only {
+    /// The sections this choice runs.
+    fn runs(self, section: &str) -> bool {
+        match self {
+            Only::Stdout => section == "stdout throughput",
+            Only::Memory => {
+                section == "memory and exec" || section == "shim memory with many containers"
+            }
+        }
+    }
 }
 
 /// What to run and how often.
@@ -69,10 +82,10 @@ impl Opts {
         }
     }
 
-    /// Only stdout throughput, 3 runs (`kata-bench --only stdout`).
-    pub fn stdout_only(out: PathBuf) -> Self {
+    /// One section (`kata-bench --only …`); stdout gets 3 runs.
+    pub fn only(only: Only, out: PathBuf) -> Self {
         Self {
-            only: Some(Only::Stdout),
+            only: Some(only),
             throughput_runs: 3,
             ..Self::full(out)
         }
@@ -189,7 +202,7 @@ pub fn run(opts: &Opts) -> Result<Results> {
         ("shim RPC overhead on fakes", rpc_overhead),
     ];
     for (name, section) in sections {
-        if opts.only == Some(Only::Stdout) && name != "stdout throughput" {
+        if opts.only.is_some_and(|o| !o.runs(name)) {
             continue;
         }
         if let Err(e) = section(&ctd, fl.as_mut(), opts, &mut r) {

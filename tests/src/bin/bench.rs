@@ -3,10 +3,12 @@
 //! the VM floor; writes `report.md`, `report.json`, `scaling.svg` and prints
 //! the ratio table.
 //!
-//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout]`
+//! Usage: `kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout|memory]`
 //!
 //! `--only stdout` runs only the stdout throughput section (ours, runc and the
 //! floor, interleaved; `--runs N` sets its runs): a quick loop for tuning.
+//! `--only memory` runs only the one-container pods (shim and per-pod memory,
+//! exec latency) and the ten-container shim.
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -28,7 +30,8 @@ fn main() -> Result<()> {
             "--runs" => runs = Some(args.next().context("--runs N")?.parse::<usize>()?),
             "--only" => match args.next().as_deref() {
                 Some("stdout") => only = Some(bench::Only::Stdout),
-                other => bail!("--only takes `stdout`, not {other:?}"),
+                Some("memory") => only = Some(bench::Only::Memory),
+                other => bail!("--only takes `stdout` or `memory`, not {other:?}"),
             },
             "--floor" => {
                 // Only the VM floor, N boots (diagnosis).
@@ -47,7 +50,9 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             "-h" | "--help" => {
-                println!("kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout]");
+                println!(
+                    "kata-bench [--out DIR] [--smoke] [--runs N] [--floor N] [--only stdout|memory]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -66,7 +71,7 @@ fn main() -> Result<()> {
         })
     });
     let mut opts = match (only, smoke) {
-        (Some(bench::Only::Stdout), _) => bench::Opts::stdout_only(out),
+        (Some(o), _) => bench::Opts::only(o, out),
         (None, true) => bench::Opts::smoke(out),
         (None, false) => bench::Opts::full(out),
     };
