@@ -16,6 +16,7 @@ mod reaper;
 mod runtime;
 mod sandbox;
 mod server;
+mod spawn;
 mod sync;
 mod system;
 

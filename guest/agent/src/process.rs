@@ -7,8 +7,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +22,7 @@ use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::reaper::{wait_exit, ExitStatus, Reaper};
 use crate::runtime::{encode_config, HELPER_ARG, SYNC_FD};
+use crate::spawn;
 use crate::sync::{self, read_frame, write_frame};
 
 /// Longest a helper may take to set a container up before we give up on it.
@@ -397,43 +396,31 @@ fn spawn_sync(req: SpawnRequest, reaper: &Reaper) -> Result<Spawned> {
         .map(|b| (b.Height, b.Width));
     let pipes = make_pipes(terminal)?;
     let (mut sock, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
-    let theirs_fd = theirs.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_ARG).env_clear();
-    match pipes.child {
-        Some([child_in, child_out, child_err]) => {
-            cmd.stdin(Stdio::from(child_in))
-                .stdout(Stdio::from(child_out))
-                .stderr(Stdio::from(child_err));
-        }
-        None => {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-        }
-    }
-    // SAFETY: the closure runs between fork and exec and only calls dup2 and
-    // fcntl, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = if theirs_fd == SYNC_FD {
-                libc::fcntl(SYNC_FD, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(theirs_fd, SYNC_FD)
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })
+    // The helper's sync descriptor is fixed; ours must not sit on it.
+    let theirs = if theirs.as_raw_fd() == SYNC_FD {
+        let moved = theirs.try_clone().map_err(|e| Error::io("dup", e))?;
+        drop(theirs);
+        moved
+    } else {
+        theirs
     };
-    let (child, exit) = reaper
-        .spawn(&mut cmd)
+    let stdio = match &pipes.child {
+        Some([i, o, e]) => spawn::Stdio::Fds([i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()]),
+        None => spawn::Stdio::Null,
+    };
+    let (helper_pid, exit) = reaper
+        .spawn(|| {
+            spawn::spawn(
+                "/proc/self/exe",
+                HELPER_ARG,
+                &stdio,
+                theirs.as_raw_fd(),
+                SYNC_FD,
+            )
+        })
         .map_err(|e| Error::io("spawning container helper", e))?;
-    // The reaper owns waiting; `child` is dropped without a wait.
-    let helper_pid = child.id() as i32;
-    drop(child);
-    drop(cmd);
+    // The reaper owns waiting; our copies of the child's ends go.
+    drop(pipes.child);
     drop(theirs);
     let log_id = req.log_id.clone();
     tracing::debug!(id = %log_id, elapsed = ?t0.elapsed(), "helper spawned");

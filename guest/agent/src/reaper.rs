@@ -46,21 +46,21 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Spawns `cmd` and watches the child, atomically with respect to the
-    /// reaper: a status kept for an earlier process with the same (recycled)
-    /// pid cannot be mistaken for the new child's.
+    /// Runs `spawn` (which starts a child and returns its pid) and watches
+    /// the child, atomically with respect to the reaper: a status kept for an
+    /// earlier process with the same (recycled) pid cannot be mistaken for
+    /// the new child's.
     pub fn spawn(
         &self,
-        cmd: &mut std::process::Command,
-    ) -> std::io::Result<(std::process::Child, watch::Receiver<Option<ExitStatus>>)> {
+        spawn: impl FnOnce() -> std::io::Result<i32>,
+    ) -> std::io::Result<(i32, watch::Receiver<Option<ExitStatus>>)> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let child = cmd.spawn()?;
-        let pid = child.id() as i32;
+        let pid = spawn()?;
         // The child cannot have been dispatched yet: we hold the lock.
         inner.unclaimed.remove(&pid);
         let (tx, rx) = watch::channel(None);
         inner.watchers.insert(pid, tx);
-        Ok((child, rx))
+        Ok((pid, rx))
     }
 
     fn reap_all(&self) {
@@ -112,7 +112,10 @@ mod tests {
     use super::*;
 
     async fn run(r: &Reaper, script: &str) -> std::io::Result<ExitStatus> {
-        let (_child, rx) = r.spawn(std::process::Command::new("sh").args(["-c", script]))?;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        // The child is never waited through `Child`: the reaper owns that.
+        let (_pid, rx) = r.spawn(|| cmd.spawn().map(|c| c.id() as i32))?;
         while rx.borrow().is_none() {
             r.reap_all();
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

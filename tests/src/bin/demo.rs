@@ -1,6 +1,7 @@
 //! `make demo`: a private containerd runs busybox in a VM through the shim
 //! and prints what the container printed. `kata-demo --repeat N` also times
-//! N more `ctr run --rm … echo` runs and prints their median.
+//! N more `ctr run --rm … echo` runs and prints their median; `--log` then
+//! prints containerd's log (the shim's and the guest agent's debug lines).
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,9 @@ fn main() -> Result<()> {
             times[times.len() / 2].as_secs_f64() * 1000.0,
             ms.join(", ")
         );
+    }
+    if args.iter().any(|a| a == "--log") {
+        print!("{}", ctd.log());
     }
     Ok(())
 }
