@@ -343,16 +343,20 @@ async fn link_names(h: &Handle) -> Result<Vec<(u32, String)>> {
         .collect())
 }
 
-/// The main table's routes (IPv6 link-local and multicast left out).
-pub async fn list_routes() -> Result<Vec<Route>> {
-    let h = handle().await?;
-    let names = link_names(&h).await?;
-    Ok(routes(&h)
+/// The main table's routes as ListRoutes and UpdateRoutes answer them
+/// (IPv6 link-local and multicast left out).
+async fn current_routes(h: &Handle) -> Result<Vec<Route>> {
+    let names = link_names(h).await?;
+    Ok(routes(h)
         .await?
         .iter()
         .map(|m| to_route(m, &names))
         .filter(|r| !r.dest.starts_with("fe80:") && !r.dest.starts_with("ff00:"))
         .collect())
+}
+
+pub async fn list_routes() -> Result<Vec<Route>> {
+    current_routes(&handle().await?).await
 }
 
 /// Makes the main table hold the given routes: routes the shim did not ask
@@ -394,12 +398,7 @@ pub async fn update_routes(wanted: &[Route]) -> Result<Vec<Route>> {
             .map_err(nl_err("adding a route"))?;
     }
     tracing::info!(routes = wanted.len(), "routes configured");
-    let names = link_names(&h).await?;
-    Ok(routes(&h)
-        .await?
-        .iter()
-        .map(|m| to_route(m, &names))
-        .collect())
+    current_routes(&h).await
 }
 
 #[cfg(test)]

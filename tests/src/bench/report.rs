@@ -180,7 +180,13 @@ pub fn findings(r: &Results) -> Vec<String> {
         if m.kata.pss_kib * 3 > m.runc.pss_kib {
             out.push(format!(
                 "shim PSS with {} container(s) is {:.1} MiB, over a third of runc's shim \
-                 ({:.1} MiB); {} threads. Next: fewer tokio workers, smaller buffers per stream.",
+                 ({:.1} MiB); {} threads. Most of it is the binary's text that runs (page \
+                 fault-around maps its neighbours too). Done: cargo profile `shim` (opt-level \
+                 z, fat LTO, one codegen unit, panic=abort: text 7.1 -> 3.6 MB), a \
+                 fixed-address executable (no dirtied `.data.rel.ro`), task events encoded \
+                 without protobuf's reflection tables, one malloc arena, relay buffers that \
+                 grow only under load. Next: fewer crates in the daemon (regex, toml_edit), \
+                 a current-thread runtime.",
                 m.containers,
                 mib(m.kata.pss_kib),
                 mib(m.runc.pss_kib),
