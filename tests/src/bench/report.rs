@@ -162,8 +162,9 @@ pub fn findings(r: &Results) -> Vec<String> {
                  vmlinux's zero tails are zero-fill, free page reporting returns what the \
                  guest frees after boot (~3 MiB), and the guest kernel is built for VMs \
                  from Debian's source (`guest/image/kernel/guest.config`, all built in: \
-                 15 MiB of loaded segments against the 58 MiB of Debian's generic kernel, \
-                 no modules; per pod 220 -> 131 MiB, guest RAM touched 96 -> 39 MiB). \
+                 15 MiB of loaded segments against the 57 MiB of Debian's generic kernel, \
+                 no modules; per pod 220 -> 140 MiB, guest RAM touched 96 -> 39 MiB), \
+                 whose 2 MiB alignment gap after .text is zero-fill too. \
                  Next: `tb-size=16` if boot time allows, a smaller initramfs (agent size), \
                  a smaller kernel text (`CC_OPTIMIZE_FOR_SIZE`, fewer features; QEMU keeps \
                  a private copy of every loaded byte).",
