@@ -7,7 +7,9 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
       libseccomp-dev libcap-ng-dev pkg-config iproute2 python3
-      containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev)
+      containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev
+      # The guest kernel (guest/image/build-kernel.sh): Debian's source and its build tools.
+      linux-source-6.1 make bc bison flex libelf-dev libssl-dev binutils)
 
 missing=()
 for p in "${PKGS[@]}"; do

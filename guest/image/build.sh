@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Builds the guest image: Debian's kernel (vmlinuz + extracted vmlinux) and an
-# initramfs whose /init is the project's static guest agent.
+# Builds the guest image: a kernel and an initramfs whose /init is the
+# project's static guest agent.
+#
+# GUEST_KERNEL picks the kernel:
+#   project (default)  built from Debian's kernel source with guest/image/kernel/guest.config,
+#                      every driver built in (build-kernel.sh; cached outside the repo)
+#   debian             Debian's binary linux-image-amd64 (vmlinux extracted from its vmlinuz),
+#                      with the virtio/vsock/fs modules in the initramfs
 #
 # Outputs in $GUEST_OUT: vmlinuz, vmlinux, kernel-release, initrd.img.
-# Reproducible: same kernel package + same agent binary = same initrd bytes.
+# Reproducible: same kernel + same agent binary = same initrd bytes.
 # Skips work whose outputs are newer than their inputs.
 set -euo pipefail
 
@@ -12,6 +18,7 @@ GUEST_OUT=${GUEST_OUT:-$ROOT/build/guest}
 CACHE=${GUEST_CACHE:-$ROOT/build/cache/guest}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_GUEST:-$ROOT/target/guest}
 TARGET=x86_64-unknown-linux-gnu
+GUEST_KERNEL=${GUEST_KERNEL:-project}
 AGENT=$CARGO_TARGET_DIR/$TARGET/release/kata-agent
 # Modules the agent needs; their dependencies are added by resolving modules.dep.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
@@ -47,54 +54,69 @@ file -b "$AGENT" 2>/dev/null | grep -q "static" || {
   ldd "$AGENT" 2>&1 | grep -qE "not a dynamic|statically linked" || { log "agent is not static"; exit 1; }
 }
 
-# 2. The kernel package: the one linux-image-amd64 depends on.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-if [ -z "$kpkg" ]; then
-  apt-get update -qq
-  kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-fi
-[ -n "$kpkg" ] || { log "cannot resolve the kernel package"; exit 1; }
-release=${kpkg#linux-image-}
-deb=$(ls "$CACHE"/"${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
-if [ -z "$deb" ]; then
-  log "downloading $kpkg"
-  (cd "$CACHE" && { apt-get download "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download "$kpkg"; }; })
-  deb=$(ls "$CACHE"/"${kpkg}"_*.deb | head -n1)
-fi
-tree=$CACHE/tree-$release
-if [ ! -e "$tree/.done" ] || [ "$deb" -nt "$tree/.done" ]; then
-  log "extracting $(basename "$deb")"
-  rm -rf "$tree" && mkdir -p "$tree"
-  dpkg-deb -x "$deb" "$tree"
-  depmod -b "$tree" "$release"
-  touch "$tree/.done"
-fi
-moddir=$tree/lib/modules/$release
+# 2. The kernel.
+case $GUEST_KERNEL in
+(project)
+  GUEST_OUT=$GUEST_OUT "$ROOT/guest/image/build-kernel.sh"
+  release=$(cat "$GUEST_OUT/kernel-release")
+  MODULES=()
+  kernel_stamp=$GUEST_OUT/vmlinux
+  ;;
+(debian)
+  # The kernel package: the one linux-image-amd64 depends on.
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$kpkg" ]; then
+    apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  [ -n "$kpkg" ] || { log "cannot resolve the kernel package"; exit 1; }
+  release=${kpkg#linux-image-}
+  deb=$(ls "$CACHE"/"${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
+  if [ -z "$deb" ]; then
+    log "downloading $kpkg"
+    (cd "$CACHE" && { apt-get download "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download "$kpkg"; }; })
+    deb=$(ls "$CACHE"/"${kpkg}"_*.deb | head -n1)
+  fi
+  tree=$CACHE/tree-$release
+  if [ ! -e "$tree/.done" ] || [ "$deb" -nt "$tree/.done" ]; then
+    log "extracting $(basename "$deb")"
+    rm -rf "$tree" && mkdir -p "$tree"
+    dpkg-deb -x "$deb" "$tree"
+    depmod -b "$tree" "$release"
+    touch "$tree/.done"
+  fi
+  moddir=$tree/lib/modules/$release
 
-# 3. vmlinuz, vmlinux (ELF from the XZ payload: boots via PVH, ~2x faster under TCG).
-if [ ! -e "$GUEST_OUT/vmlinuz" ] || [ "$tree/.done" -nt "$GUEST_OUT/vmlinuz" ]; then
-  install -m 0644 "$tree/boot/vmlinuz-$release" "$GUEST_OUT/vmlinuz"
-fi
-if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ] ||
-   [ "$ROOT/guest/image/trim-elf.py" -nt "$GUEST_OUT/vmlinux" ]; then
-  log "extracting vmlinux"
-  off=$(LC_ALL=C grep -obUaP '\xFD\x37\x7A\x58\x5A\x00' "$GUEST_OUT/vmlinuz" | head -n1 | cut -d: -f1)
-  [ -n "$off" ] || { log "no XZ payload in vmlinuz"; exit 1; }
-  tail -c +"$((off + 1))" "$GUEST_OUT/vmlinuz" | xz -dc 2>/dev/null >"$GUEST_OUT/vmlinux.tmp" || true
-  [ "$(head -c4 "$GUEST_OUT/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = "7f454c46" ] ||
-    { log "extracted payload is not an ELF"; rm -f "$GUEST_OUT/vmlinux.tmp"; exit 1; }
-  # Trailing zeros of each segment become zero-fill: QEMU keeps less per VM.
-  python3 "$ROOT/guest/image/trim-elf.py" "$GUEST_OUT/vmlinux.tmp" >&2
-  mv "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
-fi
-echo "$release" >"$GUEST_OUT/kernel-release.tmp"
-cmp -s "$GUEST_OUT/kernel-release.tmp" "$GUEST_OUT/kernel-release" 2>/dev/null &&
-  rm "$GUEST_OUT/kernel-release.tmp" || mv "$GUEST_OUT/kernel-release.tmp" "$GUEST_OUT/kernel-release"
+  # vmlinuz, vmlinux (ELF from the XZ payload: boots via PVH, ~2x faster under TCG).
+  # (Re)install when GUEST_OUT holds another kernel (e.g. the project's).
+  [ "$(cat "$GUEST_OUT/.kernel" 2>/dev/null)" = "debian $release" ] || rm -f "$GUEST_OUT/vmlinuz"
+  if [ ! -e "$GUEST_OUT/vmlinuz" ] || [ "$tree/.done" -nt "$GUEST_OUT/vmlinuz" ]; then
+    install -m 0644 "$tree/boot/vmlinuz-$release" "$GUEST_OUT/vmlinuz"
+  fi
+  if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ] ||
+     [ "$ROOT/guest/image/trim-elf.py" -nt "$GUEST_OUT/vmlinux" ]; then
+    log "extracting vmlinux"
+    off=$(LC_ALL=C grep -obUaP '\xFD\x37\x7A\x58\x5A\x00' "$GUEST_OUT/vmlinuz" | head -n1 | cut -d: -f1)
+    [ -n "$off" ] || { log "no XZ payload in vmlinuz"; exit 1; }
+    tail -c +"$((off + 1))" "$GUEST_OUT/vmlinuz" | xz -dc 2>/dev/null >"$GUEST_OUT/vmlinux.tmp" || true
+    [ "$(head -c4 "$GUEST_OUT/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = "7f454c46" ] ||
+      { log "extracted payload is not an ELF"; rm -f "$GUEST_OUT/vmlinux.tmp"; exit 1; }
+    # Trailing zeros of each segment become zero-fill: QEMU keeps less per VM.
+    python3 "$ROOT/guest/image/trim-elf.py" "$GUEST_OUT/vmlinux.tmp" >&2
+    mv "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
+  fi
+  echo "$release" >"$GUEST_OUT/kernel-release"
+  rm -f "$GUEST_OUT/kernel.config"
+  kernel_stamp=$tree/.done
+  ;;
+(*) log "GUEST_KERNEL=$GUEST_KERNEL: expected project or debian"; exit 1 ;;
+esac
+echo "$GUEST_KERNEL $release" >"$GUEST_OUT/.kernel"
 
-# 4. The initramfs.
+# 3. The initramfs (modules only for Debian's kernel: the project's has everything built in).
 initrd=$GUEST_OUT/initrd.img
-if [ -e "$initrd" ] && [ "$initrd" -nt "$AGENT" ] && [ "$initrd" -nt "$tree/.done" ] &&
-   [ "$initrd" -nt "$0" ]; then
+if [ -e "$initrd" ] && [ "$initrd" -nt "$AGENT" ] && [ "$initrd" -nt "$kernel_stamp" ] &&
+   [ "$initrd" -nt "$0" ] && [ "$(cat "$GUEST_OUT/.initrd-kernel" 2>/dev/null)" = "$GUEST_KERNEL $release" ]; then
   log "initrd.img up to date ($(stat -c %s "$initrd") bytes)"
   exit 0
 fi
@@ -143,5 +165,6 @@ if [ "${GUEST_INITRD_GZIP:-0}" = 1 ]; then
   gzip -n -9 <"$initrd.tmp" >"$initrd.tmp.gz" && mv "$initrd.tmp.gz" "$initrd.tmp"
 fi
 mv "$initrd.tmp" "$initrd"
+echo "$GUEST_KERNEL $release" >"$GUEST_OUT/.initrd-kernel"
 log "modules: $(sed 's|.*/||' "$stage/lib/modules/load-order" | tr '\n' ' ')"
 log "initrd.img: $(stat -c %s "$initrd") bytes"

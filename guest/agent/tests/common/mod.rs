@@ -1,7 +1,7 @@
 //! Test harness shared by the VM tests: boots QEMU with the guest image and
 //! its helper daemons, dials the agent over hybrid vsock, builds specs.
 #![allow(dead_code)]
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,8 +186,18 @@ impl Vm {
                 let mut s = UnixStream::connect(self.dir.path().join("vsock.sock"))?;
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
                 s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+                // Byte by byte: a BufReader would swallow what the guest sends
+                // right after the answer (the log port's backlog, with the
+                // project's kernel fast enough to land in the same read).
                 let mut line = String::new();
-                BufReader::new(&s).read_line(&mut line)?;
+                let mut byte = [0u8; 1];
+                while line.len() < 64 {
+                    s.read_exact(&mut byte)?;
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                    line.push(byte[0] as char);
+                }
                 if !line.starts_with("OK") {
                     bail!("handshake answered {line:?}");
                 }
