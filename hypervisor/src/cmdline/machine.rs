@@ -53,6 +53,8 @@ impl QemuArgs for AccelArg {
                 ResolvedAccel::Kvm => "kvm",
                 // tb-size caps TCG's translation cache (MiB): left alone it grew to
                 // 60 MiB per VM; 32 kept boot time within noise (make bench).
+                // 16 (tried with the project kernel): -17 MiB per pod, but pod
+                // start +130 ms and exec 57 -> 200 ms (translations thrash).
                 ResolvedAccel::Tcg => "tcg,thread=multi,tb-size=32",
             }
             .into(),
