@@ -106,7 +106,10 @@ async fn agent_usage(agent: &AgentServiceClient, probe: &str, n: usize) -> Resul
         agent,
         probe,
         &format!("usage{n}"),
-        "ls /proc/1/fd | wc -l; grep VmRSS /proc/1/status | tr -s ' ' | cut -d' ' -f2",
+        // stdin's EOF first: the agent holds this probe's stdin writer until
+        // CloseStdin, which races the count otherwise (seen once the helper
+        // spawn got faster: 26 -> 27 with the extra one our own writer).
+        "cat >/dev/null; ls /proc/1/fd | wc -l; grep VmRSS /proc/1/status | tr -s ' ' | cut -d' ' -f2",
     )
     .await?;
     ensure!(status == 0, "usage probe failed: {out}");
