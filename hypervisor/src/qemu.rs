@@ -272,9 +272,9 @@ impl QemuVm {
                     gate.close().await;
                     let ready = Instant::now() + config.start_timeout;
                     let vhost = wait_vhost_started(&mut qmp, ready, launching.qemu.as_ref()).await;
-                    tracing::info!(sandbox = %sandbox, vhost_started = vhost, elapsed = ?started.elapsed(), "hybrid vsock open");
                     tokio::time::sleep(VSOCK_SETTLE).await;
                     gate.open();
+                    tracing::info!(sandbox = %sandbox, vhost_started = vhost, elapsed = ?started.elapsed(), "hybrid vsock open");
                 }
                 let Launching { helpers, qemu, .. } = launching;
                 let Some(qemu) = qemu else {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use agent_client::Address;
 use anyhow::{ensure, Context, Result};
 use common::*;
-use protocols::agent::{CreateSandboxRequest, Storage};
 
 const EXECS: usize = 30;
 
@@ -29,17 +28,7 @@ async fn measure(vm: &Vm) -> Result<()> {
     let agent = agent_client::connect(&addr, Duration::from_secs(60), &|| vm.console()).await?;
     let agent = agent.as_ref();
     agent
-        .create_sandbox(CreateSandboxRequest {
-            sandbox_id: "lat".into(),
-            storages: vec![Storage {
-                driver: "virtio-fs".into(),
-                fstype: "virtiofs".into(),
-                source: "kataShared".into(),
-                mount_point: format!("{SHARED}/"),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
+        .create_sandbox(agent_client::testing::shared_fs_sandbox("lat"))
         .await?;
     make_rootfs(&vm.shared(), "lat")?;
     pod::run(agent, "lat", container_spec("lat", &["sleep", "300"])).await?;

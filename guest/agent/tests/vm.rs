@@ -31,18 +31,9 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
     let v = health.version(ctx(), &CheckRequest::default()).await?;
     assert!(!v.agent_version.is_empty());
 
-    let storage = Storage {
-        driver: "virtio-fs".into(),
-        fstype: "virtiofs".into(),
-        source: "kataShared".into(),
-        mount_point: format!("{SHARED}/"),
-        ..Default::default()
-    };
     let req = CreateSandboxRequest {
         hostname: "sandbox".into(),
-        storages: vec![storage],
-        sandbox_id: "sb1".into(),
-        ..Default::default()
+        ..agent_client::testing::shared_fs_sandbox("sb1")
     };
     agent.create_sandbox(ctx(), &req).await?;
 

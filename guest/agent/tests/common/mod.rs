@@ -12,7 +12,7 @@ use protocols::agent::*;
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::oci;
 
-pub const SHARED: &str = "/run/kata-containers/shared/containers";
+pub const SHARED: &str = agent_client::testing::GUEST_SHARED_DIR;
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Vm {
