@@ -181,6 +181,15 @@ impl Vm {
     /// Hybrid vsock: `CONNECT <port>\n`, then one line starting with `OK`.
     pub fn dial_port(&self, port: u32, deadline: Duration) -> Result<UnixStream> {
         let t0 = Instant::now();
+        // No CONNECT before the guest's vsock driver has set up its vrings:
+        // host traffic earlier can cost vhost-device-vsock 0.3.0 its worker,
+        // and every CONNECT after that goes unanswered (~1 boot in 15 here;
+        // the shim's vsock gate waits for the same reason). The agent's
+        // "agent ready" console line comes after the driver's probe. Without
+        // that line (a log filter above info) the dial goes ahead at the deadline.
+        while !self.console().contains("agent ready") && t0.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         loop {
             let attempt = || -> Result<UnixStream> {
                 let mut s = UnixStream::connect(self.dir.path().join("vsock.sock"))?;
