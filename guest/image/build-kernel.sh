@@ -7,7 +7,7 @@
 # kernel-release, kernel.config.
 #
 # The result is cached outside the repository, keyed by the source package's
-# version, the fragment, this script, trim-elf.py and the compiler, in
+# version, the fragment, this script, trim-elf.py, pack-elf.py and the compiler, in
 # ${GUEST_KERNEL_CACHE:-/var/cache/kata-shim/guest-kernel}/<key>/: a clean
 # clone on the same machine copies it instead of compiling (4-8 min on 2 cores).
 # The newest KEEP_CACHED (4) entries are kept.
@@ -37,7 +37,7 @@ src_version=$(dpkg-query -W -f='${Version}' "$SRC_PKG")
 # Cache key: everything that decides the bytes of the kernel.
 key=$( {
   echo "$SRC_PKG $src_version"
-  for f in "$FRAGMENT" "$0" "$HERE/trim-elf.py"; do sha256sum <"$f"; done
+  for f in "$FRAGMENT" "$0" "$HERE/trim-elf.py" "$HERE/pack-elf.py"; do sha256sum <"$f"; done
   gcc --version | head -n1
   ld --version | head -n1
 } | sha256sum | cut -c1-16)
@@ -103,9 +103,12 @@ log "compiled in $(( $(date +%s) - t0 )) s"
 stage=$(mktemp -d "$WORK/out.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 # Symbols are not loaded (System.map-like names stay in kallsyms); then zero
-# tails of the segments become zero-fill, so QEMU keeps less (trim-elf.py).
-strip --strip-all -o "$stage/vmlinux" "$tree/vmlinux"
-python3 "$HERE/trim-elf.py" "$stage/vmlinux" >&2
+# tails of the segments become zero-fill, so QEMU keeps less (trim-elf.py),
+# and the segments are packed without the 2 MiB file padding (pack-elf.py).
+strip --strip-all -o "$stage/vmlinux.full" "$tree/vmlinux"
+python3 "$HERE/trim-elf.py" "$stage/vmlinux.full" >&2
+python3 "$HERE/pack-elf.py" "$stage/vmlinux.full" "$stage/vmlinux"
+rm "$stage/vmlinux.full"
 cp "$tree/arch/x86/boot/bzImage" "$stage/vmlinuz"
 kmake kernelrelease >"$stage/kernel-release"
 cp "$tree/.config" "$stage/kernel.config"

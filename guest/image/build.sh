@@ -94,7 +94,8 @@ case $GUEST_KERNEL in
     install -m 0644 "$tree/boot/vmlinuz-$release" "$GUEST_OUT/vmlinuz"
   fi
   if [ ! -e "$GUEST_OUT/vmlinux" ] || [ "$GUEST_OUT/vmlinuz" -nt "$GUEST_OUT/vmlinux" ] ||
-     [ "$ROOT/guest/image/trim-elf.py" -nt "$GUEST_OUT/vmlinux" ]; then
+     [ "$ROOT/guest/image/trim-elf.py" -nt "$GUEST_OUT/vmlinux" ] ||
+     [ "$ROOT/guest/image/pack-elf.py" -nt "$GUEST_OUT/vmlinux" ]; then
     log "extracting vmlinux"
     off=$(LC_ALL=C grep -obUaP '\xFD\x37\x7A\x58\x5A\x00' "$GUEST_OUT/vmlinuz" | head -n1 | cut -d: -f1)
     [ -n "$off" ] || { log "no XZ payload in vmlinuz"; exit 1; }
@@ -103,7 +104,9 @@ case $GUEST_KERNEL in
       { log "extracted payload is not an ELF"; rm -f "$GUEST_OUT/vmlinux.tmp"; exit 1; }
     # Trailing zeros of each segment become zero-fill: QEMU keeps less per VM.
     python3 "$ROOT/guest/image/trim-elf.py" "$GUEST_OUT/vmlinux.tmp" >&2
-    mv "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
+    # Segments packed without the 2 MiB file padding: QEMU maps less of the file.
+    python3 "$ROOT/guest/image/pack-elf.py" "$GUEST_OUT/vmlinux.tmp" "$GUEST_OUT/vmlinux"
+    rm -f "$GUEST_OUT/vmlinux.tmp"
   fi
   echo "$release" >"$GUEST_OUT/kernel-release"
   rm -f "$GUEST_OUT/kernel.config"

@@ -74,6 +74,7 @@ fn main() {
     if pid1 {
         init::load_modules();
         init::loopback_up();
+        init::tune_page_reporting(&cmdline);
     } else {
         // Not our system to set up: nothing to wait for before mounting.
         init::late_modules_done();
