@@ -37,6 +37,7 @@ fn vm_config(images: &Path, work: &Path) -> VmConfig {
         shared_dir: shared,
         virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
         start_timeout: Duration::from_secs(30),
+        console_ready: None,
         network: None,
     }
 }

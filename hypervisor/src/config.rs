@@ -219,6 +219,7 @@ pub(crate) mod tests {
             shared_dir: shared,
             virtiofsd_path: file("virtiofsd"),
             start_timeout: Duration::from_secs(5),
+            console_ready: None,
             network: None,
         }
     }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
 
 /// Lines kept per ring.
 pub const RING_LINES: usize = 50;
@@ -82,6 +83,27 @@ pub fn spawn_reader<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    spawn_watching_reader(reader, ring, sandbox, source, None)
+}
+
+/// A line to look out for: `seen` becomes true on the first line containing
+/// `text`.
+pub struct Marker {
+    pub text: String,
+    pub seen: watch::Sender<bool>,
+}
+
+/// [`spawn_reader`] that also reports the first line containing `marker`.
+pub fn spawn_watching_reader<R>(
+    reader: R,
+    ring: Ring,
+    sandbox: String,
+    source: Source,
+    marker: Option<Marker>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         let mut reader = reader;
         let mut buf = [0u8; 4096];
@@ -91,6 +113,11 @@ where
             line.clear();
             if text.is_empty() {
                 return;
+            }
+            if let Some(m) = &marker {
+                if !*m.seen.borrow() && text.contains(&m.text) {
+                    m.seen.send_replace(true);
+                }
             }
             match source {
                 Source::Console => {
@@ -167,5 +194,41 @@ mod tests {
         .await
         .expect("reader");
         assert_eq!(ring2.tail(), "[qemu] oops");
+    }
+
+    #[tokio::test]
+    async fn reader_reports_the_marker_line() {
+        let (tx, rx) = watch::channel(false);
+        let data: &[u8] = b"booting\n[ 0.7]  INFO kata_agent: agent ready addr=x\n";
+        let marker = Marker {
+            text: "kata_agent: agent ready".into(),
+            seen: tx,
+        };
+        spawn_watching_reader(
+            data,
+            Ring::default(),
+            "sb".into(),
+            Source::Console,
+            Some(marker),
+        )
+        .await
+        .expect("reader");
+        assert!(*rx.borrow());
+        let (tx, rx) = watch::channel(false);
+        let data: &[u8] = b"kata_agent: agent starting\nagent ready elsewhere\n";
+        let marker = Marker {
+            text: "kata_agent: agent ready".into(),
+            seen: tx,
+        };
+        spawn_watching_reader(
+            data,
+            Ring::default(),
+            "sb".into(),
+            Source::Console,
+            Some(marker),
+        )
+        .await
+        .expect("reader");
+        assert!(!*rx.borrow(), "no such line");
     }
 }

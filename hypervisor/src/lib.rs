@@ -170,6 +170,10 @@ pub struct VmConfig {
     pub start_timeout: Duration,
     /// The pod's NIC, if the pod has a network namespace to join.
     pub network: Option<NetworkConfig>,
+    /// Text of a console line the guest prints once its agent listens on
+    /// vsock. Hybrid vsock opens to clients on that line; without it (or
+    /// before it) only once QEMU has started the vhost device plus a settle.
+    pub console_ready: Option<String>,
 }
 
 /// A virtio-net NIC backed by a tap device in the pod's network namespace.

@@ -16,7 +16,7 @@ use crate::accel::{
     host_cpus, resolve_accel, resolve_vsock, HostProbe, ResolvedAccel, ResolvedVsock,
 };
 use crate::cmdline::{boot, vsock, CommandLine};
-use crate::console::{spawn_reader, Ring, Source};
+use crate::console::{spawn_watching_reader, Marker, Ring, Source};
 use crate::helpers::{self, HelperSpec};
 use crate::options::{SharedFsKind, VmOptions};
 use crate::process::Supervised;
@@ -30,11 +30,50 @@ use crate::{
 /// Each QMP exchange is bounded by this.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Waits until the guest's agent listens on vsock: its console line (when
+/// configured) ends the wait at once; otherwise the vhost-user-vsock device
+/// must be started (see [`wait_vhost_started`]), then idle for
+/// [`VSOCK_SETTLE`]. The first to come wins; nothing is cancelled mid-QMP.
+async fn wait_vsock_ready(
+    qmp: &mut Qmp,
+    deadline: Instant,
+    qemu: Option<&Supervised>,
+    agent_line: &mut watch::Receiver<bool>,
+) -> &'static str {
+    match wait_vhost_started(qmp, deadline, qemu, agent_line).await {
+        VhostWait::AgentLine => "agent line",
+        VhostWait::Started | VhostWait::TimedOut => {
+            tokio::select! {
+                _ = tokio::time::sleep(VSOCK_SETTLE) => "vhost started + settle",
+                _ = line_seen(agent_line) => "agent line",
+            }
+        }
+    }
+}
+
+/// Resolves once the line was seen; never, when it cannot be any more.
+async fn line_seen(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|seen| *seen).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+enum VhostWait {
+    AgentLine,
+    Started,
+    TimedOut,
+}
+
 /// Polls QMP until the vhost-user-vsock device is started (the guest driver
-/// is up and QEMU handed the vrings to vhost-device-vsock), QEMU exits, or
-/// `deadline`. QEMU without `x-query-virtio-status` (before 7.2) counts as
-/// started: the old behaviour.
-async fn wait_vhost_started(qmp: &mut Qmp, deadline: Instant, qemu: Option<&Supervised>) -> bool {
+/// is up and QEMU handed the vrings to vhost-device-vsock), the agent's
+/// console line shows, QEMU exits, or `deadline`. QEMU without
+/// `x-query-virtio-status` (before 7.2) counts as started: the old behaviour.
+async fn wait_vhost_started(
+    qmp: &mut Qmp,
+    deadline: Instant,
+    qemu: Option<&Supervised>,
+    agent_line: &mut watch::Receiver<bool>,
+) -> VhostWait {
     let path = format!(
         "/machine/peripheral/{}/virtio-backend",
         crate::cmdline::vsock::VHOST_USER_VSOCK_ID
@@ -48,23 +87,27 @@ async fn wait_vhost_started(qmp: &mut Qmp, deadline: Instant, qemu: Option<&Supe
             .await
         {
             Ok(v) => match v.get("vhost-started") {
-                Some(serde_json::Value::Bool(true)) => return true,
+                Some(serde_json::Value::Bool(true)) => return VhostWait::Started,
                 Some(_) => {}
                 None => {
                     tracing::debug!("QMP reports no vhost state: not waiting");
-                    return true;
+                    return VhostWait::Started;
                 }
             },
             Err(e) => {
                 tracing::debug!("no vhost state from QMP ({e}): not waiting");
-                return true;
+                return VhostWait::Started;
             }
         }
         if Instant::now() >= deadline || qemu.is_some_and(Supervised::has_exited) {
             tracing::warn!("vhost-user-vsock not started in time; opening the vsock anyway");
-            return false;
+            return VhostWait::TimedOut;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        // Between QMP commands only: a command is never cut off mid-answer.
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
+            _ = line_seen(agent_line) => return VhostWait::AgentLine,
+        }
     }
 }
 
@@ -231,6 +274,7 @@ impl QemuVm {
             })?;
 
         let ring = Ring::default();
+        let (agent_line_seen, mut agent_line) = watch::channel(false);
         let mut launching = Launching {
             sandbox: sandbox.clone(),
             run_dir: config.run_dir.clone(),
@@ -244,6 +288,7 @@ impl QemuVm {
             vsock_kind,
             deadline,
             &ring,
+            &agent_line_seen,
             &mut launching,
         )
         .await
@@ -271,10 +316,11 @@ impl QemuVm {
                     // at the gate until QEMU has started the vhost device.
                     gate.close().await;
                     let ready = Instant::now() + config.start_timeout;
-                    let vhost = wait_vhost_started(&mut qmp, ready, launching.qemu.as_ref()).await;
-                    tokio::time::sleep(VSOCK_SETTLE).await;
+                    let on =
+                        wait_vsock_ready(&mut qmp, ready, launching.qemu.as_ref(), &mut agent_line)
+                            .await;
                     gate.open();
-                    tracing::info!(sandbox = %sandbox, vhost_started = vhost, elapsed = ?started.elapsed(), "hybrid vsock open");
+                    tracing::info!(sandbox = %sandbox, on, elapsed = ?started.elapsed(), "hybrid vsock open");
                 }
                 let Launching { helpers, qemu, .. } = launching;
                 let Some(qemu) = qemu else {
@@ -327,6 +373,7 @@ impl QemuVm {
         vsock_kind: ResolvedVsock,
         deadline: Instant,
         ring: &Ring,
+        agent_line: &watch::Sender<bool>,
         launching: &mut Launching,
     ) -> Result<(Qmp, VsockEndpoint)> {
         let sandbox = config.id.as_str();
@@ -393,7 +440,17 @@ impl QemuVm {
             let (qemu, stdout) =
                 helpers::spawn("qemu", &config.qemu_path, &args, sandbox, ring, netns)?;
             if let Some(out) = stdout {
-                spawn_reader(out, ring.clone(), sandbox.to_string(), Source::Console);
+                let marker = config.console_ready.clone().map(|text| Marker {
+                    text,
+                    seen: agent_line.clone(),
+                });
+                spawn_watching_reader(
+                    out,
+                    ring.clone(),
+                    sandbox.to_string(),
+                    Source::Console,
+                    marker,
+                );
             }
             launching.qemu = Some(qemu);
             launching.write_state().await?;
@@ -680,7 +737,9 @@ impl Vm for QemuVm {
             // A dead QEMU fails the QMP call, which ends the wait.
             self.with_qmp(|q| {
                 Box::pin(async move {
-                    wait_vhost_started(q, ready, None).await;
+                    // No console line to wait for after `cont`.
+                    let (_line, mut never) = watch::channel(false);
+                    wait_vhost_started(q, ready, None, &mut never).await;
                     Ok(())
                 })
             })

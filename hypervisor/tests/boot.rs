@@ -42,6 +42,7 @@ fn config(images: &Path, work: &Path, id: &str) -> VmConfig {
         shared_dir: shared,
         virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
         start_timeout: Duration::from_secs(30),
+        console_ready: None,
         network: None,
     }
 }

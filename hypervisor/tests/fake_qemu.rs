@@ -115,6 +115,7 @@ fn fixture(python: &Path, busy_attempts: u32, vhost_device: bool, hang_quit: boo
         shared_dir: d.join("shared"),
         virtiofsd_path: virtiofsd,
         start_timeout: Duration::from_secs(10),
+        console_ready: None,
         network: None,
     };
     Fixture {

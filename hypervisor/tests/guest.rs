@@ -66,6 +66,7 @@ fn config(images: &Path, work: &Path, id: &str, machine: MachineType) -> VmConfi
         virtiofsd_path: which("virtiofsd", "/usr/local/bin/virtiofsd"),
         start_timeout: Duration::from_secs(30),
         network: None,
+        console_ready: Some(protocols::AGENT_READY_LINE.into()),
     }
 }
 

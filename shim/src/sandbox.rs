@@ -152,6 +152,7 @@ impl Sandbox {
                     shared_dir: paths.shared.clone(),
                     virtiofsd_path: q.virtiofsd.clone(),
                     start_timeout: Duration::from_secs(10),
+                    console_ready: Some(protocols::AGENT_READY_LINE.into()),
                     network: nic.map(|(ns, iface, _)| NetworkConfig {
                         netns: ns.clone(),
                         tap: network::TAP_NAME.into(),

@@ -159,6 +159,7 @@ async fn serve(pid1: bool) -> Result<(), Box<dyn std::error::Error>> {
             server::HealthService,
         )));
     server.start().await?;
+    // The shim waits for this line on the console (protocols::AGENT_READY_LINE).
     tracing::info!(%addr, "agent ready");
     std::future::pending::<()>().await;
     Ok(())
