@@ -196,39 +196,24 @@ mod tests {
         assert_eq!(ring2.tail(), "[qemu] oops");
     }
 
+    async fn marker_seen(data: &'static [u8]) -> bool {
+        let (tx, rx) = watch::channel(false);
+        let marker = Marker {
+            text: "kata_agent: agent ready".into(),
+            seen: tx,
+        };
+        let ring = Ring::default();
+        spawn_watching_reader(data, ring, "sb".into(), Source::Console, Some(marker))
+            .await
+            .expect("reader");
+        let seen = *rx.borrow();
+        seen
+    }
+
     #[tokio::test]
     async fn reader_reports_the_marker_line() {
-        let (tx, rx) = watch::channel(false);
-        let data: &[u8] = b"booting\n[ 0.7]  INFO kata_agent: agent ready addr=x\n";
-        let marker = Marker {
-            text: "kata_agent: agent ready".into(),
-            seen: tx,
-        };
-        spawn_watching_reader(
-            data,
-            Ring::default(),
-            "sb".into(),
-            Source::Console,
-            Some(marker),
-        )
-        .await
-        .expect("reader");
-        assert!(*rx.borrow());
-        let (tx, rx) = watch::channel(false);
-        let data: &[u8] = b"kata_agent: agent starting\nagent ready elsewhere\n";
-        let marker = Marker {
-            text: "kata_agent: agent ready".into(),
-            seen: tx,
-        };
-        spawn_watching_reader(
-            data,
-            Ring::default(),
-            "sb".into(),
-            Source::Console,
-            Some(marker),
-        )
-        .await
-        .expect("reader");
-        assert!(!*rx.borrow(), "no such line");
+        assert!(marker_seen(b"booting\n[ 0.7]  INFO kata_agent: agent ready addr=x\n").await);
+        let other = b"kata_agent: agent starting\nagent ready elsewhere\n";
+        assert!(!marker_seen(other).await, "no such line");
     }
 }

@@ -215,6 +215,8 @@ struct Launching {
     run_dir: PathBuf,
     helpers: Vec<Supervised>,
     qemu: Option<Supervised>,
+    /// Set by QEMU's console reader on the agent's ready line.
+    agent_line: watch::Sender<bool>,
 }
 
 impl Launching {
@@ -280,6 +282,7 @@ impl QemuVm {
             run_dir: config.run_dir.clone(),
             helpers: Vec::new(),
             qemu: None,
+            agent_line: agent_line_seen,
         };
         match Self::start(
             &config,
@@ -288,7 +291,6 @@ impl QemuVm {
             vsock_kind,
             deadline,
             &ring,
-            &agent_line_seen,
             &mut launching,
         )
         .await
@@ -373,7 +375,6 @@ impl QemuVm {
         vsock_kind: ResolvedVsock,
         deadline: Instant,
         ring: &Ring,
-        agent_line: &watch::Sender<bool>,
         launching: &mut Launching,
     ) -> Result<(Qmp, VsockEndpoint)> {
         let sandbox = config.id.as_str();
@@ -442,7 +443,7 @@ impl QemuVm {
             if let Some(out) = stdout {
                 let marker = config.console_ready.clone().map(|text| Marker {
                     text,
-                    seen: agent_line.clone(),
+                    seen: launching.agent_line.clone(),
                 });
                 spawn_watching_reader(
                     out,
