@@ -195,7 +195,11 @@ impl Sandbox {
             }
         }
         let storages = std::mem::take(&mut self.lock().storages);
+        let t0 = std::time::Instant::now();
         unmount_all(&storages);
+        let unmount_ms = t0.elapsed().as_millis() as u64;
         nix::unistd::sync();
+        let sync_ms = t0.elapsed().as_millis() as u64 - unmount_ms;
+        tracing::debug!(unmount_ms, sync_ms, "sandbox storages released");
     }
 }
