@@ -19,7 +19,7 @@ CACHE=${GUEST_CACHE:-$ROOT/build/cache/guest}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_GUEST:-$ROOT/target/guest}
 TARGET=x86_64-unknown-linux-gnu
 GUEST_KERNEL=${GUEST_KERNEL:-project}
-AGENT=$CARGO_TARGET_DIR/$TARGET/release/kata-agent
+AGENT=$CARGO_TARGET_DIR/$TARGET/guest/kata-agent
 # Modules the agent needs; their dependencies are added by resolving modules.dep.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
@@ -48,7 +48,7 @@ mkdir -p "$GUEST_OUT" "$CACHE"
 # took the helper's start from 61 to 11 ms.
 log "building static kata-agent"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
-  cargo build --quiet --release -p kata-agent --target "$TARGET")
+  cargo build --quiet --profile guest -p kata-agent --target "$TARGET")
 file -b "$AGENT" 2>/dev/null | grep -q "static" || {
   # `file` may be missing; ldd says "not a dynamic executable" for static ones.
   ldd "$AGENT" 2>&1 | grep -qE "not a dynamic|statically linked" || { log "agent is not static"; exit 1; }
