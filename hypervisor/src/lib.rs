@@ -83,6 +83,7 @@ pub mod options;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod reclaim;
 pub mod state;
 pub mod vsock_gate;
 

@@ -51,6 +51,30 @@ async fn wait_vsock_ready(
     }
 }
 
+/// How long after launch QEMU's kernel and initrd pages are given back when
+/// the agent's ready line does not come (another agent, log level).
+const RECLAIM_FALLBACK: Duration = Duration::from_secs(10);
+
+/// Once the guest has booted, pages out QEMU's mappings of the kernel and
+/// initrd files (see [`crate::reclaim`]); in the background, best effort.
+fn reclaim_boot_files(config: &VmConfig, pid: u32, mut booted: watch::Receiver<bool>) {
+    let files = vec![config.kernel.clone(), config.initrd.clone()];
+    let sandbox = config.id.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(RECLAIM_FALLBACK, line_seen(&mut booted)).await;
+        let done = tokio::task::spawn_blocking(move || crate::reclaim::page_out(pid, &files)).await;
+        match done {
+            Ok(Ok(bytes)) => {
+                tracing::debug!(sandbox = %sandbox, bytes, "kernel and initrd pages given back")
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(sandbox = %sandbox, error = %e, "kernel and initrd pages kept")
+            }
+            Err(e) => tracing::debug!(sandbox = %sandbox, error = %e, "page-out task"),
+        }
+    });
+}
+
 /// Resolves once the line was seen; never, when it cannot be any more.
 async fn line_seen(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|seen| *seen).await.is_err() {
@@ -335,6 +359,7 @@ impl QemuVm {
                     helpers.iter().map(Supervised::exit_watch),
                 );
                 tracing::info!(sandbox = %sandbox, elapsed = ?started.elapsed(), "VM launched");
+                reclaim_boot_files(&config, qemu.pid, agent_line.clone());
                 let (events, _) = broadcast::channel(64);
                 let event_watcher = tokio::spawn(watch_events(
                     config.run_dir.join(QMP_EVENTS_SOCKET),
