@@ -136,10 +136,12 @@ pub fn findings(r: &Results) -> Vec<String> {
             out.push(format!(
                 "pod start is {over:.0} ms over runc + floor. VM launch to agent answering \
                  (vm_launch + agent_connect) takes {vm:.0} ms against the floor's {floor:.0} ms \
-                 ({:+.0} ms: virtiofsd and QMP start, the agent's ttrpc server comes up, \
-                 the vsock gate's 200 ms settle after `vhost-started` outlasts the agent's \
-                 start by ~50 ms); the agent RPCs (CreateSandbox, CreateContainer, \
-                 StartContainer) take {rpcs:.0} ms. Done: the project's guest kernel (all \
+                 ({:+.0} ms: the helpers and QMP start, four more devices to probe \
+                 (virtio-fs, balloon, rng, pvpanic: ~40 ms), the agent's own start ~50 ms \
+                 and its first health check); the agent RPCs (CreateSandbox, \
+                 CreateContainer, StartContainer) take {rpcs:.0} ms. Done: the vsock opens \
+                 to the shim on the agent's `agent ready` console line (it waited for \
+                 `vhost-started` + a 200 ms settle: ~50 ms later), the project's guest kernel (all \
                  built in: no module loading; the floor boots it too), the guest boots \
                  `quiet`, the container helper starts by posix_spawn from a non-PIE agent \
                  (it reuses TCG's translations of the agent's code: spawn 50 -> 6 ms, exec \
@@ -151,8 +153,8 @@ pub fn findings(r: &Results) -> Vec<String> {
                  settle at 25 ms (1 of 39 boots lost the vsock at load 11); `tb-size=16` \
                  (start +130 ms). Next: virtio-fs `--cache always` for image rootfs through \
                  a second virtiofsd (volumes stay `auto`), the cgroup and spec checks \
-                 overlapped with the helper's start, a readiness signal from \
-                 vhost-device-vsock instead of the settle.",
+                 overlapped with the helper's start, the shared virtio-fs mounted while the \
+                 agent starts (the mount is ~40 ms of CreateSandbox).",
                 vm - floor
             ));
         }
@@ -166,16 +168,23 @@ pub fn findings(r: &Results) -> Vec<String> {
                  translation cache {:.0} MiB, QEMU's private mapping of the PVH vmlinux \
                  {:.0} MiB, initrd file {:.0} MiB, rest of QEMU {:.0} MiB, shim + helpers \
                  {:.0} MiB. Done: the translation cache is capped (`tb-size=32`), the \
-                 vmlinux's zero tails are zero-fill, free page reporting returns what the \
-                 guest frees after boot (~3 MiB), and the guest kernel is built for VMs \
+                 vmlinux's zero tails are zero-fill and its segments packed without the \
+                 2 MiB file padding, once the guest has booted QEMU's pages of the kernel and \
+                 initrd files are paged out (`process_madvise`, ~16 MiB), free page \
+                 reporting returns what the guest frees in 128 KiB blocks (Linux 6.1 used \
+                 4 MiB without hugetlb: guest RAM touched 38 -> 33 MiB), the agent is built \
+                 with fat LTO (4.25 -> 3.62 MB), and the guest kernel is built for VMs \
                  from Debian's source (`guest/image/kernel/guest.config`, all built in: \
                  15 MiB of loaded segments against the 57 MiB of Debian's generic kernel, \
                  no modules; per pod 220 -> 140 MiB, guest RAM touched 96 -> 39 MiB), \
                  whose 2 MiB alignment gap after .text is zero-fill too.{} \
                  Tried: `tb-size=16` (-17 MiB, but start +130 ms and exec 57 -> 200 ms), \
-                 one malloc arena in QEMU (no change). Next: a smaller initramfs (agent \
-                 size), a smaller kernel text (`CC_OPTIMIZE_FOR_SIZE`, fewer features; QEMU \
-                 keeps a private copy of every loaded byte).",
+                 one malloc arena in QEMU (no change). Left: the translation cache is full \
+                 after boot (32 MiB of host code for the guest's boot and agent), and \
+                 QEMU's own anonymous memory (softmmu TLBs, heap: ~16 MiB) and relocated \
+                 library data (capstone alone 1.3 MiB) are per process. Next: a smaller \
+                 kernel text (`CC_OPTIMIZE_FOR_SIZE`, fewer features: it sits in guest \
+                 RAM), a QEMU built without the libraries it does not use here.",
                 mib(total.pss_kib),
                 mib(q.guest_ram.pss_kib),
                 mib(q.tcg_code.pss_kib),
@@ -371,8 +380,8 @@ pub fn markdown(r: &Results) -> String {
         "QEMU by mapping (PSS, KiB):\n\n| part | PSS |\n|---|---|\n\
          | guest RAM the guest touched (memfd backend) | {} |\n\
          | TCG translation cache (anonymous rwx) | {} |\n\
-         | QEMU's mapping of the `-kernel` file (PVH vmlinux) | {} |\n\
-         | QEMU's mapping of the `-initrd` file | {} |\n\
+         | QEMU's mapping of the `-kernel` file (PVH vmlinux; paged out after boot) | {} |\n\
+         | QEMU's mapping of the `-initrd` file (paged out after boot) | {} |\n\
          | the rest of QEMU (heap, binary, libraries) | {} |\n",
         q.guest_ram.pss_kib,
         q.tcg_code.pss_kib,
