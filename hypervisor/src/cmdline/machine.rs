@@ -62,8 +62,16 @@ impl QemuArgs for AccelArg {
     }
 }
 
-/// `-cpu`: the host's model under KVM, everything TCG can emulate otherwise,
-/// plus configured features (`pmu=off`, `+x2apic`, `-vmx`, ...).
+/// The CPU under TCG: everything TCG can emulate, but without ERMS. With
+/// ERMS the guest kernel copies and clears memory with `rep movsb`/`rep
+/// stosb` (copy_user, clear_page, memset), which QEMU 7.2's TCG runs one
+/// byte per loop turn; without it, `rep movsq`/`stosq`, eight bytes a turn.
+/// Measured here: boot 852 -> 805 ms, 256 MiB of container stdout 6.6 ->
+/// 4.0 s through `ctr run`.
+pub const TCG_CPU: &str = "max,erms=off";
+
+/// `-cpu`: the host's model under KVM, [`TCG_CPU`] otherwise, plus
+/// configured features (`pmu=off`, `+x2apic`, `-vmx`, ...).
 #[derive(Debug, Clone)]
 pub struct Cpu {
     pub accel: ResolvedAccel,
@@ -74,7 +82,7 @@ impl QemuArgs for Cpu {
     fn append_to(&self, args: &mut Vec<String>) {
         let model = match self.accel {
             ResolvedAccel::Kvm => "host",
-            ResolvedAccel::Tcg => "max",
+            ResolvedAccel::Tcg => TCG_CPU,
         };
         let features = self.features.trim().trim_matches(',');
         args.push("-cpu".into());

@@ -288,7 +288,7 @@ mod tests {
             "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
             "-m", "512M",
             "-smp", "2",
-            "-cpu", "max",
+            "-cpu", "max,erms=off",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
             "-append", "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet agent.log=debug",
@@ -412,7 +412,7 @@ mod tests {
         let s = CommandLine::for_config(&c, &options, ResolvedAccel::Tcg, dev.clone())
             .args()
             .join(" ");
-        assert!(s.contains("-cpu max,pmu=off,-vmx"), "{s}");
+        assert!(s.contains("-cpu max,erms=off,pmu=off,-vmx"), "{s}");
         assert!(s.contains("-smp 1,maxcpus=2"), "{s}");
         assert!(s.contains("-m 256M,slots=4,maxmem=1024M"), "{s}");
         assert!(!s.contains("-sandbox") && !s.contains("rng"), "{s}");

@@ -151,7 +151,8 @@ impl Floor {
     fn qemu_args(&self, vhost_socket: &Path, extra_params: &str) -> Vec<String> {
         let (accel, cpu) = match self.accel {
             ResolvedAccel::Kvm => ("kvm", "host"),
-            ResolvedAccel::Tcg => ("tcg,thread=multi", "max"),
+            // The CPU the shim gives a TCG guest (no ERMS: faster copies).
+            ResolvedAccel::Tcg => ("tcg,thread=multi", "max,erms=off"),
         };
         let append = format!("console=ttyS0 panic=-1 reboot=k {extra_params}");
         let mut args: Vec<String> = [
