@@ -274,11 +274,16 @@ async fn copy_out_with(
     let ids = (container_id.clone(), exec_id.clone());
     let writer = write_out(out, rx, stream, ids, stall);
     let reader = async move {
+        // Where a busy stream's time goes: answers awaited vs room awaited.
+        let (mut reads, mut in_rpc, mut in_send) = (0u32, Duration::ZERO, Duration::ZERO);
         loop {
+            let t0 = tokio::time::Instant::now();
             let chunk = match stream {
                 Stream::Stdout => agent.read_stdout(&container_id, &exec_id, CHUNK).await,
                 Stream::Stderr => agent.read_stderr(&container_id, &exec_id, CHUNK).await,
             };
+            reads += 1;
+            in_rpc += t0.elapsed();
             let data = match chunk {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
@@ -289,10 +294,13 @@ async fn copy_out_with(
             };
             // The writer takes every chunk until the channel closes (it
             // discards them once its reader is gone): never fails early.
+            let t0 = tokio::time::Instant::now();
             if tx.send(data).await.is_err() {
                 break;
             }
+            in_send += t0.elapsed();
         }
+        tracing::debug!(container = %container_id, exec = %exec_id, reads, ?in_rpc, ?in_send, "{stream:?} read");
         // Dropping `tx` tells the writer the stream ended.
     };
     tokio::join!(reader, writer);

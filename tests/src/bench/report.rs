@@ -141,7 +141,9 @@ pub fn findings(r: &Results) -> Vec<String> {
                  and its first health check); the agent RPCs (CreateSandbox, \
                  CreateContainer, StartContainer) take {rpcs:.0} ms. Done: the vsock opens \
                  to the shim on the agent's `agent ready` console line (it waited for \
-                 `vhost-started` + a 200 ms settle: ~50 ms later), the project's guest kernel (all \
+                 `vhost-started` + a 200 ms settle: ~50 ms later), the guest CPU without \
+                 ERMS (TCG ran the kernel's `rep movsb`/`stosb` a byte per turn: boot \
+                 -47 ms, CreateContainer faster), the project's guest kernel (all \
                  built in: no module loading; the floor boots it too), the guest boots \
                  `quiet`, the container helper starts by posix_spawn from a non-PIE agent \
                  (it reuses TCG's translations of the agent's code: spawn 50 -> 6 ms, exec \
@@ -218,20 +220,22 @@ pub fn findings(r: &Results) -> Vec<String> {
     }
     if r.tput_kata.n() > 0 && r.tput_kata.median() < 0.8 * r.tput_floor.median() {
         out.push(format!(
-            "stdout moves {:.0} MiB/s against the raw vsock floor's {:.0} MiB/s. The guest's \
-             one vCPU is the bottleneck (QEMU's vCPU thread ~100% busy while the shim, the \
-             vsock gate and vhost-device-vsock idle): the floor writes a static buffer \
-             straight to vsock (one copy), while a container's bytes are zero-filled by dd, \
-             copied into the stdout pipe, read by the agent, copied again by protobuf \
-             encoding and then into vsock. In the guest alone `dd | cat >/dev/null` moves \
-             ~80 MiB/s (`dd` alone ~490): one pipe hop costs about what the whole floor \
-             does, so a container writing into a pipe cannot reach 80% of this floor \
-             under TCG. Done: 1 MiB guest pipes and reads sized by FIONREAD (up to 1 MiB \
-             per ReadStdout), fixed malloc thresholds in the agent (answers no longer \
-             fault their pages in each time), the shim's next read overlapping its fifo \
-             write, 1 MiB output fifos, a 256 KiB gate buffer. Next: a raw vsock stream \
-             per stdio that the agent feeds with splice(2) from the pipe (no user-space \
-             copy, no protobuf framing).",
+            "stdout moves {:.0} MiB/s against the raw vsock floor's {:.0} MiB/s. Since the \
+             guest CPU lost ERMS (`-cpu max,erms=off`: QEMU 7.2's TCG ran the kernel's \
+             `rep movsb` copies a byte per loop turn) the guest's pipes are no longer the \
+             limit: in the guest `dd | cat >/dev/null` moves ~366 MiB/s (was ~80) and \
+             kata stdout went 45 -> 90 MiB/s. Now the ReadStdout round trip is: 1 MiB \
+             answers take ~10 ms each (the shim's reader waits on the RPC 2.6 s of a \
+             256 MiB run, on the fifo writer ~0), while QEMU's vCPU is ~58% busy, the \
+             shim 19%, vhost-device-vsock 6%: the stream waits on the transport more \
+             than on any CPU. Done: 1 MiB guest pipes and reads sized by FIONREAD, fixed \
+             malloc thresholds in the agent, the shim's next read overlapping its fifo \
+             write, 1 MiB output fifos, a 256 KiB gate buffer, no ERMS. Tried: 2 MiB and \
+             512 KiB chunks (slower / the same), vhost-device-vsock `--tx-buffer-size` \
+             1 MiB (the stream stalled for good). Next: a raw vsock stream per stdio \
+             that the agent feeds with splice(2) (no protobuf framing, no request per \
+             chunk), the vsock gate's relay hop removed once vhost-device-vsock needs no \
+             guard.",
             r.tput_kata.median(),
             r.tput_floor.median()
         ));
