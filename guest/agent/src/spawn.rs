@@ -243,6 +243,16 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         }
         let (_a, b) = UnixStream::pair().expect("socketpair");
+        // Off 7 whatever other tests hold open (on 7 it would be refused as above).
+        // SAFETY: F_DUPFD_CLOEXEC on a live descriptor; the result is checked.
+        let high = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        assert!(
+            high >= 100,
+            "F_DUPFD_CLOEXEC: {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor, owned here alone.
+        let b = unsafe { OwnedFd::from_raw_fd(high) };
         let e = spawn("/nonexistent", "x", &Stdio::Null, b.as_raw_fd(), 7).expect_err("no program");
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     }
