@@ -40,12 +40,12 @@ async fn wait_vsock_ready(
     qemu: Option<&Supervised>,
     agent_line: &mut watch::Receiver<bool>,
 ) -> &'static str {
-    match wait_vhost_started(qmp, deadline, qemu, agent_line).await {
+    match wait_vhost_started(qmp, deadline, qemu, Some(&mut *agent_line)).await {
         VhostWait::AgentLine => "agent line",
         VhostWait::Started | VhostWait::TimedOut => {
             tokio::select! {
                 _ = tokio::time::sleep(VSOCK_SETTLE) => "vhost started + settle",
-                _ = line_seen(agent_line) => "agent line",
+                _ = line_seen(Some(agent_line)) => "agent line",
             }
         }
     }
@@ -61,7 +61,7 @@ fn reclaim_boot_files(config: &VmConfig, pid: u32, mut booted: watch::Receiver<b
     let files = vec![config.kernel.clone(), config.initrd.clone()];
     let sandbox = config.id.clone();
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(RECLAIM_FALLBACK, line_seen(&mut booted)).await;
+        let _ = tokio::time::timeout(RECLAIM_FALLBACK, line_seen(Some(&mut booted))).await;
         let done = tokio::task::spawn_blocking(move || crate::reclaim::page_out(pid, &files)).await;
         match done {
             Ok(Ok(bytes)) => {
@@ -75,9 +75,14 @@ fn reclaim_boot_files(config: &VmConfig, pid: u32, mut booted: watch::Receiver<b
     });
 }
 
-/// Resolves once the line was seen; never, when it cannot be any more.
-async fn line_seen(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|seen| *seen).await.is_err() {
+/// Resolves once the line was seen; never, when there is no line to wait
+/// for or it cannot come any more.
+async fn line_seen(rx: Option<&mut watch::Receiver<bool>>) {
+    let seen = match rx {
+        Some(rx) => rx.wait_for(|seen| *seen).await.is_ok(),
+        None => false,
+    };
+    if !seen {
         std::future::pending::<()>().await;
     }
 }
@@ -96,7 +101,7 @@ async fn wait_vhost_started(
     qmp: &mut Qmp,
     deadline: Instant,
     qemu: Option<&Supervised>,
-    agent_line: &mut watch::Receiver<bool>,
+    mut agent_line: Option<&mut watch::Receiver<bool>>,
 ) -> VhostWait {
     let path = format!(
         "/machine/peripheral/{}/virtio-backend",
@@ -130,7 +135,7 @@ async fn wait_vhost_started(
         // Between QMP commands only: a command is never cut off mid-answer.
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
-            _ = line_seen(agent_line) => return VhostWait::AgentLine,
+            _ = line_seen(agent_line.as_deref_mut()) => return VhostWait::AgentLine,
         }
     }
 }
@@ -764,8 +769,7 @@ impl Vm for QemuVm {
             self.with_qmp(|q| {
                 Box::pin(async move {
                     // No console line to wait for after `cont`.
-                    let (_line, mut never) = watch::channel(false);
-                    wait_vhost_started(q, ready, None, &mut never).await;
+                    wait_vhost_started(q, ready, None, None).await;
                     Ok(())
                 })
             })

@@ -155,11 +155,7 @@ async fn spawn_log_binary(
     container_id: &str,
     namespace: &str,
 ) -> std::io::Result<(Sink, Sink)> {
-    use std::os::fd::OwnedFd;
     let (path, args) = parse_binary_uri(uri)?;
-    let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
-    };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
@@ -235,6 +231,11 @@ async fn open_sink(uri: &str) -> Option<Sink> {
             None
         }
     }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
 /// Asks the kernel for a `size`-byte pipe buffer; a fifo we cannot grow
@@ -512,10 +513,6 @@ mod tests {
         assert_eq!(reads, 11, "10 chunks and the end of stream");
     }
 
-    fn os_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
-    }
-
     /// The end of a stream waits until the fifo's reader took everything:
     /// a client that stops reading when it hears of the exit loses nothing.
     #[tokio::test]
@@ -526,7 +523,7 @@ mod tests {
             fake.push_stdout("c1", "", &[b'x'; 10_000]); // fits in a 64 KiB pipe
         }
         fake.exit_process("c1", "", 0);
-        let (r, w) = os_pipe();
+        let (r, w) = pipe().expect("pipe");
         let sink = Sink::pipe(pipe::Sender::from_owned_fd(w).expect("sender"));
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -547,7 +544,7 @@ mod tests {
     #[test]
     fn a_pipe_holds_data_only_while_it_has_bytes_and_a_reader() {
         use std::io::Write;
-        let (r, w) = os_pipe();
+        let (r, w) = pipe().expect("pipe");
         let fd = w.as_raw_fd();
         assert!(!pipe_holds_data(fd), "empty");
         std::fs::File::from(w.try_clone().expect("dup"))

@@ -223,11 +223,16 @@ pub fn load_module_by_name(name: &str, params: &str) {
 const PAGE_REPORTING_ORDER: u32 = 5;
 const PAGE_REPORTING_PARAM: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
 
+/// The value of `key=value` on a kernel command line (the first one).
+pub fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// Lowers the free page reporting threshold (no balloon device: a no-op).
 pub fn tune_page_reporting(cmdline: &str) {
-    let order = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("agent.page_reporting_order="))
+    let order = cmdline_param(cmdline, "agent.page_reporting_order")
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(PAGE_REPORTING_ORDER);
     if let Err(e) = fs::write(PAGE_REPORTING_PARAM, order.to_string()) {
@@ -265,4 +270,18 @@ pub fn power_off() {
     nix::unistd::sync();
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     tracing::error!(error = %e, "power off failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cmdline_param;
+
+    #[test]
+    fn cmdline_param_matches_whole_keys_only() {
+        let line = "quiet agent.log_vport=1025 agent.log=debug agent.log=warn";
+        assert_eq!(cmdline_param(line, "agent.log"), Some("debug"));
+        assert_eq!(cmdline_param(line, "agent.log_vport"), Some("1025"));
+        assert_eq!(cmdline_param(line, "quiet"), None);
+        assert_eq!(cmdline_param(line, "agent.page_reporting_order"), None);
+    }
 }

@@ -244,9 +244,7 @@ impl Write for Tee {
 
 /// `agent.log_vport=<port>` from a kernel command line.
 pub fn vport_of(cmdline: &str) -> Option<u32> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("agent.log_vport="))
+    crate::init::cmdline_param(cmdline, "agent.log_vport")
         .and_then(|p| p.parse().ok())
         .filter(|p| *p != 0)
 }

@@ -117,9 +117,7 @@ fn kernel_cmdline(pid1: bool) -> String {
 
 /// `agent.log=<level>` on the kernel command line (upstream's parameter), else "info".
 fn cmdline_log_level(cmdline: &str) -> String {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("agent.log="))
+    init::cmdline_param(cmdline, "agent.log")
         .unwrap_or("info")
         .to_string()
 }

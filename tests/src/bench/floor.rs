@@ -152,7 +152,7 @@ impl Floor {
         let (accel, cpu) = match self.accel {
             ResolvedAccel::Kvm => ("kvm", "host"),
             // The CPU the shim gives a TCG guest (no ERMS: faster copies).
-            ResolvedAccel::Tcg => ("tcg,thread=multi", "max,erms=off"),
+            ResolvedAccel::Tcg => ("tcg,thread=multi", hypervisor::cmdline::machine::TCG_CPU),
         };
         let append = format!("console=ttyS0 panic=-1 reboot=k {extra_params}");
         let mut args: Vec<String> = [

@@ -188,7 +188,7 @@ impl Vm {
         // the shim's vsock gate waits for the same reason). The agent's
         // "agent ready" console line comes after the driver's probe. Without
         // that line (a log filter above info) the dial goes ahead at the deadline.
-        while !self.console().contains("agent ready") && t0.elapsed() < deadline {
+        while !self.console().contains(protocols::AGENT_READY_LINE) && t0.elapsed() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         loop {
