@@ -127,6 +127,10 @@ struct State {
     stderr: HashMap<Key, Stream>,
     ooms: VecDeque<String>,
     stats: Option<agent::StatsContainerResponse>,
+    /// Methods that never answer (a frozen or hostile guest).
+    hangs: std::collections::HashSet<&'static str>,
+    /// ReadStdout/ReadStderr answer zero bytes at once, forever.
+    empty_reads: bool,
 }
 
 /// A scripted agent. Clones share state, so a test can keep one and hand another to the shim.
@@ -229,6 +233,25 @@ impl FakeAgent {
         });
     }
 
+    /// Every later call of `method` never answers (a frozen or hostile guest).
+    pub fn hang(&self, method: &'static str) {
+        self.update(|s| {
+            s.hangs.insert(method);
+        });
+    }
+
+    /// ReadStdout and ReadStderr answer zero bytes, at once, forever.
+    pub fn answer_reads_empty(&self) {
+        self.update(|s| s.empty_reads = true);
+    }
+
+    /// Never returns if `method` was told to hang.
+    async fn hang_point(&self, method: &'static str) {
+        if self.lock().hangs.contains(method) {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Queues an OOM event for `container_id`.
     pub fn push_oom(&self, container_id: &str) {
         self.update(|s| s.ooms.push_back(container_id.to_string()));
@@ -248,7 +271,12 @@ impl FakeAgent {
     ) -> Option<Vec<u8>> {
         let k = key(container_id, exec_id);
         let len = usize::try_from(len.max(1)).unwrap_or(usize::MAX);
+        self.hang_point(if stdout { "ReadStdout" } else { "ReadStderr" })
+            .await;
         self.wait_for(|s| {
+            if s.empty_reads {
+                return Some(Some(Vec::new()));
+            }
             let stream = if stdout { &mut s.stdout } else { &mut s.stderr }
                 .entry(k.clone())
                 .or_default();
@@ -288,6 +316,7 @@ impl Agent for FakeAgent {
     }
 
     async fn destroy_sandbox(&self) -> Result<()> {
+        self.hang_point("DestroySandbox").await;
         self.record(Call::DestroySandbox)
     }
 
@@ -302,6 +331,7 @@ impl Agent for FakeAgent {
     }
 
     async fn remove_container(&self, container_id: &str, timeout_secs: u32) -> Result<()> {
+        self.hang_point("RemoveContainer").await;
         self.record(Call::RemoveContainer {
             container_id: container_id.into(),
             timeout_secs,
@@ -313,6 +343,7 @@ impl Agent for FakeAgent {
     }
 
     async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        self.hang_point("SignalProcess").await;
         self.record(Call::SignalProcess {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -321,6 +352,7 @@ impl Agent for FakeAgent {
     }
 
     async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32> {
+        self.hang_point("WaitProcess").await;
         self.record(Call::WaitProcess {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -448,6 +480,7 @@ impl Agent for FakeAgent {
     }
 
     async fn get_oom_event(&self) -> Result<String> {
+        self.hang_point("GetOOMEvent").await;
         self.record(Call::GetOomEvent)?;
         Ok(self.wait_for(|s| s.ooms.pop_front()).await)
     }

@@ -38,8 +38,11 @@ pub fn virtiofsd(config: &VmConfig, options: &crate::VmOptions) -> HelperSpec {
         socket.to_string_lossy().into_owned(),
         "--shared-dir".into(),
         config.shared_dir.to_string_lossy().into_owned(),
+        // Its own mount namespace rooted at the export: a path the guest
+        // names can reach nothing outside it. Container mounts made later
+        // propagate in (the export is a slave of the shim's mount tree).
         "--sandbox".into(),
-        "none".into(),
+        "namespace".into(),
         "--cache".into(),
         options.virtio_fs_cache.as_arg().into(),
     ];
@@ -74,8 +77,11 @@ pub fn vhost_device_vsock(config: &VmConfig) -> HelperSpec {
 }
 
 /// Spawns a process with stdin closed and its output logged into `ring`. It is
-/// put in its own process group so a terminal's signals do not reach it; it does
-/// not die with its parent: cleanup is explicit (stop / cleanup_run_dir).
+/// put in its own process group so a terminal's signals do not reach it. It
+/// gets SIGKILL when the thread that spawned it ends (a runtime worker: in
+/// practice, the shim daemon), so a killed shim leaves no VM running; cleanup
+/// is otherwise explicit (stop / cleanup_run_dir). It inherits no descriptor
+/// but its stdio: everything else the shim opens is close-on-exec.
 /// With `netns`, the process starts inside that network namespace.
 pub fn spawn(
     name: &'static str,
@@ -92,22 +98,28 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    if let Some(path) = netns {
-        let ns = std::fs::File::open(path).map_err(|e| Error::Io {
+    let ns = match netns {
+        Some(path) => Some(std::fs::File::open(path).map_err(|e| Error::Io {
             what: format!("opening network namespace {}", path.display()),
             source: e,
-        })?;
-        // SAFETY: between fork and exec only setns(2) runs, which is
-        // async-signal-safe; `ns` is moved in and outlives the call.
-        unsafe {
-            cmd.pre_exec(move || {
-                use std::os::fd::AsRawFd;
+        })?),
+        None => None,
+    };
+    // SAFETY: between fork and exec only prctl(2) and setns(2) run, both
+    // async-signal-safe; `ns` is moved in and outlives the call.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(ns) = &ns {
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            Ok(())
+        });
     }
     tracing::debug!(sandbox, process = name, program = %program.display(), ?args, "spawning");
     let mut child = cmd.spawn().map_err(|e| Error::Io {
@@ -186,7 +198,7 @@ mod tests {
         let fs = virtiofsd(&c, &crate::VmOptions::default());
         assert_eq!(
             fs.args.join(" "),
-            "--socket-path /run/vc/sb1/virtiofsd.sock --shared-dir /run/shared/sb1 --sandbox none --cache auto"
+            "--socket-path /run/vc/sb1/virtiofsd.sock --shared-dir /run/shared/sb1 --sandbox namespace --cache auto"
         );
         assert_eq!(fs.ready_socket, PathBuf::from("/run/vc/sb1/virtiofsd.sock"));
         let tuned = crate::VmOptions {

@@ -85,6 +85,15 @@ impl Gate {
             what: format!("listening on {}", public.display()),
             source: e,
         })?;
+        // The agent's door: root's alone, whatever the umask.
+        std::fs::set_permissions(
+            public,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .map_err(|e| Error::Io {
+            what: format!("chmod {}", public.display()),
+            source: e,
+        })?;
         let state = Arc::new(State {
             lock: RwLock::new(()),
             open: watch::Sender::new(true),

@@ -14,6 +14,8 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{what}: {source}")]
@@ -47,6 +49,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Hypervisor(hypervisor::Error::InvalidConfig(_)) => Code::INVALID_ARGUMENT,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NOT_FOUND

@@ -277,6 +277,7 @@ async fn copy_out_with(
     let reader = async move {
         // Where a busy stream's time goes: answers awaited vs room awaited.
         let (mut reads, mut in_rpc, mut in_send) = (0u32, Duration::ZERO, Duration::ZERO);
+        let mut empty = 0u32;
         loop {
             let t0 = tokio::time::Instant::now();
             let chunk = match stream {
@@ -293,6 +294,14 @@ async fn copy_out_with(
                     break;
                 }
             };
+            if data.is_empty() {
+                // No agent of ours answers "nothing, but not the end": a
+                // guest that does it in a loop must not spin the shim.
+                empty = empty.saturating_add(1);
+                tokio::time::sleep(empty_backoff(empty)).await;
+                continue;
+            }
+            empty = 0;
             // The writer takes every chunk until the channel closes (it
             // discards them once its reader is gone): never fails early.
             let t0 = tokio::time::Instant::now();
@@ -305,6 +314,11 @@ async fn copy_out_with(
         // Dropping `tx` tells the writer the stream ended.
     };
     tokio::join!(reader, writer);
+}
+
+/// Pause after the `n`th empty answer in a row: 1, 2, 4 … ms, at most 100.
+fn empty_backoff(n: u32) -> Duration {
+    Duration::from_millis((1u64 << n.min(7)).min(100))
 }
 
 /// Writes the chunks in order to `out`; once the reader is gone or stalled

@@ -17,7 +17,8 @@ pub struct SandboxPaths {
     pub base: PathBuf,
     /// The hypervisor's run directory (sockets, its own state file).
     pub vm: PathBuf,
-    /// Exported to the guest over virtio-fs; `<cid>/rootfs` per container.
+    /// Exported to the guest over virtio-fs: a read-only bind of
+    /// [`SandboxPaths::mounts`] (see `crate::share`).
     pub shared: PathBuf,
 }
 
@@ -38,8 +39,15 @@ impl SandboxPaths {
         self.base.join("state.json")
     }
 
+    /// The host-only tree the shim mounts container rootfs and binds in.
+    pub fn mounts(&self) -> PathBuf {
+        self.base.join("mounts")
+    }
+
+    /// Container `cid`'s directory in the host-only tree (`<cid>/rootfs`,
+    /// `<cid>/mounts/...`); the guest sees it as `<cid>` on the share.
     pub fn container_dir(&self, cid: &str) -> PathBuf {
-        self.shared.join(cid)
+        self.mounts().join(cid)
     }
 }
 
@@ -57,7 +65,15 @@ pub async fn write(state: &SandboxState) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(state)
         .map_err(|e| Error::io("encoding state", std::io::Error::other(e)))?;
-    tokio::fs::write(&tmp, data)
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, &data)
         .await
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     tokio::fs::rename(&tmp, &path)

@@ -10,9 +10,10 @@ use hypervisor::{Hypervisor, NetworkConfig, Vm, VmConfig, VsockEndpoint};
 use protocols::agent::{CreateSandboxRequest, Storage};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
+use crate::share::Mounter;
 use crate::spec::GUEST_SHARED_DIR;
 
 /// Dials the guest agent; a seam so the service can run on fakes.
@@ -50,6 +51,8 @@ pub struct Sandbox {
     pub network: Option<PodNic>,
     /// The VM's size and hotplug room (Update grows it).
     pub size: tokio::sync::Mutex<crate::service::resources::VmSize>,
+    /// Owns the share's mounts and directories.
+    pub mounter: Arc<dyn Mounter>,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -58,6 +61,13 @@ pub struct Sandbox {
 pub struct PodNic {
     pub netns: PathBuf,
     pub interface: String,
+}
+
+/// The seams a sandbox boots through.
+pub struct Seams<'a> {
+    pub hypervisor: &'a dyn Hypervisor,
+    pub dialer: &'a dyn AgentDialer,
+    pub mounter: Arc<dyn Mounter>,
 }
 
 /// What the sandbox is booted with besides the configuration.
@@ -76,13 +86,11 @@ impl Sandbox {
         params: BootParams<'_>,
         root: &Path,
         config: &Config,
-        hypervisor: &dyn Hypervisor,
-        dialer: &dyn AgentDialer,
+        seams: Seams<'_>,
     ) -> Result<Sandbox> {
+        let mounter = seams.mounter.clone();
         let paths = SandboxPaths::new(root, id);
-        tokio::fs::create_dir_all(&paths.shared)
-            .await
-            .map_err(|e| Error::io(format!("creating {}", paths.shared.display()), e))?;
+        mounter.prepare(&paths).await?;
         let nic = match params.netns {
             Some(ns) => {
                 let t = std::time::Instant::now();
@@ -91,28 +99,19 @@ impl Sandbox {
                 match r {
                     Ok(found) => found.map(|(iface, net)| (ns.to_path_buf(), iface, net)),
                     Err(e) => {
-                        let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
+                        let _ = mounter.teardown(&paths).await;
                         return Err(e.into());
                     }
                 }
             }
             None => None,
         };
-        let result = Self::boot_in(
-            id,
-            params.hostname,
-            nic.as_ref(),
-            &paths,
-            config,
-            hypervisor,
-            dialer,
-        )
-        .await;
+        let result = Self::boot_in(id, params.hostname, nic.as_ref(), &paths, config, seams).await;
         if result.is_err() {
             if let Some((ns, iface, _)) = &nic {
                 let _ = network::detach_tap(ns, &iface.name).await;
             }
-            let _ = crate::rootfs::remove_tree_if_unmounted(&paths.base);
+            let _ = mounter.teardown(&paths).await;
         }
         result
     }
@@ -123,9 +122,13 @@ impl Sandbox {
         nic: Option<&(PathBuf, network::Interface, network::PodNetwork)>,
         paths: &SandboxPaths,
         config: &Config,
-        hypervisor: &dyn Hypervisor,
-        dialer: &dyn AgentDialer,
+        seams: Seams<'_>,
     ) -> Result<Sandbox> {
+        let Seams {
+            hypervisor,
+            dialer,
+            mounter,
+        } = seams;
         persist::write(&SandboxState {
             sandbox_id: id.to_owned(),
             paths: paths.clone(),
@@ -223,6 +226,7 @@ impl Sandbox {
                 interface: iface.name.clone(),
             }),
             size: tokio::sync::Mutex::new(crate::service::resources::VmSize::of(q)),
+            mounter,
         })
     }
 
@@ -241,7 +245,7 @@ impl Sandbox {
                 tracing::debug!(sandbox = %self.id, "removing the tap: {e}");
             }
         }
-        cleanup_dirs(&self.paths).await
+        self.mounter.teardown(&self.paths).await
     }
 }
 
@@ -258,20 +262,6 @@ async fn configure_guest_network(
         .update_routes(network::guest_routes(net, &iface.name))
         .await?;
     Ok(())
-}
-
-/// Unmounts every container rootfs left on the share and removes the
-/// sandbox directory.
-pub async fn cleanup_dirs(paths: &SandboxPaths) -> Result<()> {
-    if let Ok(mut entries) = tokio::fs::read_dir(&paths.shared).await {
-        while let Ok(Some(e)) = entries.next_entry().await {
-            crate::rootfs::unmount_rootfs(e.path()).await?;
-        }
-    }
-    let base = paths.base.clone();
-    tokio::task::spawn_blocking(move || crate::rootfs::remove_tree_if_unmounted(&base))
-        .await
-        .map_err(|e| Error::io("cleanup task", std::io::Error::other(e)))?
 }
 
 /// Logs how long one phase of pod start took (`make bench` reads these).

@@ -28,6 +28,27 @@ pub struct HostBind {
     pub source: std::path::PathBuf,
     /// Path relative to the container's directory on the share.
     pub share_path: String,
+    /// The spec's mount options (`ro`, `rbind`, `nosuid`, ...): the bind is
+    /// made with them on the host, so `ro` holds against the guest too.
+    pub options: Vec<String>,
+}
+
+/// Longest file-name part of a bind's name on the share.
+const SHARE_NAME_MAX: usize = 64;
+
+/// The name a bind gets on the share: its index, then the source's file
+/// name with anything but `[A-Za-z0-9._-]` dropped (so no name on the share
+/// needs escaping in mountinfo or logs), bounded in length.
+fn share_name(index: usize, source: &Path) -> String {
+    let name: String = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(SHARE_NAME_MAX)
+        .collect();
+    format!("mounts/{index}-{name}")
 }
 
 /// CRI's annotation telling the pod's sandbox container from app containers.
@@ -152,6 +173,26 @@ fn namespace_name(t: LinuxNamespaceType) -> &'static str {
     }
 }
 
+/// The guest does not map ids into a user namespace (Kubernetes'
+/// `hostUsers: false`): a container that asks for one is refused rather than
+/// run with host-root-equivalent ids in the VM.
+fn refuse_user_namespace(linux: &oci::Linux) -> Result<()> {
+    let user_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    let mapped = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if user_ns || mapped {
+        return Err(Error::InvalidArgument(
+            "user namespaces (uid/gid mappings, hostUsers: false) are not supported by this runtime"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn is_bind(typ: &str, options: &[String]) -> bool {
     typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind")
 }
@@ -195,19 +236,19 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<Hos
                     m.destination().display()
                 )));
             };
-            let name = source
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let share_path = format!("mounts/{}-{name}", binds.len());
+            let share_path = share_name(binds.len(), &source);
             out.Mounts.push(grpc::Mount {
                 destination: m.destination().to_string_lossy().into_owned(),
                 source: format!("{GUEST_SHARED_DIR}/{cid}/{share_path}"),
                 type_: "bind".into(),
-                options,
+                options: options.clone(),
                 ..Default::default()
             });
-            binds.push(HostBind { source, share_path });
+            binds.push(HostBind {
+                source,
+                share_path,
+                options,
+            });
             continue;
         }
         if !KERNEL_FS.contains(&typ.as_str()) {
@@ -248,6 +289,10 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<Hos
             RootfsPropagation: linux.rootfs_propagation().clone().unwrap_or_default(),
             ..Default::default()
         };
+        if let Some(profile) = linux.seccomp() {
+            l.Seccomp = protocols::protobuf::MessageField::some(crate::seccomp::to_agent(profile)?);
+        }
+        refuse_user_namespace(linux)?;
         // The VM is the pod: a namespace the spec joins by path (CRI's app
         // containers join the pause container's) is the VM's own in the
         // guest, and so are the pod-wide UTS and IPC namespaces of the CRI
@@ -329,7 +374,8 @@ mod tests {
             binds,
             vec![HostBind {
                 source: "/host/data".into(),
-                share_path: "mounts/0-data".into()
+                share_path: "mounts/0-data".into(),
+                options: vec!["rbind".into()],
             }]
         );
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
@@ -358,6 +404,45 @@ mod tests {
         let (g, _) = to_agent_spec(&s, "app").expect("converts");
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
         assert_eq!(ns, vec!["pid", "mount"], "joined namespaces are the VM's");
+    }
+
+    #[test]
+    fn seccomp_reaches_the_agent_and_user_namespaces_are_refused() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
+                                  "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}}
+        }));
+        let (g, _) = to_agent_spec(&s, "c").expect("converts");
+        assert_eq!(g.Linux.Seccomp.DefaultAction, "SCMP_ACT_ERRNO");
+        assert_eq!(g.Linux.Seccomp.Syscalls[0].Names, vec!["read"]);
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "user"}],
+                      "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}
+        }));
+        let e = to_agent_spec(&s, "c").expect_err("refused");
+        assert!(
+            matches!(e, Error::InvalidArgument(ref m) if m.contains("user namespaces")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn share_names_need_no_escaping_and_stay_short() {
+        assert_eq!(
+            share_name(3, Path::new("/v/a b\nc\\d.txt")),
+            "mounts/3-abcd.txt"
+        );
+        assert_eq!(share_name(0, Path::new("/")), "mounts/0-");
+        assert_eq!(share_name(1, Path::new("/..")), "mounts/1-");
+        let long = format!("/{}", "x".repeat(5000));
+        assert_eq!(
+            share_name(9, Path::new(&long)).len(),
+            "mounts/9-".len() + 64
+        );
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! the service's unit tests and the RPC-overhead benchmark. The hypervisor
 //! and agent fakes live in their crates.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,8 +13,9 @@ use protocols::containerd::ttrpc::r#async::TtrpcContext;
 
 use crate::error::Result;
 use crate::events::EventSink;
-use crate::rootfs::{Mounter, RootfsMount};
+use crate::persist::SandboxPaths;
 use crate::sandbox::AgentDialer;
+use crate::share::{ContainerMounts, Mounter};
 
 /// Records every event as (topic, text form).
 #[derive(Default)]
@@ -77,21 +77,40 @@ impl RecordingMounter {
     }
 }
 
+/// Creates and removes the sandbox's directories like the real mounter
+/// (no root needed), mounts nothing.
 #[async_trait]
 impl Mounter for RecordingMounter {
-    async fn mount(&self, _m: Vec<RootfsMount>, _bundle: PathBuf, target: PathBuf) -> Result<()> {
-        self.push(format!("mount {}", target.display()));
+    async fn prepare(&self, paths: &SandboxPaths) -> Result<()> {
+        self.push(format!("prepare {}", paths.base.display()));
+        for d in [&paths.vm, &paths.mounts(), &paths.shared] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| crate::error::Error::io("creating", e))?;
+        }
         Ok(())
     }
 
-    async fn unmount(&self, dir: PathBuf) -> Result<()> {
-        self.push(format!("unmount {}", dir.display()));
+    async fn mount_container(&self, _paths: &SandboxPaths, m: ContainerMounts) -> Result<()> {
+        self.push(format!("mount {}", m.cid));
+        for b in m.binds {
+            self.push(format!("bind {} {}", b.source.display(), b.share_path));
+        }
         Ok(())
     }
 
-    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<()> {
-        self.push(format!("bind {} {}", source.display(), target.display()));
+    async fn unmount_container(&self, _paths: &SandboxPaths, cid: &str) -> Result<()> {
+        self.push(format!("unmount {cid}"));
         Ok(())
+    }
+
+    async fn teardown(&self, paths: &SandboxPaths) -> Result<()> {
+        self.push(format!("teardown {}", paths.base.display()));
+        match tokio::fs::remove_dir_all(&paths.base).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(crate::error::Error::io("removing", e)),
+        }
     }
 }
 

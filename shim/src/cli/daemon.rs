@@ -82,7 +82,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
         Arc::new(hypervisor::Qemu::default()),
         Arc::new(VsockDialer),
         events,
-        Arc::new(crate::rootfs::HostMounter),
+        Arc::new(crate::share::HostMounter),
     ));
     let exit = service.exit.clone();
 
@@ -90,6 +90,13 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let mut v2 = create_task(service.clone());
     if let Some(s) = v2.remove(TASK_V3) {
         services.insert(TASK_V2.to_owned(), s);
+    }
+    // `start` passed the listener without close-on-exec; set it again so
+    // QEMU, its helpers and `ip`/`tc` never inherit containerd's Task API.
+    // SAFETY: fcntl on a descriptor number has no memory-safety
+    // preconditions; failure is reported.
+    if unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("listener close-on-exec");
     }
     // SAFETY: `start` handed this process the bound listener at LISTENER_FD
     // and nothing else owns that descriptor.

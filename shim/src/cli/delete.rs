@@ -11,7 +11,7 @@ use protocols::protobuf::well_known_types::timestamp::Timestamp;
 use protocols::protobuf::{Message, MessageField};
 
 use crate::persist::{SandboxPaths, RUN_ROOT};
-use crate::{rootfs, sandbox};
+use crate::share;
 
 pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     let bundle = if flags.bundle.is_empty() {
@@ -51,9 +51,10 @@ pub async fn cleanup(root: &Path, sandbox_id: &str, id: &str) -> anyhow::Result<
     }
     if id == sandbox_id {
         hypervisor::cleanup_run_dir(&paths.vm).await?;
-        sandbox::cleanup_dirs(&paths).await?;
+        tokio::task::spawn_blocking(move || share::teardown(&paths)).await??;
     } else {
-        rootfs::unmount_rootfs(paths.container_dir(id)).await?;
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || share::unmount_container(&paths, &id)).await??;
     }
     Ok(())
 }

@@ -64,6 +64,12 @@ fn spawn_daemon(flags: &Flags, sandbox_id: &str, address: &str, path: &str) -> a
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let listener = UnixListener::bind(p).with_context(|| format!("binding {path}"))?;
+    // containerd's Task API for this pod: root's alone, whatever the umask.
+    std::fs::set_permissions(
+        p,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .with_context(|| format!("chmod {path}"))?;
     let fd = listener.as_raw_fd();
     let exe = std::env::current_exe().context("locating own binary")?;
     let mut cmd = Command::new(exe);

@@ -14,8 +14,8 @@ use tracing::Instrument;
 use super::{Container, TaskService};
 use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
-use crate::rootfs::{self, RootfsMount};
-use crate::sandbox::{BootParams, Sandbox};
+use crate::sandbox::{BootParams, Sandbox, Seams};
+use crate::share::{self, ContainerMounts, RootfsMount};
 use crate::{config, spec};
 
 /// CRI annotations that tie a container to its pod.
@@ -76,7 +76,12 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
-        rootfs::validate(&mounts)?;
+        share::validate(&mounts)?;
+        let readonly = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
         let annotations = spec.annotations().clone().unwrap_or_default();
 
         let mut guard = self.sandbox.lock().await;
@@ -113,8 +118,11 @@ impl TaskService {
                         },
                         &self.run_root,
                         &cfg,
-                        self.hypervisor.as_ref(),
-                        self.dialer.as_ref(),
+                        Seams {
+                            hypervisor: self.hypervisor.as_ref(),
+                            dialer: self.dialer.as_ref(),
+                            mounter: self.mounter.clone(),
+                        },
                     )
                     .instrument(span)
                     .await?,
@@ -127,7 +135,17 @@ impl TaskService {
 
         let t = std::time::Instant::now();
         let result = self
-            .create_in_sandbox(&sandbox, &cid, mounts, binds, &req.bundle, agent_spec)
+            .create_in_sandbox(
+                &sandbox,
+                ContainerMounts {
+                    cid: cid.clone(),
+                    rootfs: mounts,
+                    bundle: req.bundle.clone().into(),
+                    readonly,
+                    binds,
+                },
+                agent_spec,
+            )
             .await;
         crate::sandbox::phase(&sandbox.id, "create_container", t);
         match result {
@@ -188,38 +206,25 @@ impl TaskService {
     async fn create_in_sandbox(
         &self,
         sandbox: &Sandbox,
-        cid: &str,
-        mounts: Vec<RootfsMount>,
-        binds: Vec<spec::HostBind>,
-        bundle: &str,
+        mounts: ContainerMounts,
         agent_spec: protocols::oci::Spec,
     ) -> Result<()> {
         // Sub-phases ("create_container.*"): where Create's time goes; the
         // bench lists them without adding them to the total again.
         let phase = |name: &str, t| crate::sandbox::phase(&sandbox.id, name, t);
-        let dir = sandbox.paths.container_dir(cid);
+        let cid = mounts.cid.clone();
         let t = std::time::Instant::now();
-        self.mounter
-            .mount(mounts, bundle.into(), dir.join("rootfs"))
-            .await?;
+        self.mounter.mount_container(&sandbox.paths, mounts).await?;
         phase("create_container.rootfs", t);
-        let t = std::time::Instant::now();
-        for b in binds {
-            if let Err(e) = self.mounter.bind(b.source, dir.join(&b.share_path)).await {
-                let _ = self.mounter.unmount(dir).await;
-                return Err(e);
-            }
-        }
-        phase("create_container.binds", t);
         let req = CreateContainerRequest {
-            container_id: cid.to_owned(),
-            exec_id: cid.to_owned(),
+            container_id: cid.clone(),
+            exec_id: cid.clone(),
             OCI: MessageField::some(agent_spec),
             ..Default::default()
         };
         let t = std::time::Instant::now();
         if let Err(e) = sandbox.agent.create_container(req).await {
-            let _ = self.mounter.unmount(dir).await;
+            let _ = self.mounter.unmount_container(&sandbox.paths, &cid).await;
             return Err(e.into());
         }
         phase("create_container.rpc", t);

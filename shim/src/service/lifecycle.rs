@@ -21,7 +21,15 @@ const VM_GONE_STATUS: u32 = 128 + 9;
 /// checks its cgroups' memory.events twice a second).
 const OOM_GRACE: Duration = Duration::from_millis(1200);
 
+/// Reports of one container's OOM closer together than this are one event.
+const OOM_REPEAT: Duration = Duration::from_secs(1);
+/// Pause after a dropped OOM report (unknown id or repeat): a guest that
+/// floods them gets at most ~100 round trips a second of the shim's time.
+const OOM_FLOOD_PAUSE: Duration = Duration::from_millis(10);
+
 /// Containers the guest reported OOM for, so exits can wait for the report.
+/// Only ids of this sandbox's containers are recorded, and a deleted
+/// container is forgotten: the set is bounded by the live containers.
 #[derive(Default)]
 pub struct OomTracker {
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -35,6 +43,20 @@ impl OomTracker {
             .unwrap_or_else(|e| e.into_inner())
             .insert(cid.to_owned());
         self.changed.notify_waiters();
+    }
+
+    /// Forgets a deleted container.
+    pub fn forget(&self, cid: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cid);
+    }
+
+    /// How many containers are recorded.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Waits until `cid` was reported or `timeout` passes.
@@ -228,7 +250,7 @@ impl TaskService {
                 if let Err(e) = sandbox.vm.stop().await {
                     tracing::warn!(sandbox = %sandbox.id, error = %e, "stopping dead VM's helpers");
                 }
-                if let Err(e) = crate::sandbox::cleanup_dirs(&sandbox.paths).await {
+                if let Err(e) = sandbox.mounter.teardown(&sandbox.paths).await {
                     tracing::warn!(sandbox = %sandbox.id, error = %e, "cleaning up after dead VM");
                 }
             };
@@ -262,31 +284,55 @@ impl TaskService {
         });
     }
 
-    /// Forwards the agent's OOM notifications as TaskOOM until the agent goes away.
+    /// Forwards the agent's OOM notifications as TaskOOM until the agent
+    /// goes away. The guest's word is data: an id that is not one of this
+    /// sandbox's containers is dropped, repeats within [`OOM_REPEAT`] are
+    /// one event, and a flood is slowed to [`OOM_FLOOD_PAUSE`] per report.
     pub(super) fn watch_oom(&self, sandbox: Arc<Sandbox>) {
         let events = self.events.clone();
         let ooms = self.ooms.clone();
+        let map = self.containers.clone();
         tokio::spawn(async move {
+            let mut last: std::collections::HashMap<String, tokio::time::Instant> =
+                std::collections::HashMap::new();
             loop {
-                match sandbox.agent.get_oom_event().await {
-                    Ok(cid) => {
-                        tracing::info!(container = %cid, "OOM in the guest");
-                        events
-                            .publish(
-                                topics::TASK_OOM_EVENT_TOPIC,
-                                Box::new(protocols::containerd::events::task::TaskOOM {
-                                    container_id: cid.clone(),
-                                    ..Default::default()
-                                }),
-                            )
-                            .await;
-                        ooms.record(&cid);
-                    }
+                let cid = match sandbox.agent.get_oom_event().await {
+                    Ok(cid) => cid,
                     Err(e) => {
                         tracing::debug!(sandbox = %sandbox.id, error = %e, "OOM event loop ends");
                         return;
                     }
+                };
+                let known = map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&cid);
+                let now = tokio::time::Instant::now();
+                last.retain(|c, _| {
+                    map.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(c)
+                });
+                let repeat = last
+                    .get(&cid)
+                    .is_some_and(|t| now.duration_since(*t) < OOM_REPEAT);
+                if !known || repeat {
+                    tracing::debug!(sandbox = %sandbox.id, known, "OOM report dropped");
+                    tokio::time::sleep(OOM_FLOOD_PAUSE).await;
+                    continue;
                 }
+                last.insert(cid.clone(), now);
+                tracing::info!(container = %cid, "OOM in the guest");
+                events
+                    .publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(protocols::containerd::events::task::TaskOOM {
+                            container_id: cid.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                ooms.record(&cid);
             }
         });
     }
@@ -332,7 +378,7 @@ impl TaskService {
                 Ok(Ok(())) => {}
             }
             self.mounter
-                .unmount(sb.paths.container_dir(&container.id))
+                .unmount_container(&sb.paths, &container.id)
                 .await?;
         }
         let now_empty = {
@@ -340,6 +386,7 @@ impl TaskService {
             map.remove(&container.id);
             map.is_empty()
         };
+        self.ooms.forget(&container.id);
         if now_empty {
             self.teardown_sandbox().await?;
         }

@@ -4,6 +4,8 @@
 
 pub mod create;
 mod exec;
+#[cfg(test)]
+mod hostile_tests;
 mod lifecycle;
 mod query;
 pub mod resources;
@@ -25,8 +27,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::process::Process;
-use crate::rootfs::Mounter;
 use crate::sandbox::{AgentDialer, Sandbox};
+use crate::share::Mounter;
 
 type TtrpcResult<T> = protocols::containerd::ttrpc::Result<T>;
 
@@ -81,6 +83,25 @@ pub struct TaskService {
     pub exit: Arc<Notify>,
     /// How long the daemon waits for containerd after its VM died.
     vm_gone_linger: Duration,
+    /// How long the guest gets to answer a signal, and to report the pod's
+    /// exit after its SIGKILL, before the VM is stopped from the host.
+    kill_timeouts: KillTimeouts,
+}
+
+/// See [`TaskService::with_kill_timeouts`].
+#[derive(Debug, Clone, Copy)]
+pub struct KillTimeouts {
+    pub signal: Duration,
+    pub pod_exit: Duration,
+}
+
+impl Default for KillTimeouts {
+    fn default() -> Self {
+        Self {
+            signal: Duration::from_secs(5),
+            pod_exit: Duration::from_secs(10),
+        }
+    }
 }
 
 /// After the VM died and every exit was published, containerd normally
@@ -110,7 +131,14 @@ impl TaskService {
             exit: Arc::new(Notify::new()),
             ooms: Arc::default(),
             vm_gone_linger: VM_GONE_LINGER,
+            kill_timeouts: KillTimeouts::default(),
         }
+    }
+
+    /// Sets how long Kill waits on the guest (tests).
+    pub fn with_kill_timeouts(mut self, t: KillTimeouts) -> Self {
+        self.kill_timeouts = t;
+        self
     }
 
     /// Sets how long the daemon outlives a dead VM without containerd (tests).

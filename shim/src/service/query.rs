@@ -3,9 +3,22 @@
 use protocols::containerd::api;
 use protocols::protobuf::MessageField;
 
+use std::sync::Arc;
+
 use super::TaskService;
 use crate::error::{Error, Result};
 use crate::process::ProcessState;
+use crate::sandbox::Sandbox;
+
+const SIGKILL: u32 = 9;
+
+/// Stops the VM from the host. The VM watcher then reports every live
+/// process exited (status 137) and cleans up, as after any VM death.
+async fn stop_vm(sandbox: Arc<Sandbox>) {
+    if let Err(e) = sandbox.vm.stop().await {
+        tracing::warn!(sandbox = %sandbox.id, error = %e, "stopping the VM");
+    }
+}
 
 impl TaskService {
     pub(super) async fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
@@ -73,10 +86,47 @@ impl TaskService {
         } else {
             req.exec_id.clone()
         };
-        sandbox
+        // SIGKILL of the pod's own init (CRI's StopPodSandbox, the last
+        // kill of a pod) must end the pod whatever the guest does: a guest
+        // that does not answer, or answers and never reports the exit, gets
+        // its VM stopped from the host, and every process is reported exited.
+        let ends_pod =
+            req.signal == SIGKILL && req.exec_id.is_empty() && container.id == sandbox.id;
+        let signal = sandbox
             .agent
-            .signal_process(&container.id, &target, req.signal)
-            .await?;
+            .signal_process(&container.id, &target, req.signal);
+        let limits = self.kill_timeouts;
+        match tokio::time::timeout(limits.signal, signal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if !ends_pod => return Err(e.into()),
+            Err(_) if !ends_pod => {
+                return Err(Error::DeadlineExceeded(format!(
+                    "the guest did not answer signal {} for {:?} within {:?}",
+                    req.signal, req.id, limits.signal
+                )))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox = %sandbox.id, error = %e, "SIGKILL of the pod failed in the guest; stopping the VM");
+                stop_vm(sandbox).await;
+                return Ok(api::Empty::default());
+            }
+            Err(_) => {
+                tracing::warn!(sandbox = %sandbox.id, "the guest did not answer the pod's SIGKILL; stopping the VM");
+                stop_vm(sandbox).await;
+                return Ok(api::Empty::default());
+            }
+        }
+        if ends_pod {
+            tokio::spawn(async move {
+                if tokio::time::timeout(limits.pod_exit, process.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(sandbox = %sandbox.id, after = ?limits.pod_exit, "no exit reported after the pod's SIGKILL; stopping the VM");
+                    stop_vm(sandbox).await;
+                }
+            });
+        }
         Ok(api::Empty::default())
     }
 

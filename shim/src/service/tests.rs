@@ -18,20 +18,20 @@ use crate::testing::{ttrpc_context, FakeDialer, RecordingEvents, RecordingMounte
 type Events = RecordingEvents;
 type Mounts = RecordingMounter;
 
-struct Rig {
-    svc: TaskService,
-    hv: FakeHypervisor,
-    agent: FakeAgent,
-    events: Arc<Events>,
-    mounts: Arc<Mounts>,
-    dir: tempfile::TempDir,
+pub(super) struct Rig {
+    pub(super) svc: TaskService,
+    pub(super) hv: FakeHypervisor,
+    pub(super) agent: FakeAgent,
+    pub(super) events: Arc<Events>,
+    pub(super) mounts: Arc<Mounts>,
+    pub(super) dir: tempfile::TempDir,
 }
 
 fn ctx() -> protocols::containerd::ttrpc::r#async::TtrpcContext {
     ttrpc_context()
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let hv = FakeHypervisor::default();
     let agent = FakeAgent::new();
@@ -61,7 +61,7 @@ fn rig() -> Rig {
 }
 
 impl Rig {
-    fn bundle(&self, id: &str, annotations: serde_json::Value) -> String {
+    pub(super) fn bundle(&self, id: &str, annotations: serde_json::Value) -> String {
         let b = self.dir.path().join(format!("bundle-{id}"));
         std::fs::create_dir_all(b.join("rootfs")).expect("bundle");
         let spec = serde_json::json!({
@@ -74,7 +74,7 @@ impl Rig {
         b.to_string_lossy().into_owned()
     }
 
-    fn options(&self) -> Any {
+    pub(super) fn options(&self) -> Any {
         let mut value = Vec::new();
         {
             let mut os = protocols::protobuf::CodedOutputStream::vec(&mut value);
@@ -89,7 +89,7 @@ impl Rig {
         }
     }
 
-    async fn create(
+    pub(super) async fn create(
         &self,
         id: &str,
         annotations: serde_json::Value,
@@ -103,7 +103,7 @@ impl Rig {
         self.svc.do_create(req).await
     }
 
-    async fn start(&self, id: &str, exec: &str) -> Result<api::StartResponse> {
+    pub(super) async fn start(&self, id: &str, exec: &str) -> Result<api::StartResponse> {
         self.svc
             .do_start(api::StartRequest {
                 id: id.into(),
@@ -113,7 +113,7 @@ impl Rig {
             .await
     }
 
-    async fn delete(&self, id: &str, exec: &str) -> Result<api::DeleteResponse> {
+    pub(super) async fn delete(&self, id: &str, exec: &str) -> Result<api::DeleteResponse> {
         self.svc
             .do_delete(api::DeleteRequest {
                 id: id.into(),
@@ -123,7 +123,7 @@ impl Rig {
             .await
     }
 
-    async fn wait(&self, id: &str, exec: &str) -> u32 {
+    pub(super) async fn wait(&self, id: &str, exec: &str) -> u32 {
         let req = api::WaitRequest {
             id: id.into(),
             exec_id: exec.into(),
@@ -136,7 +136,7 @@ impl Rig {
             .exit_status
     }
 
-    async fn status(&self, id: &str, exec: &str) -> api::Status {
+    pub(super) async fn status(&self, id: &str, exec: &str) -> api::Status {
         let req = api::StateRequest {
             id: id.into(),
             exec_id: exec.into(),
@@ -150,7 +150,7 @@ impl Rig {
             .enum_value_or_default()
     }
 
-    fn run_dir_empty(&self) -> bool {
+    pub(super) fn run_dir_empty(&self) -> bool {
         std::fs::read_dir(self.dir.path().join("run"))
             .map(|mut d| d.next().is_none())
             .unwrap_or(true)
@@ -207,8 +207,11 @@ async fn lifecycle_publishes_events_in_order_and_cleans_up() {
         .iter()
         .any(|c| matches!(c, VmCall::Stop { .. })));
     let mounts = r.mounts.calls();
-    assert!(
-        mounts[0].starts_with("mount ") && mounts.last().is_some_and(|m| m.starts_with("unmount "))
+    let kinds: Vec<&str> = mounts.iter().filter_map(|m| m.split(' ').next()).collect();
+    assert_eq!(
+        kinds,
+        vec!["prepare", "mount", "unmount", "teardown"],
+        "{mounts:?}"
     );
     assert!(r.run_dir_empty(), "sandbox directory removed");
     r.svc

@@ -15,7 +15,6 @@ use agent_client::{Address, Agent};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use containerd_shim_kata_v2::events::EventSink;
-use containerd_shim_kata_v2::rootfs::{Mounter, RootfsMount};
 use containerd_shim_kata_v2::sandbox::AgentDialer;
 use containerd_shim_kata_v2::service::TaskService;
 use hypervisor::FakeHypervisor;
@@ -30,30 +29,6 @@ struct NoEvents;
 #[async_trait]
 impl EventSink for NoEvents {
     async fn publish(&self, _topic: &str, _event: Box<dyn MessageDyn>) {}
-}
-
-struct NoMounts;
-
-#[async_trait]
-impl Mounter for NoMounts {
-    async fn mount(
-        &self,
-        _m: Vec<RootfsMount>,
-        _bundle: PathBuf,
-        _target: PathBuf,
-    ) -> containerd_shim_kata_v2::error::Result<()> {
-        Ok(())
-    }
-    async fn unmount(&self, _dir: PathBuf) -> containerd_shim_kata_v2::error::Result<()> {
-        Ok(())
-    }
-    async fn bind(
-        &self,
-        _source: PathBuf,
-        _target: PathBuf,
-    ) -> containerd_shim_kata_v2::error::Result<()> {
-        Ok(())
-    }
 }
 
 struct Dialer(FakeAgent);
@@ -144,7 +119,7 @@ async fn lifecycles(work: &Path, n: usize) -> Result<RpcResults> {
             Arc::new(FakeHypervisor::default()),
             Arc::new(Dialer(agent.clone())),
             Arc::new(NoEvents),
-            Arc::new(NoMounts),
+            Arc::new(containerd_shim_kata_v2::testing::RecordingMounter::default()),
         );
         let id = format!("pod{i}");
         let bundle = work.join(format!("bundle-{i}"));
