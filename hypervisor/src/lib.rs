@@ -74,6 +74,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod accel;
+pub mod cid;
 pub mod cmdline;
 pub mod config;
 pub mod console;

@@ -4,7 +4,6 @@
 mod hotplug;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use crate::accel::{
     host_cpus, resolve_accel, resolve_vsock, HostProbe, ResolvedAccel, ResolvedVsock,
 };
+use crate::cid::{CidAllocator, CidLease};
 use crate::cmdline::{boot, vsock, CommandLine};
 use crate::console::{spawn_watching_reader, Marker, Ring, Source};
 use crate::helpers::{self, HelperSpec};
@@ -148,22 +148,11 @@ const VSOCK_SETTLE: Duration = Duration::from_millis(200);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `stop` waits for QEMU to exit after `quit` before killing it.
 const EXIT_AFTER_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Guest CIDs tried before giving up (kernel vhost-vsock only).
+/// Guest CIDs tried before giving up (kernel vhost-vsock only): a CID this
+/// host's lock files say is free can still be taken by a VM another runtime
+/// started.
 const MAX_CID_ATTEMPTS: u32 = 32;
 pub use crate::cmdline::{QMP_EVENTS_SOCKET, QMP_SOCKET, SHARED_FS_TAG};
-
-/// Next guest CID to try; 0-2 are reserved.
-static NEXT_CID: AtomicU32 = AtomicU32::new(3);
-
-fn next_cid() -> u32 {
-    loop {
-        let cid = NEXT_CID.fetch_add(1, Ordering::Relaxed);
-        if cid >= 3 && cid != u32::MAX {
-            return cid;
-        }
-        NEXT_CID.store(3, Ordering::Relaxed);
-    }
-}
 
 /// Launches QEMU VMs.
 #[derive(Debug, Clone, Default)]
@@ -181,7 +170,7 @@ impl Qemu {
     pub fn with_probe(probe: HostProbe) -> Self {
         Self {
             probe,
-            options: VmOptions::default(),
+            ..Self::default()
         }
     }
 
@@ -236,6 +225,8 @@ pub struct QemuVm {
     dimms: Mutex<u32>,
     /// Hybrid vsock only: holds host traffic while the VM is paused.
     gate: Option<Gate>,
+    /// Kernel vhost-vsock only: the guest CID's host-wide lease.
+    _cid: Option<CidLease>,
 }
 
 /// The processes started so far, killed if the launch fails.
@@ -246,6 +237,8 @@ struct Launching {
     qemu: Option<Supervised>,
     /// Set by QEMU's console reader on the agent's ready line.
     agent_line: watch::Sender<bool>,
+    /// Kernel vhost-vsock: the guest CID, held for the VM's life.
+    cid: Option<CidLease>,
 }
 
 impl Launching {
@@ -312,6 +305,7 @@ impl QemuVm {
             helpers: Vec::new(),
             qemu: None,
             agent_line: agent_line_seen,
+            cid: None,
         };
         match Self::start(
             &config,
@@ -353,7 +347,9 @@ impl QemuVm {
                     gate.open();
                     tracing::info!(sandbox = %sandbox, on, elapsed = ?started.elapsed(), "hybrid vsock open");
                 }
-                let Launching { helpers, qemu, .. } = launching;
+                let Launching {
+                    helpers, qemu, cid, ..
+                } = launching;
                 let Some(qemu) = qemu else {
                     return Err(Error::Qmp("internal: QEMU missing after launch".into()));
                 };
@@ -374,6 +370,7 @@ impl QemuVm {
                     sandbox.clone(),
                 ));
                 Ok(QemuVm {
+                    _cid: cid,
                     events,
                     event_watcher,
                     options: options.clone(),
@@ -438,10 +435,24 @@ impl QemuVm {
             1
         };
         let mut last_err = None;
+        let mut next_cid = crate::cid::FIRST_GUEST_CID;
         for _ in 0..attempts {
             let (device, endpoint) = match vsock_kind {
                 ResolvedVsock::Vhost => {
-                    let cid = next_cid();
+                    // A retry's QEMU is gone: its CID goes back first.
+                    launching.cid = None;
+                    let from = next_cid;
+                    let lease = tokio::task::spawn_blocking(move || {
+                        CidAllocator::default().lease_from(from)
+                    })
+                    .await
+                    .map_err(|e| Error::Io {
+                        what: "guest CID lease".into(),
+                        source: std::io::Error::other(e),
+                    })??;
+                    let cid = lease.cid;
+                    next_cid = cid.saturating_add(1);
+                    launching.cid = Some(lease);
                     (
                         vsock::VsockDevice::Vhost {
                             cid,
@@ -907,13 +918,6 @@ mod tests {
                 "{desc}"
             );
         }
-    }
-
-    #[test]
-    fn cids_start_at_three_and_increase() {
-        let a = next_cid();
-        let b = next_cid();
-        assert!(a >= 3 && b > a);
     }
 
     #[tokio::test]
