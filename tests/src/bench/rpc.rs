@@ -6,7 +6,7 @@
 //! A timing loop, not criterion: kata-bench runs it in the same process.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

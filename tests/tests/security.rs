@@ -1,0 +1,288 @@
+//! The host holds against a hostile guest (issue: untrusted guest). Real
+//! containerd, shim, QEMU and guest: a privileged container with
+//! CAP_SYS_ADMIN attacks the virtio-fs share, read-only mounts are tried
+//! for writes, the share is probed as another host user, descriptors of
+//! QEMU and the helpers are inspected, and a frozen VM is torn down.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use containerd_shim_kata_v2::persist::SandboxPaths;
+use integration_tests::{leaks, vm_tests_ready, wait_until, Containerd};
+
+macro_rules! require_vm {
+    () => {
+        if let Err(e) = vm_tests_ready() {
+            if std::env::var_os("CI").is_some() {
+                panic!("VM tests must run under CI: {e:#}");
+            }
+            eprintln!("skipping: {e:#}");
+            return Ok(());
+        }
+    };
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_leftovers(ctd: Containerd) {
+    let scope = ctd.dir.clone();
+    drop(ctd);
+    let left = leaks::settle_and_check(&scope);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+fn sandbox_paths(id: &str) -> SandboxPaths {
+    SandboxPaths::new(Path::new(leaks::RUN_ROOT), id)
+}
+
+/// Host mounts that are not below the sandbox run root, for comparison
+/// before and after an attack.
+fn mounts_outside_run_root() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| !mp.starts_with(leaks::RUN_ROOT))
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a container with CAP_SYS_ADMIN does to the share: mounts the
+/// virtio-fs tag itself and tries to plant links and entries where the
+/// shim mounts, and to write through every read-only mount. Each line
+/// `BREACH ...` is an attack that worked.
+const ATTACK: &str = r#"
+mkdir -p /share && mount -t virtiofs kataShared /share || { echo NOMOUNT; exit 90; }
+c=$(ls /share | head -n 1)
+[ -d "/share/$c/rootfs" ] || { echo NOCONTAINER; exit 91; }
+ln -s /var/lib /share/planted 2>/dev/null && echo BREACH top-level link
+mkdir /share/next 2>/dev/null && echo BREACH top-level mkdir
+ln -s / "/share/$c/mounts/9-next" 2>/dev/null && echo BREACH link in container dir
+mkdir "/share/$c/evil" 2>/dev/null && echo BREACH mkdir in container dir
+for m in /share/$c/mounts/*; do
+  rm -rf "$m" 2>/dev/null; [ -e "$m" ] || echo BREACH removed "$m"
+done
+echo guest > /ro/written 2>/dev/null && echo BREACH write via ro bind
+for m in /share/$c/mounts/*; do
+  [ -d "$m" ] && { echo guest > "$m/written" 2>/dev/null && echo BREACH write via share of ro bind; }
+done
+echo guest > /rw/written || echo FAIL rw bind not writable
+echo attack-done
+"#;
+
+#[test]
+fn a_privileged_container_cannot_steer_or_write_host_mounts() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let host = ctd.dir.join("host-data");
+    let (ro, rw) = (host.join("ro"), host.join("rw"));
+    std::fs::create_dir_all(&ro)?;
+    std::fs::create_dir_all(&rw)?;
+    std::fs::write(ro.join("keep"), b"host")?;
+    let before = mounts_outside_run_root();
+    let ro_mount = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
+    let rw_mount = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    let out = ctd.run(
+        "attacker",
+        &["--privileged", "--mount", &ro_mount, "--mount", &rw_mount],
+        &["sh", "-c", ATTACK],
+    )?;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("attack-done"),
+        "the attack did not run: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(!stdout.contains("BREACH"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert_eq!(std::fs::read(ro.join("keep"))?, b"host");
+    assert!(!ro.join("written").exists(), "a ro bind was written");
+    assert_eq!(
+        std::fs::read(rw.join("written"))?,
+        b"guest\n",
+        "rw binds work"
+    );
+    assert_eq!(mounts_outside_run_root(), before, "no host mount appeared");
+    assert_no_leftovers(ctd);
+    Ok(())
+}
+
+#[test]
+fn a_read_only_rootfs_cannot_be_written_through_the_share() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let script = r#"
+mkdir -p /tmp/share 2>/dev/null || true
+echo x > /etc/written 2>/dev/null && echo BREACH rootfs
+mount -t tmpfs t /tmp 2>/dev/null; mkdir -p /tmp/share
+mount -t virtiofs kataShared /tmp/share || { echo NOMOUNT; exit 90; }
+c=$(ls /tmp/share | head -n 1)
+echo x > "/tmp/share/$c/rootfs/etc/written" 2>/dev/null && echo BREACH rootfs via share
+echo done
+"#;
+    let out = ctd.run(
+        "rorootfs",
+        &["--privileged", "--read-only"],
+        &["sh", "-c", script],
+    )?;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("done"), "{stdout}\n{}", text(&out.stderr));
+    assert!(!stdout.contains("BREACH"), "{stdout}");
+    assert_no_leftovers(ctd);
+    Ok(())
+}
+
+/// The socket inodes a process holds (`socket:[N]` links in /proc/PID/fd).
+fn socket_inodes(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn the_share_is_private_and_children_hold_no_shim_sockets() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    ctd.run_detached("private", &[], &["sleep", "300"])?;
+    let paths = sandbox_paths("private");
+    let result = (|| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [
+            Path::new(leaks::RUN_ROOT),
+            &paths.base,
+            &paths.shared,
+            &paths.vm,
+        ] {
+            let mode = std::fs::metadata(d)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // Another host user can neither list nor read the export.
+        for target in [&paths.shared, &paths.base] {
+            let st = Command::new("ls")
+                .arg(target)
+                .uid(65534)
+                .gid(65534)
+                .output()?;
+            assert!(
+                !st.status.success(),
+                "nobody listed {}: {}",
+                target.display(),
+                text(&st.stdout)
+            );
+        }
+        // The shim daemon's sockets (its Task API listener included) are in
+        // none of QEMU's or the helpers' descriptor tables.
+        let shim = leaks::processes_mentioning("containerd-shim-kata-v2")
+            .into_iter()
+            .find(|(_, cmd)| {
+                cmd.contains(&ctd.dir.to_string_lossy().to_string()) || cmd.contains("-id private")
+            })
+            .context("shim daemon")?;
+        let shim_sockets = socket_inodes(shim.0);
+        assert!(!shim_sockets.is_empty(), "the shim serves sockets");
+        let children = leaks::processes_mentioning(&paths.base.to_string_lossy());
+        assert!(children.len() >= 2, "QEMU and helpers: {children:?}");
+        for (pid, cmd) in children {
+            let theirs = socket_inodes(pid);
+            let shared: Vec<&String> = theirs.iter().filter(|s| shim_sockets.contains(s)).collect();
+            assert!(shared.is_empty(), "{cmd} holds shim sockets {shared:?}");
+        }
+        Ok(())
+    })();
+    ctd.remove("private");
+    result?;
+    assert_no_leftovers(ctd);
+    Ok(())
+}
+
+/// `kill -STOP` of QEMU (a frozen guest that answers nothing): containerd's
+/// kill and delete still finish, and nothing is left.
+#[test]
+fn a_frozen_vm_is_torn_down_from_the_host() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    ctd.run_detached("frozen", &[], &["sleep", "300"])?;
+    let paths = sandbox_paths("frozen");
+    let qemu = leaks::processes_mentioning(&paths.base.to_string_lossy())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("qemu-system"))
+        .context("QEMU")?;
+    // SAFETY: kill(2) with a live pid we just found and a valid signal.
+    if unsafe { libc::kill(i32::try_from(qemu.0)?, libc::SIGSTOP) } != 0 {
+        bail!("SIGSTOP: {}", std::io::Error::last_os_error());
+    }
+    let t = Instant::now();
+    let out = ctd.ctr(&["task", "kill", "-s", "SIGKILL", "frozen"])?;
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    wait_until(Duration::from_secs(30), || {
+        ctd.task_status("frozen").as_deref() == Some("STOPPED")
+    })
+    .context("the task never stopped")?;
+    let out = ctd.ctr(&["task", "delete", "frozen"])?;
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    ctd.ctr_ok(&["container", "rm", "frozen"])?;
+    assert_no_leftovers(ctd);
+    Ok(())
+}
+
+/// Eight pods at once, each its own VM, helpers and share.
+#[test]
+fn eight_vms_at_once_start_and_leave_nothing() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let ids: Vec<String> = (0..8).map(|i| format!("many-{i}")).collect();
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let ctd = &ctd;
+                s.spawn(move || ctd.run_detached(id, &[], &["sleep", "300"]))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("thread panicked")))
+            .collect()
+    });
+    let mut errors = Vec::new();
+    for (id, r) in ids.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                if ctd.task_status(id).as_deref() != Some("RUNNING") {
+                    errors.push(format!("{id} is not running"));
+                }
+            }
+            Err(e) => errors.push(format!("{id}: {e:#}")),
+        }
+    }
+    let qemus: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| sandbox_paths(id).base)
+        .filter(|b| {
+            leaks::processes_mentioning(&b.to_string_lossy())
+                .iter()
+                .any(|(_, c)| c.contains("qemu-system"))
+        })
+        .collect();
+    for id in &ids {
+        ctd.remove(id);
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(qemus.len(), 8, "one QEMU per pod");
+    assert_no_leftovers(ctd);
+    Ok(())
+}
