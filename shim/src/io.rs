@@ -391,6 +391,10 @@ pub async fn copy_in(
             tokio::select! {
                 r = fifo.read(&mut buf) => r.unwrap_or(0),
                 _ = process.stdin_closed.notified() => { closing = true; continue; }
+                // The fifo is open read-write, so it never reads EOF: without
+                // this, every exec with stdin kept its fifo and this task
+                // until the daemon exited.
+                _ = process.wait() => return,
             }
         };
         if n == 0 {

@@ -7,6 +7,8 @@ mod exec;
 #[cfg(test)]
 mod hostile_tests;
 mod lifecycle;
+#[cfg(test)]
+mod load_tests;
 mod query;
 pub mod resources;
 #[cfg(test)]

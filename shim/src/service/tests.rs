@@ -289,7 +289,7 @@ async fn refuses_what_the_state_machine_refuses() {
     assert_kind(r.svc.do_exec(exec).await, "FailedPrecondition");
 }
 
-fn exec_req(id: &str, exec: &str) -> api::ExecProcessRequest {
+pub(super) fn exec_req(id: &str, exec: &str) -> api::ExecProcessRequest {
     let process =
         serde_json::json!({"args": ["echo", "hi"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
     api::ExecProcessRequest {
