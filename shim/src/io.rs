@@ -42,6 +42,10 @@ pub struct Sink {
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     /// The writer's descriptor when it is a pipe or fifo (owned by `writer`).
     pipe: Option<RawFd>,
+    /// A read end of containerd's fifo, held (never read) as runc's shim
+    /// does: when containerd restarts, its end closes and reopens, and
+    /// without this the first write in between fails and the stream is lost.
+    _keep_open: Option<std::os::fd::OwnedFd>,
 }
 
 impl Sink {
@@ -52,6 +56,7 @@ impl Sink {
         Sink {
             writer: Box::new(sender),
             pipe,
+            _keep_open: None,
         }
     }
 
@@ -60,6 +65,7 @@ impl Sink {
         Sink {
             writer: Box::new(writer),
             pipe: None,
+            _keep_open: None,
         }
     }
 
@@ -221,10 +227,23 @@ async fn open_sink(uri: &str) -> Option<Sink> {
         };
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
+    let keep_open = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map(std::os::fd::OwnedFd::from)
+    };
     match pipe::OpenOptions::new().open_sender(path) {
         Ok(s) => {
             grow_pipe(&s, FIFO_SIZE);
-            Some(Sink::pipe(s))
+            let mut sink = Sink::pipe(s);
+            match keep_open {
+                Ok(fd) => sink._keep_open = Some(fd),
+                Err(e) => tracing::debug!(path, error = %e, "no read end kept"),
+            }
+            Some(sink)
         }
         Err(e) => {
             tracing::warn!(path, error = %e, "cannot open output fifo; output discarded");
@@ -321,8 +340,14 @@ fn empty_backoff(n: u32) -> Duration {
     Duration::from_millis((1u64 << n.min(7)).min(100))
 }
 
-/// Writes the chunks in order to `out`; once the reader is gone or stalled
-/// for `stall`, discards them (the guest's stream is still drained).
+/// How long a chunk may wait for room once the reader has stalled.
+const LOSSY_WAIT: Duration = Duration::from_millis(10);
+
+/// Writes the chunks in order to `out`. A reader that is gone (an error)
+/// is given up on; a reader that stalls for `stall` puts the stream in lossy
+/// mode, where a chunk that finds no room within [`LOSSY_WAIT`] is
+/// discarded, until one is taken whole again (containerd restarted and
+/// reads again). The guest's stream is drained either way.
 async fn write_out(
     mut out: Option<Sink>,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -331,20 +356,31 @@ async fn write_out(
     stall: Duration,
 ) {
     let (mut written, mut dropped) = (0u64, 0u64);
+    let mut lossy = false;
     while let Some(data) = rx.recv().await {
         let Some(w) = out.as_mut().map(|s| &mut s.writer) else {
             dropped += data.len() as u64;
             continue;
         };
-        match tokio::time::timeout(stall, w.write_all(&data)).await {
-            Ok(Ok(())) => written += data.len() as u64,
+        let wait = if lossy { LOSSY_WAIT } else { stall };
+        match tokio::time::timeout(wait, w.write_all(&data)).await {
+            Ok(Ok(())) => {
+                written += data.len() as u64;
+                if lossy {
+                    tracing::info!(container = %container_id, exec = %exec_id, "{stream:?} reader back");
+                    lossy = false;
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(container = %container_id, exec = %exec_id, error = %e, "{stream:?} reader gone; discarding");
                 out = None;
             }
             Err(_) => {
-                tracing::warn!(container = %container_id, exec = %exec_id, "{stream:?} reader stalled; discarding");
-                out = None;
+                if !lossy {
+                    tracing::warn!(container = %container_id, exec = %exec_id, "{stream:?} reader stalled; discarding until it reads again");
+                }
+                lossy = true;
+                dropped += data.len() as u64;
             }
         }
     }
@@ -557,6 +593,65 @@ mod tests {
             t0.elapsed()
         );
         assert_eq!(reader.join().expect("reader"), 60_000);
+    }
+
+    /// containerd restarts while the container writes: its fifo reader goes
+    /// away and comes back. The shim's held read end keeps the fifo alive,
+    /// and output written after the new reader connects reaches it.
+    #[tokio::test]
+    async fn output_reaches_a_reader_that_reconnects() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let fake = Arc::new(agent_client::fake::FakeAgent::new());
+        fake.push_stdout("c1", "", b"first\n");
+        let sink = open_sink(&fifo.to_string_lossy()).await.expect("sink");
+        let mut first = std::fs::File::open(&fifo).expect("reader 1");
+        let agent: Arc<dyn Agent> = fake.clone();
+        let copy = tokio::spawn(copy_out_with(
+            agent,
+            "c1".into(),
+            String::new(),
+            Stream::Stdout,
+            Some(sink),
+            Duration::from_millis(100),
+        ));
+        let mut buf = [0u8; 6];
+        tokio::task::spawn_blocking(move || first.read_exact(&mut buf).map(|()| buf))
+            .await
+            .expect("join")
+            .expect("first line");
+        // containerd is gone (reader 1 closed) while 3 MiB are written.
+        for _ in 0..3 {
+            fake.push_stdout("c1", "", &vec![b'x'; 1 << 20]);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let path = fifo.clone();
+        let second = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut all))
+                .map(|_| all)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.push_stdout("c1", "", b"tail\n");
+        fake.exit_process("c1", "", 0);
+        tokio::time::timeout(Duration::from_secs(10), copy)
+            .await
+            .expect("copy ends")
+            .expect("join");
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("reader 2 got an end of file")
+            .expect("join")
+            .expect("reader 2");
+        assert!(
+            got.ends_with(b"tail\n"),
+            "{} bytes, tail missing",
+            got.len()
+        );
     }
 
     #[test]
