@@ -286,3 +286,47 @@ fn eight_vms_at_once_start_and_leave_nothing() -> Result<()> {
     assert_no_leftovers(ctd);
     Ok(())
 }
+
+/// The fault matrix while a container streams output: `kill -9` of QEMU,
+/// virtiofsd or vhost-device-vsock ends the pod with its exit reported,
+/// and nothing of it is left (processes, mounts, directories).
+#[test]
+fn a_killed_vmm_or_helper_mid_stream_reports_the_exit_and_leaves_nothing() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let events = ctd.events()?;
+    let mut failures = Vec::new();
+    for victim in ["virtiofsd", "vhost-device-vsock", "qemu-system"] {
+        let id = format!("fault-{}", victim.replace('-', ""));
+        ctd.run_detached(&id, &[], &["sh", "-c", "while true; do echo spam; done"])?;
+        let base = sandbox_paths(&id).base;
+        let Some((pid, _)) = leaks::processes_mentioning(&base.to_string_lossy())
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(victim))
+        else {
+            if victim == "vhost-device-vsock" && std::path::Path::new("/dev/vhost-vsock").exists() {
+                ctd.remove(&id);
+                continue; // kernel vsock: no such helper
+            }
+            bail!("no {victim} process for {id}");
+        };
+        std::thread::sleep(Duration::from_millis(300)); // streaming
+                                                        // SAFETY: kill(2) of a process of this test's own VM.
+        unsafe { libc::kill(i32::try_from(pid)?, libc::SIGKILL) };
+        if let Err(e) = events.wait_for("/tasks/exit", &id, Duration::from_secs(15)) {
+            failures.push(format!("{victim}: no exit: {e:#}"));
+        }
+        if wait_until(Duration::from_secs(10), || {
+            leaks::processes_mentioning(&base.to_string_lossy()).is_empty()
+        })
+        .is_err()
+        {
+            failures.push(format!("{victim}: processes left"));
+        }
+        ctd.remove(&id);
+    }
+    drop(events);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_no_leftovers(ctd);
+    Ok(())
+}
