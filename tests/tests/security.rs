@@ -330,3 +330,56 @@ fn a_killed_vmm_or_helper_mid_stream_reports_the_exit_and_leaves_nothing() -> Re
     assert_no_leftovers(ctd);
     Ok(())
 }
+
+/// Odd but valid input: bind sources named with spaces, a newline and a
+/// backslash, a hundred binds, a thousand environment variables. All of it
+/// reaches the container and is cleaned up after.
+#[test]
+fn odd_but_valid_input_is_handled_and_cleaned_up() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let host = ctd.dir.join("odd");
+    let mut extra: Vec<String> = Vec::new();
+    for (i, name) in ["with space", "new\nline", "back\\slash"]
+        .iter()
+        .enumerate()
+    {
+        let src = host.join(name);
+        std::fs::create_dir_all(&src)?;
+        std::fs::write(src.join("f"), format!("odd{i}"))?;
+        extra.push("--mount".into());
+        extra.push(format!(
+            "type=bind,src={},dst=/odd{i},options=rbind:ro",
+            src.display()
+        ));
+    }
+    for i in 0..100 {
+        let src = host.join(format!("many-{i}"));
+        std::fs::create_dir_all(&src)?;
+        extra.push("--mount".into());
+        extra.push(format!(
+            "type=bind,src={},dst=/many/{i},options=rbind:ro",
+            src.display()
+        ));
+    }
+    for i in 0..1000 {
+        extra.push("--env".into());
+        extra.push(format!("VAR_{i}={}", "v".repeat(20)));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let out = ctd.run(
+        "odd",
+        &extra,
+        &[
+            "sh",
+            "-c",
+            "cat /odd0/f /odd1/f /odd2/f; echo; ls /many | wc -l; env | grep -c ^VAR_",
+        ],
+    )?;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, vec!["odd0odd1odd2", "100", "1000"], "{stdout}");
+    assert_no_leftovers(ctd);
+    Ok(())
+}
