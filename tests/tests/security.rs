@@ -383,3 +383,75 @@ fn odd_but_valid_input_is_handled_and_cleaned_up() -> Result<()> {
     assert_no_leftovers(ctd);
     Ok(())
 }
+
+/// The attack during another container's Create: the pod's privileged
+/// container keeps planting links and directories where the next
+/// container's rootfs and volume would be mounted, before and while it is
+/// created. The new container still gets its own volume, no host mount
+/// appears anywhere else, and no plant ever succeeds.
+#[test]
+fn planting_during_another_containers_create_changes_nothing_on_the_host() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let volume = ctd.dir.join("volume");
+    std::fs::create_dir_all(&volume)?;
+    std::fs::write(volume.join("data"), b"volume")?;
+    let before = mounts_outside_run_root();
+    let planter = r#"
+mkdir -p /share && mount -t virtiofs kataShared /share || exit 90
+: > /breaches
+while true; do
+  for n in app planted; do
+    ln -s /var/lib "/share/$n" 2>/dev/null && echo "link /share/$n" >> /breaches
+    mkdir -p "/share/$n/mounts" 2>/dev/null && echo "mkdir /share/$n" >> /breaches
+    ln -s / "/share/$n/mounts/0-volume" 2>/dev/null && echo "link in $n" >> /breaches
+    ln -s / "/share/$n/rootfs" 2>/dev/null && echo "rootfs link $n" >> /breaches
+  done
+done
+"#;
+    let pod = [
+        "--privileged",
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod",
+    ];
+    ctd.run_detached("pod", &pod, &["sh", "-c", planter])?;
+    std::thread::sleep(Duration::from_millis(500)); // planting before the create
+    let vol = format!(
+        "type=bind,src={},dst=/volume,options=rbind:rw",
+        volume.display()
+    );
+    let app = [
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod",
+        "--mount",
+        vol.as_str(),
+    ];
+    let result = (|| -> Result<()> {
+        ctd.run_detached("app", &app, &["sleep", "300"])?;
+        let seen = ctd.ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "r",
+            "app",
+            "cat",
+            "/volume/data",
+        ])?;
+        assert_eq!(seen, "volume", "the app got its own volume");
+        let breaches =
+            ctd.ctr_ok(&["task", "exec", "--exec-id", "b", "pod", "cat", "/breaches"])?;
+        assert!(breaches.is_empty(), "plants succeeded: {breaches}");
+        assert_eq!(mounts_outside_run_root(), before, "no host mount appeared");
+        Ok(())
+    })();
+    ctd.remove("app");
+    ctd.remove("pod");
+    result?;
+    assert_eq!(mounts_outside_run_root(), before);
+    assert_no_leftovers(ctd);
+    Ok(())
+}
