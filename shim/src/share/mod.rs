@@ -44,7 +44,9 @@ pub struct ContainerMounts {
     /// containerd's rootfs mounts; none means `<bundle>/rootfs`.
     pub rootfs: Vec<RootfsMount>,
     pub bundle: PathBuf,
-    /// The spec's `root.readonly`: the rootfs is read-only on the host too.
+    /// The spec's `root.readonly`: a bind rootfs (a host directory, or an
+    /// image layer containerd hands out as a view) is read-only on the host
+    /// too; see [`mount_container`] for overlays.
     pub readonly: bool,
     pub binds: Vec<HostBind>,
 }
@@ -200,10 +202,14 @@ fn mount_container_in(paths: &SandboxPaths, c: &ContainerMounts) -> Result<()> {
                 .map_err(|e| errno(format!("bind-mounting {}", src.display()), e))?;
         }
         Some(m) if m.typ == "overlay" => {
-            let (mut flags, data) = split_options(&m.options);
-            if c.readonly {
-                flags |= MsFlags::MS_RDONLY;
-            }
+            // `root.readonly` alone does not make a writable overlay
+            // read-only here: its writes land in the container's own
+            // upper layer (never an image layer or another host path), and
+            // the guest must still create missing mount targets (e.g.
+            // /etc/resolv.conf) before it makes the root read-only itself,
+            // as runc does. An overlay containerd made read-only (a view,
+            // `ctr run --read-only`) is mounted read-only.
+            let (flags, data) = split_options(&m.options);
             fsops::mount_fs_at(&m.source, "overlay", flags, &data, &target)
                 .map_err(|e| errno("mounting overlay rootfs", e))?;
         }
