@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod io;

@@ -67,6 +67,7 @@ impl TaskService {
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
         let memory_limited = agent_spec.Linux.Resources.Memory.Limit > 0;
+        let shares_pid_ns = spec::shares_pod_pid_ns(&spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -127,7 +128,14 @@ impl TaskService {
 
         let t = std::time::Instant::now();
         let result = self
-            .create_in_sandbox(&sandbox, &cid, mounts, binds, &req.bundle, agent_spec)
+            .create_in_sandbox(
+                &sandbox,
+                &cid,
+                mounts,
+                binds,
+                &req.bundle,
+                (agent_spec, shares_pid_ns),
+            )
             .await;
         crate::sandbox::phase(&sandbox.id, "create_container", t);
         match result {
@@ -157,6 +165,9 @@ impl TaskService {
         container
             .memory_limited
             .store(memory_limited, std::sync::atomic::Ordering::SeqCst);
+        container
+            .shares_pid_ns
+            .store(shares_pid_ns, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
@@ -192,7 +203,7 @@ impl TaskService {
         mounts: Vec<RootfsMount>,
         binds: Vec<spec::HostBind>,
         bundle: &str,
-        agent_spec: protocols::oci::Spec,
+        (agent_spec, sandbox_pidns): (protocols::oci::Spec, bool),
     ) -> Result<()> {
         // Sub-phases ("create_container.*"): where Create's time goes; the
         // bench lists them without adding them to the total again.
@@ -215,6 +226,9 @@ impl TaskService {
             container_id: cid.to_owned(),
             exec_id: cid.to_owned(),
             OCI: MessageField::some(agent_spec),
+            // The spec carries no pid entry: the agent joins the pod's
+            // namespace when asked here, else creates one (as upstream).
+            sandbox_pidns,
             ..Default::default()
         };
         let t = std::time::Instant::now();

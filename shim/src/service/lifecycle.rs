@@ -9,12 +9,15 @@ use protocols::containerd::topics;
 use protocols::protobuf::MessageField;
 
 use super::{Container, TaskService};
+use crate::drain;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::io::{copy_in, copy_out, open_outputs, Stream};
+use crate::io::{copy_in, copy_out, open_outputs, Progress, Stream};
 use crate::process::{Process, ProcessState};
 use crate::sandbox::Sandbox;
 
+/// SIGKILL, for the agent's SignalProcess.
+const SIGKILL: u32 = 9;
 /// Exit status reported for processes lost with their VM (SIGKILL).
 const VM_GONE_STATUS: u32 = 128 + 9;
 /// How long a SIGKILLed init waits for the guest's OOM report (the guest
@@ -121,7 +124,8 @@ impl TaskService {
     }
 
     /// Copies the process's stdio, waits for its exit, then publishes
-    /// TaskExit — after the output is drained, as containerd expects.
+    /// TaskExit — after the output is drained, as containerd expects, unless
+    /// processes that outlived the exit hold it open (see `drain`).
     fn spawn_watcher(
         &self,
         sandbox: Arc<Sandbox>,
@@ -159,22 +163,24 @@ impl TaskService {
                 &namespace,
             )
             .await;
-            let out = tokio::spawn(copy_out(
+            let ids = (cid.clone(), exec_id.clone());
+            let progress = [Progress::default(), Progress::default()];
+            let mut copies = vec![tokio::spawn(copy_out(
                 agent.clone(),
-                cid.clone(),
-                exec_id.clone(),
+                ids.clone(),
                 Stream::Stdout,
                 out_sink,
-            ));
-            let err = (!stdio.terminal).then(|| {
-                tokio::spawn(copy_out(
+                progress[0].clone(),
+            ))];
+            if !stdio.terminal {
+                copies.push(tokio::spawn(copy_out(
                     agent.clone(),
-                    cid.clone(),
-                    exec_id.clone(),
+                    ids,
                     Stream::Stderr,
                     err_sink,
-                ))
-            });
+                    progress[1].clone(),
+                )));
+            }
             let status = match agent.wait_process(&cid, &exec_id).await {
                 Ok(s) => u32::try_from(s).unwrap_or(255),
                 Err(e) => {
@@ -182,6 +188,21 @@ impl TaskService {
                     VM_GONE_STATUS
                 }
             };
+            if exec_id.is_empty()
+                && container
+                    .shares_pid_ns
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // runc's KillAll: the container's init is not PID 1 of its
+                // namespace, so the kernel does not end what it leaves
+                // behind; those processes would hold its stdout open and
+                // live on unseen.
+                if let Err(e) = agent.signal_process(&cid, "", SIGKILL).await {
+                    tracing::debug!(container = %cid, error = %e, "killing what the init left");
+                } else {
+                    tracing::info!(container = %cid, "init exited in a shared pid namespace: killed what it left");
+                }
+            }
             // An OOM kill ends the process with SIGKILL; the guest reports
             // the OOM on its own channel, possibly a moment later. containerd
             // must hear TaskOOM before TaskExit to call it OOMKilled. Only
@@ -194,9 +215,10 @@ impl TaskService {
             {
                 ooms.wait_for(&cid, OOM_GRACE).await;
             }
-            let _ = out.await;
-            if let Some(err) = err {
-                let _ = err.await;
+            let drained = drain::after_exit(copies, &progress, drain::QUIET, drain::CAP).await;
+            if drained != drain::Drain::Complete {
+                tracing::warn!(container = %cid, exec = %exec_id, ?drained,
+                    "output still held open by processes that outlived the exit; reporting the exit");
             }
             publish_exit(events.as_ref(), &container, &process, &exec_id, pid, status).await;
         });

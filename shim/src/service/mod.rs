@@ -40,6 +40,9 @@ pub struct Container {
     pub paused: std::sync::atomic::AtomicBool,
     /// Has a memory limit, so a SIGKILL exit may be an OOM kill.
     pub memory_limited: std::sync::atomic::AtomicBool,
+    /// Joins the pod's PID namespace instead of owning one: what its init
+    /// leaves behind is killed when it exits (runc's KillAll).
+    pub shares_pid_ns: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -51,6 +54,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
             memory_limited: std::sync::atomic::AtomicBool::new(false),
+            shares_pid_ns: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
