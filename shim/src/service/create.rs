@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::{BootParams, Sandbox};
-use crate::{config, spec};
+use crate::{config, hooks, spec};
 
 /// CRI annotations that tie a container to its pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -78,6 +78,21 @@ impl TaskService {
             })
             .collect();
         rootfs::validate(&mounts)?;
+        // Before anything is created: a failing hook leaves nothing, and
+        // one that fills the pod's network namespace does so before the VM
+        // takes its interfaces.
+        let t = std::time::Instant::now();
+        let hook_ctx = hooks::Context {
+            spec: &spec,
+            id: &cid,
+            bundle: &req.bundle,
+            pid: std::process::id(),
+        };
+        hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
+        if hooks::any(&spec, &hooks::Phase::CREATE) {
+            crate::sandbox::phase(&cid, "hooks", t);
+        }
+        let later_hooks = hooks::any(&spec, &[hooks::Phase::Poststart, hooks::Phase::Poststop]);
         let annotations = spec.annotations().clone().unwrap_or_default();
 
         let mut guard = self.sandbox.lock().await;
@@ -168,6 +183,9 @@ impl TaskService {
         container
             .shares_pid_ns
             .store(shares_pid_ns, std::sync::atomic::Ordering::SeqCst);
+        container
+            .has_hooks
+            .store(later_hooks, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");

@@ -12,6 +12,7 @@ use super::{Container, TaskService};
 use crate::drain;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
+use crate::hooks;
 use crate::io::{copy_in, copy_out, open_outputs, Progress, Stream};
 use crate::process::{Process, ProcessState};
 use crate::sandbox::Sandbox;
@@ -76,6 +77,12 @@ impl TaskService {
             let t = std::time::Instant::now();
             sandbox.agent.start_container(&container.id).await?;
             crate::sandbox::phase(&sandbox.id, "start_container", t);
+            self.run_later_hooks(
+                &container,
+                hooks::Phase::Poststart,
+                Self::task_pid(&sandbox),
+            )
+            .await;
         } else {
             self.start_exec(&sandbox, &container, &req.exec_id).await?;
         }
@@ -357,6 +364,8 @@ impl TaskService {
                 .unmount(sb.paths.container_dir(&container.id))
                 .await?;
         }
+        self.run_later_hooks(&container, hooks::Phase::Poststop, pid)
+            .await;
         let now_empty = {
             let mut map = self.containers();
             map.remove(&container.id);
@@ -384,6 +393,32 @@ impl TaskService {
             exited_at,
             ..Default::default()
         })
+    }
+
+    /// poststart/poststop hooks: their failures are logged, never fatal.
+    async fn run_later_hooks(&self, container: &Container, phase: hooks::Phase, pid: u32) {
+        if !container
+            .has_hooks
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let spec = match crate::spec::load(std::path::Path::new(&container.bundle)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = %container.id, error = %e, "{} hooks not run", phase.name());
+                return;
+            }
+        };
+        let ctx = hooks::Context {
+            spec: &spec,
+            id: &container.id,
+            bundle: &container.bundle,
+            pid,
+        };
+        if let Err(e) = hooks::run(&ctx, &[phase]).await {
+            tracing::warn!(container = %container.id, error = %e, "{} hooks", phase.name());
+        }
     }
 
     /// Stops the VM and removes the sandbox's directory once no container is left.

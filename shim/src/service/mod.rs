@@ -43,6 +43,8 @@ pub struct Container {
     /// Joins the pod's PID namespace instead of owning one: what its init
     /// leaves behind is killed when it exits (runc's KillAll).
     pub shares_pid_ns: std::sync::atomic::AtomicBool,
+    /// Its spec has poststart/poststop hooks (read again from the bundle then).
+    pub has_hooks: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -55,6 +57,7 @@ impl Container {
             paused: std::sync::atomic::AtomicBool::new(false),
             memory_limited: std::sync::atomic::AtomicBool::new(false),
             shares_pid_ns: std::sync::atomic::AtomicBool::new(false),
+            has_hooks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
