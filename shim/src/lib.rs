@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod io;
 pub mod network;
 pub mod persist;
+pub mod podsize;
 pub mod process;
 pub mod resources;
 pub mod rootfs;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::rootfs::{self, RootfsMount};
 use crate::sandbox::{BootParams, Sandbox};
-use crate::{config, hooks, spec};
+use crate::{config, hooks, podsize, spec};
 
 /// CRI annotations that tie a container to its pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -117,6 +117,10 @@ impl TaskService {
                 let pod: std::collections::HashMap<String, String> =
                     annotations.clone().into_iter().collect();
                 let cfg = config::load(&path)?.with_annotations(&pod)?;
+                let host_cpus = std::thread::available_parallelism()
+                    .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                    .unwrap_or(1);
+                let cfg = podsize::apply(&cfg, podsize::from_annotations(&pod)?, host_cpus);
                 crate::sandbox::phase(&cid, "config", t);
                 let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
                 let netns = crate::network::netns_path(&spec);
