@@ -212,6 +212,15 @@ impl FakeAgent {
         });
     }
 
+    /// The process exits with `status` while other processes keep its
+    /// stdout and stderr open: WaitProcess answers, the streams do not end.
+    pub fn exit_process_output_held(&self, container_id: &str, exec_id: &str, status: i32) {
+        let k = key(container_id, exec_id);
+        self.update(|s| {
+            s.exits.insert(k, status);
+        });
+    }
+
     /// Queues output the process wrote to stdout.
     pub fn push_stdout(&self, container_id: &str, exec_id: &str, data: &[u8]) {
         self.update(|s| {

@@ -30,6 +30,8 @@ pub enum Error {
     Agent(#[from] agent_client::Error),
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetworkError),
+    #[error("OCI hook: {0}")]
+    Hook(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -270,29 +270,33 @@ fn grow_pipe(fd: &impl std::os::fd::AsFd, size: i32) {
 /// Copies until the agent reports end of stream. The agent's stream is
 /// always drained, even when the reader went away or stalled, so the
 /// process in the guest never blocks on a full pipe.
+/// Bytes read from the agent so far: lets the exit watcher tell a stream
+/// that still moves from one held open by a process that writes nothing.
+pub type Progress = Arc<std::sync::atomic::AtomicU64>;
+
 pub async fn copy_out(
     agent: Arc<dyn Agent>,
-    container_id: String,
-    exec_id: String,
+    (container_id, exec_id): (String, String),
     stream: Stream,
     out: Option<Sink>,
+    progress: Progress,
 ) {
-    copy_out_with(agent, container_id, exec_id, stream, out, STALL).await;
+    copy_out_with(agent, (container_id, exec_id), stream, out, STALL, progress).await;
 }
 
 async fn copy_out_with(
     agent: Arc<dyn Agent>,
-    container_id: String,
-    exec_id: String,
+    (container_id, exec_id): (String, String),
     stream: Stream,
     out: Option<Sink>,
     stall: Duration,
+    progress: Progress,
 ) {
     // Reading (RPCs to the agent) and writing (to containerd's fifo) run
     // side by side, joined by a channel that keeps the order of the chunks.
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(AHEAD);
     let ids = (container_id.clone(), exec_id.clone());
-    let writer = write_out(out, rx, stream, ids, stall);
+    let writer = write_out(out, rx, stream, ids, stall, progress.clone());
     let reader = async move {
         // Where a busy stream's time goes: answers awaited vs room awaited.
         let (mut reads, mut in_rpc, mut in_send) = (0u32, Duration::ZERO, Duration::ZERO);
@@ -321,6 +325,7 @@ async fn copy_out_with(
                 continue;
             }
             empty = 0;
+            progress.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             // The writer takes every chunk until the channel closes (it
             // discards them once its reader is gone): never fails early.
             let t0 = tokio::time::Instant::now();
@@ -354,6 +359,7 @@ async fn write_out(
     stream: Stream,
     (container_id, exec_id): (String, String),
     stall: Duration,
+    progress: Progress,
 ) {
     let (mut written, mut dropped) = (0u64, 0u64);
     let mut lossy = false;
@@ -366,6 +372,7 @@ async fn write_out(
         match tokio::time::timeout(wait, w.write_all(&data)).await {
             Ok(Ok(())) => {
                 written += data.len() as u64;
+                progress.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if lossy {
                     tracing::info!(container = %container_id, exec = %exec_id, "{stream:?} reader back");
                     lossy = false;
@@ -523,10 +530,10 @@ mod tests {
         };
         copy_out(
             fake,
-            "c1".into(),
-            String::new(),
+            ("c1".into(), String::new()),
             Stream::Stdout,
             Some(Sink::other(sink)),
+            Progress::default(),
         )
         .await;
         assert_eq!(*got.lock().unwrap_or_else(|p| p.into_inner()), want);
@@ -550,11 +557,11 @@ mod tests {
             Duration::from_secs(5),
             copy_out_with(
                 agent,
-                "c1".into(),
-                String::new(),
+                ("c1".into(), String::new()),
                 Stream::Stdout,
                 Some(Sink::other(sink)),
                 Duration::from_millis(100),
+                Progress::default(),
             ),
         )
         .await
@@ -586,7 +593,8 @@ mod tests {
             all.len()
         });
         let t0 = std::time::Instant::now();
-        copy_out(fake, "c1".into(), String::new(), Stream::Stdout, Some(sink)).await;
+        let ids = ("c1".into(), String::new());
+        copy_out(fake, ids, Stream::Stdout, Some(sink), Progress::default()).await;
         assert!(
             t0.elapsed() >= Duration::from_millis(250),
             "copy_out returned after {:?}, before the reader took the fifo's bytes",
@@ -612,11 +620,11 @@ mod tests {
         let agent: Arc<dyn Agent> = fake.clone();
         let copy = tokio::spawn(copy_out_with(
             agent,
-            "c1".into(),
-            String::new(),
+            ("c1".into(), String::new()),
             Stream::Stdout,
             Some(sink),
             Duration::from_millis(100),
+            Progress::default(),
         ));
         let mut buf = [0u8; 6];
         tokio::task::spawn_blocking(move || first.read_exact(&mut buf).map(|()| buf))

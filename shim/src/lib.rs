@@ -4,11 +4,14 @@
 pub mod annotations;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod events;
+pub mod hooks;
 pub mod io;
 pub mod network;
 pub mod persist;
+pub mod podsize;
 pub mod process;
 pub mod resources;
 pub mod sandbox;

@@ -193,6 +193,19 @@ fn refuse_user_namespace(linux: &oci::Linux) -> Result<()> {
     Ok(())
 }
 
+/// The container joins a PID namespace by path (CRI's app containers of a
+/// `shareProcessNamespace` pod join the sandbox container's): in the guest
+/// it joins the pod's namespace, owned by the pod's first container.
+pub fn shares_pod_pid_ns(spec: &oci::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|all| {
+            all.iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some())
+        })
+}
+
 fn is_bind(typ: &str, options: &[String]) -> bool {
     typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind")
 }
@@ -293,26 +306,36 @@ pub fn to_agent_spec(spec: &oci::Spec, cid: &str) -> Result<(grpc::Spec, Vec<Hos
             l.Seccomp = protocols::protobuf::MessageField::some(crate::seccomp::to_agent(profile)?);
         }
         refuse_user_namespace(linux)?;
-        // The VM is the pod: a namespace the spec joins by path (CRI's app
-        // containers join the pause container's) is the VM's own in the
-        // guest, and so are the pod-wide UTS and IPC namespaces of the CRI
-        // sandbox container (its hostname goes to CreateSandbox). Networking
-        // is always the VM's.
+        // Namespaces as Kata's runtimes send them. Networking is always the
+        // VM's. The pid entry never goes: the agent creates the container's
+        // PID namespace, or joins the pod's when CreateContainer says
+        // `sandbox_pidns` (see [`shares_pod_pid_ns`]); a host path there
+        // made upstream's agent fail (`failed to join pidns`) and ours run
+        // the container in the VM's own namespace, next to the agent. Time
+        // namespaces are not supported in the guest. The VM is the pod: a
+        // namespace the spec joins by path (CRI's app containers join the
+        // pause container's) is the VM's own in the guest, and so are the
+        // pod-wide UTS and IPC namespaces of the CRI sandbox container (its
+        // hostname goes to CreateSandbox). A cgroup namespace is the
+        // container's own: there is nothing of the host's to join.
         let cri_sandbox = spec
             .annotations()
             .as_ref()
             .and_then(|a| a.get(CRI_CONTAINER_TYPE))
             .is_some_and(|t| t == "sandbox");
         for ns in linux.namespaces().iter().flatten() {
-            let pod_wide = matches!(ns.typ(), LinuxNamespaceType::Uts | LinuxNamespaceType::Ipc);
-            if ns.typ() == LinuxNamespaceType::Network
-                || ns.path().is_some()
-                || (cri_sandbox && pod_wide)
-            {
+            let typ = ns.typ();
+            let pod_wide = matches!(typ, LinuxNamespaceType::Uts | LinuxNamespaceType::Ipc);
+            let dropped = matches!(
+                typ,
+                LinuxNamespaceType::Network | LinuxNamespaceType::Pid | LinuxNamespaceType::Time
+            );
+            let joined = ns.path().is_some() && typ != LinuxNamespaceType::Cgroup;
+            if dropped || joined || (cri_sandbox && pod_wide) {
                 continue;
             }
             l.Namespaces.push(grpc::LinuxNamespace {
-                Type: namespace_name(ns.typ()).into(),
+                Type: namespace_name(typ).into(),
                 Path: String::new(),
                 ..Default::default()
             });
@@ -379,7 +402,8 @@ mod tests {
             }]
         );
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
-        assert_eq!(ns, vec!["pid", "mount"]);
+        assert_eq!(ns, vec!["mount"], "pid is the agent's to decide");
+        assert!(!shares_pod_pid_ns(&s));
         assert_eq!(g.Linux.Resources.Memory.Limit, 33554432);
     }
 
@@ -393,7 +417,8 @@ mod tests {
         }));
         let (g, _) = to_agent_spec(&s, "pod").expect("converts");
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
-        assert_eq!(ns, vec!["pid", "mount"], "sandbox's uts/ipc are the VM's");
+        assert_eq!(ns, vec!["mount"], "sandbox's uts/ipc are the VM's");
+        assert!(!shares_pod_pid_ns(&s), "the sandbox owns the pod's pid ns");
         let s = spec(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["app"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
@@ -403,7 +428,43 @@ mod tests {
         }));
         let (g, _) = to_agent_spec(&s, "app").expect("converts");
         let ns: Vec<_> = g.Linux.Namespaces.iter().map(|n| n.Type.as_str()).collect();
-        assert_eq!(ns, vec!["pid", "mount"], "joined namespaces are the VM's");
+        assert_eq!(ns, vec!["mount"], "joined namespaces are the VM's");
+        assert!(!shares_pod_pid_ns(&s), "a pid namespace of its own");
+    }
+
+    /// shareProcessNamespace: the app container joins the sandbox's PID
+    /// namespace by a host path; the agent is told `sandbox_pidns` instead
+    /// and gets no pid entry, no network, no time namespace; a cgroup
+    /// namespace stays the container's own.
+    #[test]
+    fn a_shared_pid_namespace_is_a_flag_not_a_path() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["app"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "annotations": {"io.kubernetes.cri.container-type": "container"},
+            "linux": {"namespaces": [{"type": "pid", "path": "/proc/4242/ns/pid"},
+                                     {"type": "network", "path": "/var/run/netns/cni-1"},
+                                     {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                                     {"type": "time"},
+                                     {"type": "cgroup", "path": "/proc/4242/ns/cgroup"},
+                                     {"type": "mount"}]}
+        }));
+        assert!(shares_pod_pid_ns(&s));
+        let (g, _) = to_agent_spec(&s, "app").expect("converts");
+        let ns: Vec<_> = g
+            .Linux
+            .Namespaces
+            .iter()
+            .map(|n| (n.Type.as_str(), n.Path.as_str()))
+            .collect();
+        assert_eq!(ns, vec![("cgroup", ""), ("mount", "")]);
+        // Host PID (no pid entry at all): not shared with the pod either.
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["app"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}
+        }));
+        assert!(!shares_pod_pid_ns(&s));
     }
 
     #[test]

@@ -15,6 +15,8 @@ for applet in $(/bin/busybox --list); do
   [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 echo "kata-busybox image marker" > "$root/etc/kata-test-marker"
+# More files for derived test images (netadmin-image.sh): copied over the root.
+if [ -n "${BUSYBOX_IMAGE_EXTRA:-}" ]; then cp -a "$BUSYBOX_IMAGE_EXTRA/." "$root/"; fi
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
 chmod 1777 "$root/tmp"

@@ -11,6 +11,7 @@ mod init;
 mod logsink;
 mod mounts;
 mod network;
+mod pidns;
 mod process;
 mod reaper;
 mod runtime;

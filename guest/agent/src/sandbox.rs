@@ -10,6 +10,7 @@ use protocols::agent::{CreateContainerRequest, CreateSandboxRequest};
 use crate::container::{validate_spec, Container};
 use crate::error::{Error, Result};
 use crate::mounts::{mount_storage, Mounted};
+use crate::pidns::{self, PodPidNs};
 use crate::process::Process;
 use crate::reaper::Reaper;
 
@@ -27,6 +28,8 @@ struct State {
     created: bool,
     /// OOM kills already reported, per container.
     oom_seen: HashMap<String, u64>,
+    /// The pod's PID namespace: the first container's (see `pidns`).
+    pidns: Option<Arc<PodPidNs>>,
 }
 
 pub struct Sandbox {
@@ -75,14 +78,19 @@ impl Sandbox {
         if self.lock().created {
             return Err(Error::FailedPrecondition("sandbox already created".into()));
         }
-        if !req.dns.is_empty() || req.sandbox_pidns || !req.guest_hook_path.is_empty() {
+        if !req.dns.is_empty() || !req.guest_hook_path.is_empty() {
             tracing::warn!(
                 dns = req.dns.len(),
-                sandbox_pidns = req.sandbox_pidns,
                 hooks = %req.guest_hook_path,
-                "guest DNS, sandbox pid namespace and guest hooks are not supported: ignored"
+                "guest DNS and guest hooks are not supported: ignored"
             );
         }
+        // sandbox_pidns needs nothing here: the pod's PID namespace is always
+        // the first container's, as in upstream's agent (no separate pause).
+        tracing::debug!(
+            sandbox_pidns = req.sandbox_pidns,
+            "pod pid namespace sharing"
+        );
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
         }
@@ -114,20 +122,26 @@ impl Sandbox {
         if id.is_empty() || id.contains('/') {
             return Err(Error::InvalidArgument(format!("container id {id:?}")));
         }
-        if !req.devices.is_empty() || req.sandbox_pidns {
-            tracing::warn!(container = %id, devices = req.devices.len(), sandbox_pidns = req.sandbox_pidns,
-                "devices and the sandbox pid namespace are not supported: ignored");
+        if !req.devices.is_empty() {
+            tracing::warn!(container = %id, devices = req.devices.len(), "devices are not supported: ignored");
         }
-        let spec = req
+        let mut spec = req
             .OCI
             .into_option()
             .ok_or_else(|| Error::InvalidArgument("no OCI spec".into()))?;
-        {
+        let first = {
             let mut st = self.lock();
             if st.containers.contains_key(&id) || !st.creating.insert(id.clone()) {
                 return Err(Error::AlreadyExists(format!("container {id}")));
             }
-        }
+            let first = st.containers.is_empty() && st.pidns.is_none();
+            if let Err(e) = pidns::assign(&mut spec, req.sandbox_pidns, st.pidns.as_deref()) {
+                st.creating.remove(&id);
+                return Err(e);
+            }
+            first
+        };
+        tracing::info!(container = %id, sandbox_pidns = req.sandbox_pidns, "pid namespace assigned");
         let result = async {
             // Storages first: the rootfs may live on one of them.
             let mounted = mount_all(&req.storages)?;
@@ -143,9 +157,24 @@ impl Sandbox {
             Container::create(&id, init_exec_id, spec, mounted, &self.reaper).await
         }
         .await;
+        // The pod's PID namespace is the first container's (its init is
+        // alive, waiting for start, so its pid cannot have been reused).
+        let pod_ns = match (&result, first) {
+            (Ok(c), true) => match PodPidNs::of(c.init.pid) {
+                Ok(ns) => Some(Arc::new(ns)),
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "no pod pid namespace");
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut st = self.lock();
         st.creating.remove(&id);
         let c = result?;
+        if st.pidns.is_none() {
+            st.pidns = pod_ns;
+        }
         st.containers.insert(id.clone(), Arc::new(c));
         tracing::info!(container = %id, "container created");
         Ok(())

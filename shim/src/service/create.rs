@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::sandbox::{BootParams, Sandbox, Seams};
 use crate::share::{self, ContainerMounts, RootfsMount};
-use crate::{config, spec};
+use crate::{config, hooks, podsize, spec};
 
 /// CRI annotations that tie a container to its pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -67,6 +67,7 @@ impl TaskService {
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
         let memory_limited = agent_spec.Linux.Resources.Memory.Limit > 0;
+        let shares_pid_ns = spec::shares_pod_pid_ns(&spec);
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -82,6 +83,21 @@ impl TaskService {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
+        // Before anything is created: a failing hook leaves nothing, and
+        // one that fills the pod's network namespace does so before the VM
+        // takes its interfaces.
+        let t = std::time::Instant::now();
+        let hook_ctx = hooks::Context {
+            spec: &spec,
+            id: &cid,
+            bundle: &req.bundle,
+            pid: std::process::id(),
+        };
+        hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
+        if hooks::any(&spec, &hooks::Phase::CREATE) {
+            crate::sandbox::phase(&cid, "hooks", t);
+        }
+        let later_hooks = hooks::any(&spec, &[hooks::Phase::Poststart, hooks::Phase::Poststop]);
         let annotations = spec.annotations().clone().unwrap_or_default();
 
         let mut guard = self.sandbox.lock().await;
@@ -106,6 +122,10 @@ impl TaskService {
                 let pod: std::collections::HashMap<String, String> =
                     annotations.clone().into_iter().collect();
                 let cfg = config::load(&path)?.with_annotations(&pod)?;
+                let host_cpus = std::thread::available_parallelism()
+                    .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                    .unwrap_or(1);
+                let cfg = podsize::apply(&cfg, podsize::from_annotations(&pod)?, host_cpus);
                 crate::sandbox::phase(&cid, "config", t);
                 let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
                 let netns = crate::network::netns_path(&spec);
@@ -144,7 +164,7 @@ impl TaskService {
                     readonly,
                     binds,
                 },
-                agent_spec,
+                (agent_spec, shares_pid_ns),
             )
             .await;
         crate::sandbox::phase(&sandbox.id, "create_container", t);
@@ -175,6 +195,12 @@ impl TaskService {
         container
             .memory_limited
             .store(memory_limited, std::sync::atomic::Ordering::SeqCst);
+        container
+            .shares_pid_ns
+            .store(shares_pid_ns, std::sync::atomic::Ordering::SeqCst);
+        container
+            .has_hooks
+            .store(later_hooks, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
         let pid = Self::task_pid(&sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
@@ -207,7 +233,7 @@ impl TaskService {
         &self,
         sandbox: &Sandbox,
         mounts: ContainerMounts,
-        agent_spec: protocols::oci::Spec,
+        (agent_spec, sandbox_pidns): (protocols::oci::Spec, bool),
     ) -> Result<()> {
         // Sub-phases ("create_container.*"): where Create's time goes; the
         // bench lists them without adding them to the total again.
@@ -220,6 +246,9 @@ impl TaskService {
             container_id: cid.clone(),
             exec_id: cid.clone(),
             OCI: MessageField::some(agent_spec),
+            // The spec carries no pid entry: the agent joins the pod's
+            // namespace when asked here, else creates one (as upstream).
+            sandbox_pidns,
             ..Default::default()
         };
         let t = std::time::Instant::now();

@@ -9,12 +9,16 @@ use protocols::containerd::topics;
 use protocols::protobuf::MessageField;
 
 use super::{Container, TaskService};
+use crate::drain;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::io::{copy_in, copy_out, open_outputs, Stream};
+use crate::hooks;
+use crate::io::{copy_in, copy_out, open_outputs, Progress, Stream};
 use crate::process::{Process, ProcessState};
 use crate::sandbox::Sandbox;
 
+/// SIGKILL, for the agent's SignalProcess.
+const SIGKILL: u32 = 9;
 /// Exit status reported for processes lost with their VM (SIGKILL).
 const VM_GONE_STATUS: u32 = 128 + 9;
 /// How long a SIGKILLed init waits for the guest's OOM report (the guest
@@ -95,6 +99,12 @@ impl TaskService {
             let t = std::time::Instant::now();
             sandbox.agent.start_container(&container.id).await?;
             crate::sandbox::phase(&sandbox.id, "start_container", t);
+            self.run_later_hooks(
+                &container,
+                hooks::Phase::Poststart,
+                Self::task_pid(&sandbox),
+            )
+            .await;
         } else {
             self.start_exec(&sandbox, &container, &req.exec_id).await?;
         }
@@ -143,7 +153,8 @@ impl TaskService {
     }
 
     /// Copies the process's stdio, waits for its exit, then publishes
-    /// TaskExit — after the output is drained, as containerd expects.
+    /// TaskExit — after the output is drained, as containerd expects, unless
+    /// processes that outlived the exit hold it open (see `drain`).
     fn spawn_watcher(
         &self,
         sandbox: Arc<Sandbox>,
@@ -181,22 +192,24 @@ impl TaskService {
                 &namespace,
             )
             .await;
-            let out = tokio::spawn(copy_out(
+            let ids = (cid.clone(), exec_id.clone());
+            let progress = [Progress::default(), Progress::default()];
+            let mut copies = vec![tokio::spawn(copy_out(
                 agent.clone(),
-                cid.clone(),
-                exec_id.clone(),
+                ids.clone(),
                 Stream::Stdout,
                 out_sink,
-            ));
-            let err = (!stdio.terminal).then(|| {
-                tokio::spawn(copy_out(
+                progress[0].clone(),
+            ))];
+            if !stdio.terminal {
+                copies.push(tokio::spawn(copy_out(
                     agent.clone(),
-                    cid.clone(),
-                    exec_id.clone(),
+                    ids,
                     Stream::Stderr,
                     err_sink,
-                ))
-            });
+                    progress[1].clone(),
+                )));
+            }
             let status = match agent.wait_process(&cid, &exec_id).await {
                 Ok(s) => u32::try_from(s).unwrap_or(255),
                 Err(e) => {
@@ -204,6 +217,21 @@ impl TaskService {
                     VM_GONE_STATUS
                 }
             };
+            if exec_id.is_empty()
+                && container
+                    .shares_pid_ns
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // runc's KillAll: the container's init is not PID 1 of its
+                // namespace, so the kernel does not end what it leaves
+                // behind; those processes would hold its stdout open and
+                // live on unseen.
+                if let Err(e) = agent.signal_process(&cid, "", SIGKILL).await {
+                    tracing::debug!(container = %cid, error = %e, "killing what the init left");
+                } else {
+                    tracing::info!(container = %cid, "init exited in a shared pid namespace: killed what it left");
+                }
+            }
             // An OOM kill ends the process with SIGKILL; the guest reports
             // the OOM on its own channel, possibly a moment later. containerd
             // must hear TaskOOM before TaskExit to call it OOMKilled. Only
@@ -216,9 +244,10 @@ impl TaskService {
             {
                 ooms.wait_for(&cid, OOM_GRACE).await;
             }
-            let _ = out.await;
-            if let Some(err) = err {
-                let _ = err.await;
+            let drained = drain::after_exit(copies, &progress, drain::QUIET, drain::CAP).await;
+            if drained != drain::Drain::Complete {
+                tracing::warn!(container = %cid, exec = %exec_id, ?drained,
+                    "output still held open by processes that outlived the exit; reporting the exit");
             }
             publish_exit(events.as_ref(), &container, &process, &exec_id, pid, status).await;
         });
@@ -381,6 +410,8 @@ impl TaskService {
                 .unmount_container(&sb.paths, &container.id)
                 .await?;
         }
+        self.run_later_hooks(&container, hooks::Phase::Poststop, pid)
+            .await;
         let now_empty = {
             let mut map = self.containers();
             map.remove(&container.id);
@@ -409,6 +440,32 @@ impl TaskService {
             exited_at,
             ..Default::default()
         })
+    }
+
+    /// poststart/poststop hooks: their failures are logged, never fatal.
+    async fn run_later_hooks(&self, container: &Container, phase: hooks::Phase, pid: u32) {
+        if !container
+            .has_hooks
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let spec = match crate::spec::load(std::path::Path::new(&container.bundle)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = %container.id, error = %e, "{} hooks not run", phase.name());
+                return;
+            }
+        };
+        let ctx = hooks::Context {
+            spec: &spec,
+            id: &container.id,
+            bundle: &container.bundle,
+            pid,
+        };
+        if let Err(e) = hooks::run(&ctx, &[phase]).await {
+            tracing::warn!(container = %container.id, error = %e, "{} hooks", phase.name());
+        }
     }
 
     /// Stops the VM and removes the sandbox's directory once no container is left.

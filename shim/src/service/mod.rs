@@ -44,6 +44,11 @@ pub struct Container {
     pub paused: std::sync::atomic::AtomicBool,
     /// Has a memory limit, so a SIGKILL exit may be an OOM kill.
     pub memory_limited: std::sync::atomic::AtomicBool,
+    /// Joins the pod's PID namespace instead of owning one: what its init
+    /// leaves behind is killed when it exits (runc's KillAll).
+    pub shares_pid_ns: std::sync::atomic::AtomicBool,
+    /// Its spec has poststart/poststop hooks (read again from the bundle then).
+    pub has_hooks: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -55,6 +60,8 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
             memory_limited: std::sync::atomic::AtomicBool::new(false),
+            shares_pid_ns: std::sync::atomic::AtomicBool::new(false),
+            has_hooks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -15,6 +15,9 @@ use super::TaskService;
 use crate::error::{Error, Result};
 use crate::testing::{ttrpc_context, FakeDialer, RecordingEvents, RecordingMounter};
 
+#[path = "tests_pid.rs"]
+mod pid;
+
 type Events = RecordingEvents;
 type Mounts = RecordingMounter;
 
