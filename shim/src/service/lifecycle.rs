@@ -340,7 +340,8 @@ impl TaskService {
             map.remove(&container.id);
             map.is_empty()
         };
-        if now_empty {
+        // A Sandbox API pod keeps its VM until StopSandbox.
+        if now_empty && !self.pod_owns_vm() {
             self.teardown_sandbox().await?;
         }
         tracing::info!(container = %container.id, "container deleted");
@@ -376,7 +377,7 @@ impl TaskService {
 }
 
 /// Records the exit and publishes TaskExit, once per process.
-async fn publish_exit(
+pub(super) async fn publish_exit(
     events: &dyn EventSink,
     c: &Container,
     p: &Process,

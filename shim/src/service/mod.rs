@@ -4,9 +4,13 @@
 
 pub mod create;
 mod exec;
+pub mod idle;
 mod lifecycle;
 mod query;
 pub mod resources;
+pub mod sandbox_api;
+#[cfg(test)]
+mod sandbox_api_tests;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +85,8 @@ pub struct TaskService {
     pub exit: Arc<Notify>,
     /// How long the daemon waits for containerd after its VM died.
     vm_gone_linger: Duration,
+    /// The pod created through the Sandbox API, if any.
+    pod: sandbox_api::PodSlot,
 }
 
 /// After the VM died and every exit was published, containerd normally
@@ -110,6 +116,7 @@ impl TaskService {
             exit: Arc::new(Notify::new()),
             ooms: Arc::default(),
             vm_gone_linger: VM_GONE_LINGER,
+            pod: Default::default(),
         }
     }
 
