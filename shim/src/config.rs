@@ -144,10 +144,21 @@ struct RawRuntime {
     enable_debug: bool,
 }
 
-/// Finds the configuration file: `explicit` (runtime option), `KATA_CONF_FILE`, defaults.
+/// The runtime option `ConfigPath` that containerd 2.3's bootstrap gave
+/// `start`, handed to the daemon in this variable: the Sandbox API's
+/// CreateSandbox may carry no runtime options of its own.
+pub const BOOTSTRAP_CONFIG_ENV: &str = "KATA_SHIM_BOOTSTRAP_CONFIG_PATH";
+
+/// Finds the configuration file: `explicit` (runtime option), the
+/// bootstrap's runtime option, `KATA_CONF_FILE`, defaults.
 pub fn locate(explicit: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
+    }
+    if let Ok(p) = std::env::var(BOOTSTRAP_CONFIG_ENV) {
+        if !p.is_empty() {
+            return Ok(PathBuf::from(p));
+        }
     }
     if let Ok(p) = std::env::var("KATA_CONF_FILE") {
         if !p.is_empty() {

@@ -5,7 +5,10 @@
 //! (see [`cri`]).
 
 pub mod cri;
+pub mod dist;
 pub mod leaks;
+
+pub use dist::{Dist, Release};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -77,6 +80,16 @@ pub enum Flavor {
     Plain,
     /// CRI enabled with runtime handler `kata`, CNI, the pause image.
     Cri,
+    /// As `Cri`, with `sandboxer = "shim"` for the `kata` handler
+    /// (containerd 2.x only): pods through the shim's Sandbox API, no pause
+    /// container.
+    CriShimSandboxer,
+}
+
+impl Flavor {
+    pub fn is_cri(self) -> bool {
+        matches!(self, Flavor::Cri | Flavor::CriShimSandboxer)
+    }
 }
 
 /// A private containerd for one test binary.
@@ -87,6 +100,8 @@ pub struct Containerd {
     pub flavor: Flavor,
     /// The CNI bridge of a CRI containerd (deleted on drop).
     pub bridge: Option<String>,
+    /// Which containerd this is and where its binaries are.
+    pub dist: Dist,
     child: Child,
 }
 
@@ -95,16 +110,34 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl Containerd {
     /// Starts containerd with the shim on its PATH and imports the test image.
     pub fn start() -> Result<Self> {
-        Self::start_flavor(Flavor::Plain)
+        Self::start_flavor(Flavor::Plain, Dist::system())
+    }
+
+    /// As [`Containerd::start`] on the containerd of `dist`.
+    pub fn start_on(dist: &Dist) -> Result<Self> {
+        Self::start_flavor(Flavor::Plain, dist.clone())
     }
 
     /// Starts containerd with its CRI plugin (runtime handler `kata`, CNI,
     /// pause image), and imports the test image into CRI's namespace too.
     pub fn start_cri() -> Result<Self> {
-        Self::start_flavor(Flavor::Cri)
+        Self::start_flavor(Flavor::Cri, Dist::system())
     }
 
-    fn start_flavor(flavor: Flavor) -> Result<Self> {
+    /// As [`Containerd::start_cri`] on the containerd of `dist`.
+    pub fn start_cri_on(dist: &Dist) -> Result<Self> {
+        Self::start_flavor(Flavor::Cri, dist.clone())
+    }
+
+    /// A CRI containerd 2.x whose `kata` handler uses `sandboxer = "shim"`.
+    pub fn start_cri_sandbox_api(dist: &Dist) -> Result<Self> {
+        if !dist.release.is_v2() {
+            bail!("sandboxer = \"shim\" needs containerd 2.x");
+        }
+        Self::start_flavor(Flavor::CriShimSandboxer, dist.clone())
+    }
+
+    pub fn start_flavor(flavor: Flavor, dist: Dist) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!(
             "/var/lib/kata-shim-test/{}-{n}",
@@ -118,51 +151,46 @@ impl Containerd {
         let ctd_config = dir.join("containerd.toml");
         let mut bridge = None;
         let text = match flavor {
+            // containerd 2.x still reads `version = 2` (migrating it on every
+            // start); the harness writes its native format.
             Flavor::Plain => format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                "version = {v}\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{s}\"\n[debug]\n  level = \"debug\"\n",
+                v = if dist.release.is_v2() { 3 } else { 2 },
                 d = dir.display(),
                 s = socket.display()
             ),
-            Flavor::Cri => {
+            Flavor::Cri | Flavor::CriShimSandboxer => {
                 let name = cri::config::bridge_name(n);
                 cri::config::write_cni(&dir, &name)?;
                 bridge = Some(name);
-                cri::config::containerd_toml(&dir, &socket, &config)?
+                cri::config::containerd_toml(
+                    dist.release,
+                    flavor == Flavor::CriShimSandboxer,
+                    &dir,
+                    &socket,
+                    &config,
+                )?
             }
         };
         std::fs::write(&ctd_config, text)?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            shim_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&ctd_config)
-            .env("PATH", path)
-            .env("KATA_CONF_FILE", &config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd (apt-get install containerd)")?;
+        let child = spawn_containerd(&dist, &dir, &config)?;
         let ctd = Containerd {
             dir,
             socket,
             config,
             flavor,
             bridge,
+            dist,
             child,
         };
         wait_until(Duration::from_secs(20), || ctd.socket.exists())
-            .context("containerd socket did not appear")?;
+            .with_context(|| format!("containerd socket did not appear\n{}", ctd.log()))?;
         let tar = ctd.dir.join("busybox.tar");
         ctd.build_image("busybox-image.sh", &tar, IMAGE)?;
         ctd.import_image(NAMESPACE, &tar)?;
-        if flavor == Flavor::Cri {
+        if flavor.is_cri() {
             ctd.import_image(cri::NAMESPACE, &tar)?;
             let pause = ctd.dir.join("pause.tar");
             ctd.build_image("pause-image.sh", &pause, cri::PAUSE_IMAGE)?;
@@ -202,7 +230,7 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd in `namespace` (CRI's is `k8s.io`).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Output> {
-        Command::new("ctr")
+        Command::new(self.dist.ctr())
             .arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -303,10 +331,80 @@ impl Drop for Containerd {
                 self.remove(id.trim());
             }
         }
-        if self.flavor == Flavor::Cri {
+        if self.flavor.is_cri() {
             // Pods a failed test left behind: their VMs outlive containerd otherwise.
             cri::cleanup::remove_everything(self);
         }
+        self.stop_daemon();
+        // Snapshots under root/, CRI's sandbox /dev/shm mounts under state/.
+        let mut mounts = leaks::mounts_under(&format!("{}/", self.dir.display()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).output();
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts containerd with `dir/containerd.toml`, the shim on its PATH and
+/// its log appended to `dir/containerd.log`.
+fn spawn_containerd(dist: &Dist, dir: &Path, kata_config: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))?;
+    let path = format!(
+        "{}:{}",
+        shim_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(dist.containerd())
+        .arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .env("PATH", path)
+        .env("KATA_CONF_FILE", kata_config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} ({})",
+                dist.release.name(),
+                dist.containerd().display()
+            )
+        })
+}
+
+impl Containerd {
+    /// Stops containerd (SIGTERM: it leaves shims and their pods running)
+    /// and starts it again on the same configuration, root and state, as
+    /// an upgrade or a crash-restart would.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_daemon();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_containerd(&self.dist, &self.dir, &self.config)?;
+        wait_until(Duration::from_secs(20), || self.socket.exists())
+            .with_context(|| format!("containerd socket did not reappear\n{}", self.log()))?;
+        // Serving only once its plugins (CRI's recovery included) are up.
+        wait_until(Duration::from_secs(30), || {
+            self.ctr(&["version"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .context("restarted containerd does not answer")?;
+        Ok(())
+    }
+
+    /// containerd's own pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop_daemon(&mut self) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -318,16 +416,6 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Snapshots under root/, CRI's sandbox /dev/shm mounts under state/.
-        let mut mounts = leaks::mounts_under(&format!("{}/", self.dir.display()));
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).output();
-        }
-        if let Some(bridge) = &self.bridge {
-            let _ = Command::new("ip").args(["link", "del", bridge]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -357,7 +445,7 @@ impl Containerd {
         ));
         let file = std::fs::File::create(&path)?;
         // Events of every namespace: `ctr events` is not namespaced.
-        let child = Command::new("ctr")
+        let child = Command::new(self.dist.ctr())
             .arg("--address")
             .arg(&self.socket)
             .arg("events")

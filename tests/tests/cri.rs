@@ -8,7 +8,7 @@ use integration_tests::cri::client::{
     CONTAINER_EXITED, CONTAINER_RUNNING, SANDBOX_NOTREADY, SANDBOX_READY,
 };
 use integration_tests::cri::{self, vms, Cri};
-use integration_tests::{vm_tests_ready, Containerd, IMAGE};
+use integration_tests::{on_both_containerds, vm_tests_ready, Containerd, Dist, IMAGE};
 use k8s_cri::v1 as api;
 
 /// Skips (passing, with a message) where the VM tests cannot run.
@@ -23,7 +23,13 @@ macro_rules! require_vm {
 
 /// A private containerd with CRI, and a client connected to it.
 async fn setup() -> Result<(Containerd, Cri)> {
-    let ctd = tokio::task::spawn_blocking(Containerd::start_cri).await??;
+    setup_on(&Dist::system()).await
+}
+
+/// As [`setup`] on the containerd of `dist`.
+async fn setup_on(dist: &Dist) -> Result<(Containerd, Cri)> {
+    let dist = dist.clone();
+    let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_on(&dist)).await??;
     let cri = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
     Ok((ctd, cri))
 }
@@ -78,10 +84,10 @@ async fn version_and_status_report_runtime_and_network_ready() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_lifecycle_runs_a_container_in_one_vm() -> Result<()> {
+on_both_containerds!(pod_lifecycle_runs_a_container_in_one_vm);
+async fn pod_lifecycle_runs_a_container_in_one_vm(dist: Dist) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let pod_cfg = c.pod_config("lifecycle");
     let t0 = Instant::now();
     let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
@@ -239,10 +245,12 @@ async fn pod_with_sleeper(
     Ok((pod_cfg, pod, id))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_container_sends_sigterm_then_sigkill_after_the_grace_period() -> Result<()> {
+on_both_containerds!(stop_container_sends_sigterm_then_sigkill_after_the_grace_period);
+async fn stop_container_sends_sigterm_then_sigkill_after_the_grace_period(
+    dist: Dist,
+) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let pod_cfg = c.pod_config("stop");
     let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
 
@@ -304,10 +312,10 @@ async fn stop_container_sends_sigterm_then_sigkill_after_the_grace_period() -> R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_sync_reports_exit_code_and_output_and_kills_on_timeout() -> Result<()> {
+on_both_containerds!(exec_sync_reports_exit_code_and_output_and_kills_on_timeout);
+async fn exec_sync_reports_exit_code_and_output_and_kills_on_timeout(dist: Dist) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let (_, pod, id) = pod_with_sleeper(&mut c, "execsync")
         .await
         .with_context(|| ctd.log())?;
@@ -340,10 +348,10 @@ async fn exec_sync_reports_exit_code_and_output_and_kills_on_timeout() -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn container_log_is_in_cri_format_and_can_be_reopened() -> Result<()> {
+on_both_containerds!(container_log_is_in_cri_format_and_can_be_reopened);
+async fn container_log_is_in_cri_format_and_can_be_reopened(dist: Dist) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let pod_cfg = c.pod_config("logs");
     let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
     let cfg = Cri::container_config(
@@ -391,10 +399,10 @@ async fn container_log_is_in_cri_format_and_can_be_reopened() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn container_stats_have_cpu_and_memory() -> Result<()> {
+on_both_containerds!(container_stats_have_cpu_and_memory);
+async fn container_stats_have_cpu_and_memory(dist: Dist) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let pod_cfg = c.pod_config("stats");
     let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
     let cfg = Cri::container_config(
@@ -761,10 +769,10 @@ fn exec_request(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> api::ExecRequ
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_streaming_with_and_without_tty() -> Result<()> {
+on_both_containerds!(exec_streaming_with_and_without_tty);
+async fn exec_streaming_with_and_without_tty(dist: Dist) -> Result<()> {
     require_vm!();
-    let (ctd, mut c) = setup().await?;
+    let (ctd, mut c) = setup_on(&dist).await?;
     let (_, pod, id) = pod_with_sleeper(&mut c, "exec")
         .await
         .with_context(|| ctd.log())?;

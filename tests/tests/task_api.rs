@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use integration_tests::{leaks, vm_tests_ready, wait_until, Containerd};
+use integration_tests::{leaks, on_both_containerds, vm_tests_ready, wait_until, Containerd, Dist};
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
 use protocols::containerd::ttrpc::{self, context, Code};
@@ -73,12 +73,15 @@ fn resources_any(json: serde_json::Value) -> Any {
     }
 }
 
+on_both_containerds!(one_container_through_the_task_api);
 /// One VM, many operations: exec, tty exec, stdin, pause/resume events,
 /// metrics, update, bad requests, kill.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_container_through_the_task_api() -> Result<()> {
+async fn one_container_through_the_task_api(dist: Dist) -> Result<()> {
     require_vm!();
-    let ctd = tokio::task::spawn_blocking(Containerd::start).await??;
+    let ctd = {
+        let dist = dist.clone();
+        tokio::task::spawn_blocking(move || Containerd::start_on(&dist)).await??
+    };
     let events = ctd.events()?;
     // containerd's default spec has no cgroup filesystem; mount one so the
     // container can read its own limits.
@@ -130,7 +133,7 @@ async fn one_container_through_the_task_api() -> Result<()> {
     );
 
     // Stdin round trip.
-    let mut child = Command::new("ctr")
+    let mut child = Command::new(ctd.dist.ctr())
         .args([
             "--address",
             &addr,
@@ -180,7 +183,7 @@ async fn one_container_through_the_task_api() -> Result<()> {
 
     // Small writes are not held back: the first line arrives while the
     // process still sleeps, well before the second.
-    let mut child = Command::new("ctr")
+    let mut child = Command::new(ctd.dist.ctr())
         .args(["--address", &addr, "-n", "kata-test", "task", "exec"])
         .args(["--exec-id", "prompt1", "box", "sh", "-c"])
         .arg("echo first; sleep 4; echo second")
@@ -426,10 +429,10 @@ fn killed_shim_is_cleaned_up_by_delete() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn killed_qemu_reports_exit_and_cleans_up_fast() -> Result<()> {
+on_both_containerds!(sync killed_qemu_reports_exit_and_cleans_up_fast);
+fn killed_qemu_reports_exit_and_cleans_up_fast(dist: Dist) -> Result<()> {
     require_vm!();
-    let ctd = Containerd::start()?;
+    let ctd = Containerd::start_on(&dist)?;
     let events = ctd.events()?;
     ctd.run_detached("doomed", &[], &["sleep", "3600"])?;
     let scope = ctd.dir.to_string_lossy().into_owned();

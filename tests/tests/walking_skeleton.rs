@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use integration_tests::{
-    leaks, shim_dir, vm_tests_ready, wait_until, write_config, Containerd, NAMESPACE,
+    leaks, on_both_containerds, shim_dir, vm_tests_ready, wait_until, write_config, Containerd,
+    Dist, NAMESPACE,
 };
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
@@ -34,10 +35,10 @@ fn assert_no_leftovers(ctd: Containerd) {
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
-#[test]
-fn uname_shows_the_guest_kernel() -> Result<()> {
+on_both_containerds!(sync uname_shows_the_guest_kernel);
+fn uname_shows_the_guest_kernel(dist: Dist) -> Result<()> {
     require_vm!();
-    let ctd = Containerd::start()?;
+    let ctd = Containerd::start_on(&dist)?;
     let out = ctd.run("uname", &[], &["uname", "-r"])?;
     assert!(
         out.status.success(),
@@ -61,10 +62,10 @@ fn uname_shows_the_guest_kernel() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn exit_code_and_both_streams_reach_ctr() -> Result<()> {
+on_both_containerds!(sync exit_code_and_both_streams_reach_ctr);
+fn exit_code_and_both_streams_reach_ctr(dist: Dist) -> Result<()> {
     require_vm!();
-    let ctd = Containerd::start()?;
+    let ctd = Containerd::start_on(&dist)?;
     let out = ctd.run(
         "streams",
         &[],
@@ -91,7 +92,7 @@ fn a_slow_reader_gets_every_byte_of_stdout() -> Result<()> {
     require_vm!();
     let ctd = Containerd::start()?;
     let mib = 8;
-    let mut child = Command::new("ctr")
+    let mut child = Command::new(ctd.dist.ctr())
         .arg("--address")
         .arg(&ctd.socket)
         .args(["--namespace", NAMESPACE, "run", "--rm", "--runtime"])

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::flags::Flags;
 use anyhow::Context;
+use protocols::containerd::sandbox_async::create_sandbox;
 use protocols::containerd::shim_async::create_task;
 use protocols::containerd::ttrpc::r#async::transport::Listener;
 use protocols::containerd::ttrpc::r#async::Server;
@@ -86,7 +87,12 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     ));
     let exit = service.exit.clone();
 
+    crate::service::idle::exit_when_idle(service.clone(), crate::service::idle::IDLE_EXIT);
+
     let mut services = create_task(service.clone());
+    // The Sandbox API next to the Task API: containerd 2.x with
+    // `sandboxer = "shim"` creates the pod through it.
+    services.extend(create_sandbox(service.clone()));
     let mut v2 = create_task(service.clone());
     if let Some(s) = v2.remove(TASK_V3) {
         services.insert(TASK_V2.to_owned(), s);

@@ -105,9 +105,15 @@ pub fn parse(args: &[OsString]) -> Result<Flags, FlagsError> {
 /// Where the daemon of sandbox `id` listens: one socket per containerd
 /// address, namespace and sandbox, short enough for `sun_path`.
 pub fn socket_address(containerd_address: &str, namespace: &str, id: &str) -> String {
+    socket_address_in("/run/containerd/s", containerd_address, namespace, id)
+}
+
+/// As [`socket_address`] in directory `dir` (containerd 2.3's bootstrap
+/// may name one).
+pub fn socket_address_in(dir: &str, containerd_address: &str, namespace: &str, id: &str) -> String {
     let digest = Sha256::digest(format!("{containerd_address}{namespace}{id}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("unix:///run/containerd/s/{hex}")
+    format!("unix://{}/{hex}", dir.trim_end_matches('/'))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The binary's actions: `start`, `delete`, and the daemon (no action).
 
+pub mod bootstrap;
 pub mod daemon;
 pub mod delete;
 pub mod flags;

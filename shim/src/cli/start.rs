@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use super::bootstrap::{self, Bootstrap};
 use super::flags::{self, Flags};
 use anyhow::{bail, Context};
 
@@ -16,24 +17,36 @@ use anyhow::{bail, Context};
 pub const LISTENER_FD: i32 = 3;
 
 pub fn run(flags: &Flags) -> anyhow::Result<()> {
-    // Runtime options (containerd ≤ 2.2) or bootstrap params (2.3+) may be
-    // on stdin; the daemon gets its options from Create, so read and drop them.
-    let mut ignored = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut ignored);
+    // Bootstrap params (containerd 2.3+) or runtime options (≤ 2.2) may be
+    // on stdin. The bootstrap's values win over flags and environment;
+    // the runtime options also arrive with Create, so they are dropped here.
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let mut flags = flags.clone();
+    let boot = bootstrap::apply(&stdin, &mut flags);
+    let flags = &flags;
 
     let bundle = std::env::current_dir().context("bundle directory")?;
     let sandbox_id = super::sandbox_id_of(&bundle, &flags.id);
-    let address = flags::socket_address(&flags.address, &flags.namespace, &sandbox_id);
+    let address = match boot.as_ref().and_then(|b| b.socket_dir.as_deref()) {
+        Some(dir) => flags::socket_address_in(dir, &flags.address, &flags.namespace, &sandbox_id),
+        None => flags::socket_address(&flags.address, &flags.namespace, &sandbox_id),
+    };
     let path = address
         .strip_prefix("unix://")
         .unwrap_or(&address)
         .to_owned();
 
     if UnixStream::connect(&path).is_err() {
-        spawn_daemon(flags, &sandbox_id, &address, &path)?;
+        spawn_daemon(flags, boot.as_ref(), &sandbox_id, &address, &path)?;
     }
     std::fs::write(bundle.join("address"), &address).context("writing address file")?;
-    let reply = reply_for(&address, std::env::var("MAX_SHIM_VERSION").ok().as_deref());
+    // A containerd that bootstraps reads the JSON reply (it announces
+    // MAX_SHIM_VERSION too; assume 2 if it did not).
+    let max = std::env::var("MAX_SHIM_VERSION")
+        .ok()
+        .or_else(|| boot.as_ref().map(|_| "2".to_owned()));
+    let reply = reply_for(&address, max.as_deref());
     let mut out = std::io::stdout();
     out.write_all(reply.as_bytes())?;
     out.flush()?;
@@ -55,7 +68,13 @@ fn reply_for(address: &str, max_shim_version: Option<&str>) -> String {
     }
 }
 
-fn spawn_daemon(flags: &Flags, sandbox_id: &str, address: &str, path: &str) -> anyhow::Result<()> {
+fn spawn_daemon(
+    flags: &Flags,
+    boot: Option<&Bootstrap>,
+    sandbox_id: &str,
+    address: &str,
+    path: &str,
+) -> anyhow::Result<()> {
     let p = Path::new(path);
     if p.exists() {
         std::fs::remove_file(p).with_context(|| format!("removing stale socket {path}"))?;
@@ -87,6 +106,18 @@ fn spawn_daemon(flags: &Flags, sandbox_id: &str, address: &str, path: &str) -> a
     .stderr(Stdio::null());
     if flags.debug {
         cmd.arg("-debug");
+    }
+    if let Some(b) = boot {
+        // The daemon reads containerd's event address from TTRPC_ADDRESS;
+        // a bootstrap's value wins over the (deprecated) variable.
+        if !b.ttrpc_address.is_empty() {
+            cmd.env("TTRPC_ADDRESS", &b.ttrpc_address);
+        }
+        // The runtime's ConfigPath, for a pod whose first request carries
+        // no options (the Sandbox API's CreateSandbox).
+        if let Some(p) = &b.config_path {
+            cmd.env(crate::config::BOOTSTRAP_CONFIG_ENV, p);
+        }
     }
     // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) run between
     // fork and exec; this process is single-threaded at this point.

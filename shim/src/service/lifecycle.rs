@@ -418,7 +418,8 @@ impl TaskService {
             map.is_empty()
         };
         self.ooms.forget(&container.id);
-        if now_empty {
+        // A Sandbox API pod keeps its VM until StopSandbox.
+        if now_empty && !self.pod_owns_vm() {
             self.teardown_sandbox().await?;
         }
         tracing::info!(container = %container.id, "container deleted");
@@ -480,7 +481,7 @@ impl TaskService {
 }
 
 /// Records the exit and publishes TaskExit, once per process.
-async fn publish_exit(
+pub(super) async fn publish_exit(
     events: &dyn EventSink,
     c: &Container,
     p: &Process,

@@ -6,11 +6,15 @@ pub mod create;
 mod exec;
 #[cfg(test)]
 mod hostile_tests;
+pub mod idle;
 mod lifecycle;
 #[cfg(test)]
 mod load_tests;
 mod query;
 pub mod resources;
+pub mod sandbox_api;
+#[cfg(test)]
+mod sandbox_api_tests;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +99,8 @@ pub struct TaskService {
     /// How long the guest gets to answer a signal, and to report the pod's
     /// exit after its SIGKILL, before the VM is stopped from the host.
     kill_timeouts: KillTimeouts,
+    /// The pod created through the Sandbox API, if any.
+    pod: sandbox_api::PodSlot,
 }
 
 /// See [`TaskService::with_kill_timeouts`].
@@ -141,6 +147,7 @@ impl TaskService {
             ooms: Arc::default(),
             vm_gone_linger: VM_GONE_LINGER,
             kill_timeouts: KillTimeouts::default(),
+            pod: Default::default(),
         }
     }
 

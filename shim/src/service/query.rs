@@ -158,7 +158,11 @@ impl TaskService {
     }
 
     pub(super) async fn do_shutdown(&self, _req: api::ShutdownRequest) -> Result<api::Empty> {
-        if self.containers().is_empty() && self.running_sandbox().await.is_none() {
+        // A Sandbox API pod ends with ShutdownSandbox, not with its tasks.
+        if self.containers().is_empty()
+            && self.running_sandbox().await.is_none()
+            && !self.pod_owns_vm()
+        {
             self.exit.notify_one();
         } else {
             tracing::debug!("Shutdown ignored: containers remain");

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::repo_root;
+use crate::{repo_root, Release};
 
 /// Subnet of the test pods' bridge network. No gateway on the host, no
 /// masquerading, no default route in the pods: pod traffic stays on the
@@ -28,9 +28,24 @@ fn template(name: &str) -> Result<String> {
 }
 
 /// containerd's own TOML: CRI enabled, runtime handler `kata` with
-/// `ConfigPath` = `kata_config`, CNI from `cni_conf_dir(dir)`.
-pub fn containerd_toml(dir: &Path, socket: &Path, kata_config: &Path) -> Result<String> {
-    Ok(template("containerd-cri.toml.in")?
+/// `ConfigPath` = `kata_config`, CNI from `cni_conf_dir(dir)`; in
+/// containerd 2.x's format (`version = 3`) for 2.x, where `shim_sandboxer`
+/// picks `sandboxer = "shim"` (the shim's Sandbox API) over "podsandbox".
+pub fn containerd_toml(
+    release: Release,
+    shim_sandboxer: bool,
+    dir: &Path,
+    socket: &Path,
+    kata_config: &Path,
+) -> Result<String> {
+    let name = if release.is_v2() {
+        "containerd2-cri.toml.in"
+    } else {
+        "containerd-cri.toml.in"
+    };
+    let sandboxer = if shim_sandboxer { "shim" } else { "podsandbox" };
+    Ok(template(name)?
+        .replace("@SANDBOXER@", sandboxer)
         .replace("@ROOT@", &dir.join("root").to_string_lossy())
         .replace("@STATE@", &dir.join("state").to_string_lossy())
         .replace("@SOCKET@", &socket.to_string_lossy())
