@@ -221,7 +221,11 @@ async fn open_sink(uri: &str) -> Option<Sink> {
         };
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
-    match pipe::OpenOptions::new().open_sender(path) {
+    // Read-write, as runc's shim also holds a read end: when containerd
+    // (the reader) restarts, writes keep filling the fifo instead of
+    // failing with EPIPE, and the new containerd reads on where the old
+    // one stopped.
+    match pipe::OpenOptions::new().read_write(true).open_sender(path) {
         Ok(s) => {
             grow_pipe(&s, FIFO_SIZE);
             Some(Sink::pipe(s))
