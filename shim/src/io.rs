@@ -42,10 +42,6 @@ pub struct Sink {
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     /// The writer's descriptor when it is a pipe or fifo (owned by `writer`).
     pipe: Option<RawFd>,
-    /// A read end of containerd's fifo, held (never read) as runc's shim
-    /// does: when containerd restarts, its end closes and reopens, and
-    /// without this the first write in between fails and the stream is lost.
-    _keep_open: Option<std::os::fd::OwnedFd>,
 }
 
 impl Sink {
@@ -56,7 +52,6 @@ impl Sink {
         Sink {
             writer: Box::new(sender),
             pipe,
-            _keep_open: None,
         }
     }
 
@@ -65,7 +60,6 @@ impl Sink {
         Sink {
             writer: Box::new(writer),
             pipe: None,
-            _keep_open: None,
         }
     }
 
@@ -227,23 +221,14 @@ async fn open_sink(uri: &str) -> Option<Sink> {
         };
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
-    let keep_open = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map(std::os::fd::OwnedFd::from)
-    };
-    match pipe::OpenOptions::new().open_sender(path) {
+    // Read-write, as runc's shim also holds a read end: when containerd
+    // (the reader) restarts, writes keep filling the fifo instead of
+    // failing with EPIPE, and the new containerd reads on where the old
+    // one stopped.
+    match pipe::OpenOptions::new().read_write(true).open_sender(path) {
         Ok(s) => {
             grow_pipe(&s, FIFO_SIZE);
-            let mut sink = Sink::pipe(s);
-            match keep_open {
-                Ok(fd) => sink._keep_open = Some(fd),
-                Err(e) => tracing::debug!(path, error = %e, "no read end kept"),
-            }
-            Some(sink)
+            Some(Sink::pipe(s))
         }
         Err(e) => {
             tracing::warn!(path, error = %e, "cannot open output fifo; output discarded");

@@ -356,8 +356,15 @@ fn spawn_containerd(dist: &Dist, dir: &Path, kata_config: &Path) -> Result<Child
         .create(true)
         .append(true)
         .open(dir.join("containerd.log"))?;
+    // The release's own binaries (containerd 2.3's containerd-shim-runc-v2)
+    // before the system's.
+    let release_dir = dist
+        .bin_dir
+        .as_ref()
+        .map(|d| format!("{}:", d.display()))
+        .unwrap_or_default();
     let path = format!(
-        "{}:{}",
+        "{}:{release_dir}{}",
         shim_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );

@@ -484,12 +484,13 @@ impl SandboxApi for TaskService {
         Ok(self.do_start_sandbox(req).await?)
     }
 
+    /// The guest's platform is the host's (no cross-arch VMs); answered
+    /// whatever the pod's phase, as containerd may ask before Start.
     async fn platform(
         &self,
         _ctx: &TtrpcContext,
-        req: sapi::PlatformRequest,
+        _req: sapi::PlatformRequest,
     ) -> TtrpcResult<sapi::PlatformResponse> {
-        self.pod(&req.sandbox_id)?;
         Ok(platform())
     }
 
