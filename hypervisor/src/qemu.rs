@@ -290,12 +290,22 @@ impl QemuVm {
         let deadline = started + config.start_timeout;
         // A run dir left by an earlier owner: kill what it recorded, start afresh.
         state::cleanup_run_dir(&config.run_dir).await?;
-        tokio::fs::create_dir_all(&config.run_dir)
-            .await
-            .map_err(|e| Error::Io {
-                what: format!("creating {}", config.run_dir.display()),
-                source: e,
-            })?;
+        // QMP, vsock and vhost-user sockets live here: root's alone.
+        let mut dir = tokio::fs::DirBuilder::new();
+        dir.recursive(true).mode(0o700);
+        dir.create(&config.run_dir).await.map_err(|e| Error::Io {
+            what: format!("creating {}", config.run_dir.display()),
+            source: e,
+        })?;
+        tokio::fs::set_permissions(
+            &config.run_dir,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+        )
+        .await
+        .map_err(|e| Error::Io {
+            what: format!("chmod {}", config.run_dir.display()),
+            source: e,
+        })?;
 
         let ring = Ring::default();
         let (agent_line_seen, mut agent_line) = watch::channel(false);
