@@ -63,6 +63,11 @@ fn main() -> Result<()> {
             ms.join(", ")
         );
     }
+    if args.iter().any(|a| a == "--meminfo") {
+        // The guest kernel's footprint: what a 256 MiB VM leaves for work.
+        let out = ctd.run("meminfo", &[], &["sh", "-c", "head -3 /proc/meminfo"])?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     if args.iter().any(|a| a == "--log") {
         print!("{}", ctd.log());
     }
