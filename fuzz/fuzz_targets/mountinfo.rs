@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             .filter(|l| mount_point(l).as_ref() == Some(p))
             .count();
         let listed = found.iter().filter(|q| *q == p).count();
-        assert_eq!(listed, lines, "{p:?}: {lines} mounts, listed {listed} times");
+        assert_eq!(
+            listed, lines,
+            "{p:?}: {lines} mounts, listed {listed} times"
+        );
         if i > 0 {
             assert!(found[i - 1].components().count() >= p.components().count());
         }
