@@ -221,7 +221,9 @@ pub fn compile(spec: &LinuxSeccomp, warn: &mut dyn FnMut(String)) -> Result<Comp
     let mut by_action: Vec<(SeccompAction, RuleMap)> = Vec::new();
     for entry in &spec.Syscalls {
         let act = action(&entry.Action, errno_ret(entry))?;
-        if act == default {
+        // Compared as the kernel sees them: ERRNO/TRACE data is 16 bits, so
+        // an errnoRet of 65537 is the default's EPERM (libseccomp's view too).
+        if u32::from(act.clone()) == u32::from(default.clone()) {
             // Answered the default anyway (libseccomp refuses such rules; runc skips them).
             continue;
         }
@@ -337,6 +339,21 @@ mod tests {
         )
         .expect("condition");
         assert_eq!(condition("personality", &arg(0xff, 0x10)).expect("c"), kept);
+    }
+
+    #[test]
+    fn a_rule_answering_the_default_modulo_16_bits_is_skipped() {
+        // Found by fuzzing: TRACE with errnoRet 65537 is the default TRACE
+        // (EPERM) in BPF, yet it got its own filter and overrode an ALLOW.
+        let p = profile(
+            "SCMP_ACT_TRACE",
+            vec![
+                syscall(&["read"], "SCMP_ACT_ALLOW", None),
+                syscall(&["read"], "SCMP_ACT_TRACE", Some(65537)),
+            ],
+        );
+        let c = compile(&p, &mut |_| {}).expect("compiles");
+        assert_eq!(c.programs.len(), 1);
     }
 
     #[test]
