@@ -7,7 +7,7 @@ GUEST_OUT   ?= $(BUILD)/guest
 CARGO       ?= cargo
 SHIM        := target/shim/containerd-shim-kata-v2
 
-.PHONY: all deps build image demo test unit-test integration-test cri-test install lint bench clean
+.PHONY: all deps build image demo test unit-test integration-test cri-test install lint bench clean fuzz fuzz-smoke fuzz-build
 
 all: build image
 
@@ -42,7 +42,34 @@ integration-test: build image
 cri-test: build image
 	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests --test cri -- --test-threads=1
 
-test: unit-test integration-test
+test: unit-test integration-test fuzz-smoke
+
+# Fuzzing (cargo-fuzz, nightly; fuzz/ is its own workspace). Every target
+# runs FUZZ_SECONDS, one after the other, one job each; the corpus grows in
+# fuzz/corpus/<target> (not committed), seeded from fuzz/seeds/<target>;
+# crashes land in fuzz/artifacts/<target>.
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_SMOKE_RUNS ?= 20000
+FUZZ_CARGO ?= cargo +nightly fuzz
+
+fuzz-build: deps
+	cd fuzz && $(FUZZ_CARGO) build
+
+fuzz: fuzz-build
+	cd fuzz && for t in $$($(FUZZ_CARGO) list); do \
+	  mkdir -p corpus/$$t seeds/$$t && \
+	  $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
+# A bounded run of every target for `make test`: seeds plus a few seconds.
+fuzz-smoke: fuzz-build
+	cd fuzz && for t in $$($(FUZZ_CARGO) list); do \
+	  mkdir -p corpus/$$t seeds/$$t && \
+	  $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SMOKE_SECONDS) -runs=$(FUZZ_SMOKE_RUNS) || exit 1; \
+	done
 
 # This runtime against runc and the VM floor, same machine, same run:
 # writes $(BUILD)/bench/{report.md,report.json,scaling.svg}, prints the ratios.

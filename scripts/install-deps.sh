@@ -5,6 +5,8 @@ set -euo pipefail
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
+# `make fuzz` / `make fuzz-smoke` (built with the nightly toolchain).
+CARGO_FUZZ_VERSION=0.13.2
 PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
       libseccomp-dev libcap-ng-dev pkg-config iproute2 python3
       containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev
@@ -29,4 +31,10 @@ if ! have_version /usr/local/bin/vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION
 fi
 if ! have_version /usr/local/bin/virtiofsd "$VIRTIOFSD_VERSION"; then
   cargo install --locked --root /usr/local virtiofsd --version "$VIRTIOFSD_VERSION"
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
 fi

@@ -240,7 +240,9 @@ pub fn unknown_keys(text: &str) -> Vec<String> {
     unknown
 }
 
-fn parse(text: &str, source: &Path) -> Result<Config> {
+/// [`load`] without the read; public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse(text: &str, source: &Path) -> Result<Config> {
     let raw: RawFile =
         toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", source.display())))?;
     for key in unknown_keys(text) {

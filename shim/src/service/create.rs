@@ -34,9 +34,10 @@ pub fn config_path_option(options: Option<&Any>) -> Option<String> {
     while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
         let (field, wire) = (tag >> 3, tag & 7);
         if wire == 2 {
-            let value = input.read_string().ok()?;
+            // Other fields may hold bytes (`config_body`): only field 2 must be UTF-8.
+            let value = input.read_bytes().ok()?;
             if field == 2 {
-                found = Some(value);
+                found = Some(String::from_utf8(value).ok()?);
             }
         } else if input
             .skip_field(protocols::protobuf::rt::WireType::new(wire)?)
@@ -292,5 +293,28 @@ mod tests {
         assert_eq!(config_path_option(Some(&other)), None);
         assert_eq!(config_path_option(None), None);
         let _ = any.compute_size();
+    }
+
+    #[test]
+    fn config_path_survives_a_binary_field() {
+        // Found by fuzzing (fuzz/fuzz_targets/runtime_options.rs): a
+        // length-delimited field that is not UTF-8 (e.g. config_body, 3)
+        // made the whole option unreadable, so ConfigPath was ignored.
+        let mut value = Vec::new();
+        {
+            let mut os = protocols::protobuf::CodedOutputStream::vec(&mut value);
+            os.write_string(2, "/etc/k.toml").expect("write");
+            os.write_bytes(3, &[0xff, 0xfe]).expect("write");
+            os.flush().expect("flush");
+        }
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            config_path_option(Some(&any)).as_deref(),
+            Some("/etc/k.toml")
+        );
     }
 }

@@ -41,7 +41,11 @@ fn is_octal(d: &[u8]) -> bool {
     d.len() == 3 && d[0] <= b'3' && d.iter().all(|c| (b'0'..=b'7').contains(c))
 }
 
-/// Mount points at or below `dir` in `mountinfo`, deepest first, each once.
+/// Mount points at or below `dir` in `mountinfo`, deepest first, one entry
+/// per mount: a point mounted over twice is listed twice, as each unmount
+/// takes one layer off. (It was deduplicated with `dedup`, which only drops
+/// neighbours: lines apart came back twice, neighbours once, leaving the
+/// lower layer of a stacked mount behind at teardown.)
 pub fn below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = mountinfo
         .lines()
@@ -49,7 +53,6 @@ pub fn below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
         .filter(|mp| mp.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
     found
 }
 
@@ -85,6 +88,26 @@ garbage
         assert_eq!(unescape(b"a\\0"), b"a\\0");
         assert_eq!(unescape(b"\\777x"), b"\\777x");
         assert_eq!(unescape(b"\\"), b"\\");
+    }
+
+    #[test]
+    fn a_stacked_mount_is_listed_once_per_layer() {
+        // Found by fuzzing (fuzz/fuzz_targets/mountinfo.rs): lines for one
+        // point came back twice when apart, once when neighbours.
+        let apart = "\
+1 0 0:1 / /d/a rw - tmpfs t rw
+2 0 0:2 / /d/b rw - tmpfs t rw
+3 0 0:3 / /d/a rw - tmpfs t rw";
+        let mut got = below(apart, Path::new("/d"));
+        got.sort();
+        assert_eq!(got, ["/d/a", "/d/a", "/d/b"].map(PathBuf::from));
+        let together = "\
+1 0 0:1 / /d/a rw - tmpfs t rw
+3 0 0:3 / /d/a rw - tmpfs t rw";
+        assert_eq!(
+            below(together, Path::new("/d")),
+            ["/d/a", "/d/a"].map(PathBuf::from)
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ const DEV_LINKS: [(&str, &str); 6] = [
 /// as if the rootfs were `/`, and `..` never leaves it. So an image's
 /// `/var/run -> /run` sends a mount on `/var/run/x` to `<rootfs>/run/x`, not to
 /// the guest's own `/run`.
-fn under(root: &Path, path: &str) -> Option<PathBuf> {
+pub(crate) fn under(root: &Path, path: &str) -> Option<PathBuf> {
     if !path.starts_with('/') {
         return None;
     }

@@ -138,12 +138,17 @@ fn condition(syscall: &str, arg: &LinuxSeccompArg) -> Result<SeccompCondition> {
         "SCMP_CMP_MASKED_EQ" => SeccompCmpOp::MaskedEq(arg.Value),
         other => return Err(SeccompError::Operator(other.into())),
     };
-    let value = match op {
-        SeccompCmpOp::MaskedEq(_) => arg.ValueTwo,
-        _ => arg.Value,
-    };
     // An index that does not fit u8 is out of range anyway: let seccompiler reject it.
     let index = u8::try_from(arg.Index).unwrap_or(u8::MAX);
+    let (op, value) = match op {
+        // libseccomp (runc) compares `arg & mask` with ValueTwo as given, so a
+        // value with bits outside the mask never matches; seccompiler masks
+        // the value first (it would match `arg & mask == ValueTwo & mask`).
+        // Such a condition becomes one that never holds: arg < 0.
+        SeccompCmpOp::MaskedEq(mask) if arg.ValueTwo & !mask != 0 => (SeccompCmpOp::Lt, 0),
+        SeccompCmpOp::MaskedEq(_) => (op, arg.ValueTwo),
+        _ => (op, arg.Value),
+    };
     // Syscall arguments are compared as 64-bit values, as libseccomp does.
     SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|source| {
         SeccompError::Rule {
@@ -216,7 +221,9 @@ pub fn compile(spec: &LinuxSeccomp, warn: &mut dyn FnMut(String)) -> Result<Comp
     let mut by_action: Vec<(SeccompAction, RuleMap)> = Vec::new();
     for entry in &spec.Syscalls {
         let act = action(&entry.Action, errno_ret(entry))?;
-        if act == default {
+        // Compared as the kernel sees them: ERRNO/TRACE data is 16 bits, so
+        // an errnoRet of 65537 is the default's EPERM (libseccomp's view too).
+        if u32::from(act.clone()) == u32::from(default.clone()) {
             // Answered the default anyway (libseccomp refuses such rules; runc skips them).
             continue;
         }
@@ -305,6 +312,48 @@ mod tests {
             Syscalls: syscalls,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn masked_eq_with_a_value_outside_the_mask_never_matches() {
+        // Found by fuzzing (fuzz/fuzz_targets/agent_seccomp.rs): seccompiler
+        // masks the value, so (arg & 0xff) == 0x100 matched arg 0 (runc: never).
+        let arg = |mask: u64, value: u64| LinuxSeccompArg {
+            Index: 1,
+            Value: mask,
+            ValueTwo: value,
+            Op: "SCMP_CMP_MASKED_EQ".into(),
+            ..Default::default()
+        };
+        let never = SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Lt, 0)
+            .expect("condition");
+        assert_eq!(
+            condition("personality", &arg(0xff, 0x100)).expect("c"),
+            never
+        );
+        let kept = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(0xff),
+            0x10,
+        )
+        .expect("condition");
+        assert_eq!(condition("personality", &arg(0xff, 0x10)).expect("c"), kept);
+    }
+
+    #[test]
+    fn a_rule_answering_the_default_modulo_16_bits_is_skipped() {
+        // Found by fuzzing: TRACE with errnoRet 65537 is the default TRACE
+        // (EPERM) in BPF, yet it got its own filter and overrode an ALLOW.
+        let p = profile(
+            "SCMP_ACT_TRACE",
+            vec![
+                syscall(&["read"], "SCMP_ACT_ALLOW", None),
+                syscall(&["read"], "SCMP_ACT_TRACE", Some(65537)),
+            ],
+        );
+        let c = compile(&p, &mut |_| {}).expect("compiles");
+        assert_eq!(c.programs.len(), 1);
     }
 
     #[test]

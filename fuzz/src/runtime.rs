@@ -1,0 +1,18 @@
+//! The agent's `runtime` module's helpers, as `runtime/mod.rs` defines them.
+
+#[path = "../../guest/agent/src/runtime/rootfs.rs"]
+mod rootfs;
+
+#[path = "../../guest/agent/src/runtime/seccomp.rs"]
+pub mod seccomp;
+
+type Res<T> = std::result::Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// The agent's rootfs path resolver (`rootfs::under`).
+pub fn resolve_under(root: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
+    rootfs::under(root, path)
+}
