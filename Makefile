@@ -52,14 +52,17 @@ FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 5
 FUZZ_SMOKE_RUNS ?= 20000
 FUZZ_CARGO ?= cargo +nightly fuzz
+# The instrumented build is the expensive part (every crate again with ASan
+# and coverage): kept across clones, like the guest kernel's cache.
+export CARGO_TARGET_DIR_FUZZ ?= /var/cache/kata-shim/fuzz-target
 
 fuzz-build: deps
-	cd fuzz && $(FUZZ_CARGO) build
+	cd fuzz && CARGO_TARGET_DIR=$(CARGO_TARGET_DIR_FUZZ) $(FUZZ_CARGO) build
 
 fuzz: fuzz-build
 	cd fuzz && for t in $$($(FUZZ_CARGO) list); do \
 	  mkdir -p corpus/$$t seeds/$$t && \
-	  $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
+	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR_FUZZ) $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
 
@@ -67,7 +70,7 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	cd fuzz && for t in $$($(FUZZ_CARGO) list); do \
 	  mkdir -p corpus/$$t seeds/$$t && \
-	  $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
+	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR_FUZZ) $(FUZZ_CARGO) run $$t corpus/$$t seeds/$$t -- \
 	    -max_total_time=$(FUZZ_SMOKE_SECONDS) -runs=$(FUZZ_SMOKE_RUNS) || exit 1; \
 	done
 
