@@ -76,6 +76,10 @@ pub struct BootParams<'a> {
     pub hostname: &'a str,
     /// The pod's network namespace (CRI creates one and CNI fills it).
     pub netns: Option<&'a Path>,
+    /// No sandbox container will own the pod's PID namespace (containerd's
+    /// Sandbox API): the agent holds one, as upstream's does for
+    /// `sandbox_pidns` at CreateSandbox.
+    pub pod_pidns: bool,
 }
 
 impl Sandbox {
@@ -106,7 +110,7 @@ impl Sandbox {
             }
             None => None,
         };
-        let result = Self::boot_in(id, params.hostname, nic.as_ref(), &paths, config, seams).await;
+        let result = Self::boot_in(id, &params, nic.as_ref(), &paths, config, seams).await;
         if result.is_err() {
             if let Some((ns, iface, _)) = &nic {
                 let _ = network::detach_tap(ns, &iface.name).await;
@@ -118,7 +122,7 @@ impl Sandbox {
 
     async fn boot_in(
         id: &str,
-        hostname: &str,
+        params: &BootParams<'_>,
         nic: Option<&(PathBuf, network::Interface, network::PodNetwork)>,
         paths: &SandboxPaths,
         config: &Config,
@@ -189,7 +193,7 @@ impl Sandbox {
         };
         let req = CreateSandboxRequest {
             sandbox_id: id.to_owned(),
-            hostname: hostname.to_owned(),
+            hostname: params.hostname.to_owned(),
             storages: vec![Storage {
                 driver: shared_fs_driver(q.options.shared_fs).into(),
                 source: "kataShared".into(),
@@ -197,6 +201,7 @@ impl Sandbox {
                 mount_point: format!("{GUEST_SHARED_DIR}/"),
                 ..Default::default()
             }],
+            sandbox_pidns: params.pod_pidns,
             ..Default::default()
         };
         phase(id, "agent_connect", t);

@@ -136,6 +136,7 @@ impl TaskService {
                         BootParams {
                             hostname: spec.hostname().as_deref().unwrap_or_default(),
                             netns: netns.as_deref(),
+                            pod_pidns: false,
                         },
                         &self.run_root,
                         &cfg,
