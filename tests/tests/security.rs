@@ -5,7 +5,7 @@
 //! QEMU and the helpers are inspected, and a frozen VM is torn down.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
