@@ -249,7 +249,6 @@ async fn configure_guest_network(
     Ok(())
 }
 
-/// Logs how long one phase of pod start took (`make bench` reads these).
 /// The VM description of sandbox `id` (no pod network) for `config`.
 pub fn vm_config(id: &str, paths: &SandboxPaths, config: &Config) -> VmConfig {
     let q = &config.qemu;
@@ -259,7 +258,18 @@ pub fn vm_config(id: &str, paths: &SandboxPaths, config: &Config) -> VmConfig {
         qemu_path: q.path.clone(),
         kernel: q.kernel.clone(),
         initrd: q.initrd.clone(),
-        kernel_params: q.kernel_params.clone(),
+        kernel_params: if config.debug_console {
+            // Upstream Kata's parameters; the agent serves a shell on the port.
+            format!(
+                "{} agent.debug_console agent.debug_console_vport={}",
+                q.kernel_params,
+                protocols::DEBUG_CONSOLE_VSOCK_PORT
+            )
+            .trim()
+            .to_owned()
+        } else {
+            q.kernel_params.clone()
+        },
         machine: q.machine,
         accel: q.accel,
         vcpus: q.vcpus,
@@ -274,6 +284,7 @@ pub fn vm_config(id: &str, paths: &SandboxPaths, config: &Config) -> VmConfig {
     }
 }
 
+/// Logs how long one phase of pod start took (`make bench` reads these).
 pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
     tracing::info!(
         sandbox,

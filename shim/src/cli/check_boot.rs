@@ -42,6 +42,9 @@ pub async fn boot(config: &Config, run_root: &Path) -> (Finding, Option<f64>) {
             if let Err(e) = sb.shutdown().await {
                 tracing::warn!(sandbox = %id, error = %e, "check: stopping the test sandbox");
             }
+            if let Err(e) = sb.mounter.teardown(&sb.paths).await {
+                tracing::warn!(sandbox = %id, error = %e, "check: removing the test sandbox's share");
+            }
             (
                 Finding {
                     check: "boot",
