@@ -54,6 +54,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Seconds from launch to a sandbox the agent answers in (`--boot`).
     pub boot_seconds: Option<f64>,
+    /// The id of `--boot`'s test sandbox (its directory is named after it).
+    pub boot_sandbox: Option<String>,
     /// Whether this host can run pods: no `FAIL` line.
     pub can_run_pods: bool,
 }
@@ -64,6 +66,7 @@ impl Report {
             config,
             findings,
             boot_seconds: None,
+            boot_sandbox: None,
             can_run_pods: true,
         };
         r.settle();

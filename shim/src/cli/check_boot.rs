@@ -13,12 +13,11 @@ use crate::share::HostMounter;
 use super::check::{Finding, Verdict};
 
 /// Boots and stops a sandbox under `run_root`; the finding carries the time.
-pub async fn boot(config: &Config, run_root: &Path) -> (Finding, Option<f64>) {
-    let id = format!("kata-shim-check-{}", std::process::id());
+pub async fn boot(config: &Config, run_root: &Path, id: &str) -> (Finding, Option<f64>) {
     let hypervisor = hypervisor::Qemu::new();
     let t = Instant::now();
     let booted = Sandbox::boot(
-        &id,
+        id,
         BootParams {
             hostname: "check",
             netns: None,

@@ -104,10 +104,13 @@ fn run_check(o: &Opts) -> Result<i32, OpsError> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
+                let id = format!("kata-shim-check-{}", std::process::id());
                 let (finding, secs) = rt.block_on(super::check_boot::boot(
                     cfg,
                     std::path::Path::new(crate::persist::RUN_ROOT),
+                    &id,
                 ));
+                report.boot_sandbox = Some(id);
                 report.findings.push(finding);
                 report.boot_seconds = secs;
                 report.settle();
