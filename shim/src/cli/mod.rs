@@ -9,6 +9,8 @@ mod check_tests;
 pub mod console;
 pub mod daemon;
 pub mod delete;
+#[cfg(test)]
+mod docs_tests;
 pub mod env;
 pub mod flags;
 pub mod ops;
