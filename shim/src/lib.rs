@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod io;
+pub mod metrics;
 pub mod network;
 pub mod persist;
 pub mod podsize;

@@ -201,6 +201,7 @@ impl Sandbox {
             tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
         }
         tracing::info!(sandbox = id, "sandbox ready");
+        crate::metrics::server::spawn(id, &paths.base, &paths.vm);
         Ok(Sandbox {
             id: id.to_owned(),
             paths: paths.clone(),
@@ -286,6 +287,7 @@ pub fn vm_config(id: &str, paths: &SandboxPaths, config: &Config) -> VmConfig {
 
 /// Logs how long one phase of pod start took (`make bench` reads these).
 pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
+    crate::metrics::record_phase(sandbox, name, since.elapsed().as_secs_f64());
     tracing::info!(
         sandbox,
         phase = name,

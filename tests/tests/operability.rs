@@ -176,3 +176,87 @@ fn debug_console_runs_commands_in_the_vm_only_when_enabled() -> Result<()> {
     assert!(left.is_empty(), "left behind: {left:#?}");
     Ok(())
 }
+
+/// One scrape of `containerd-shim-kata-v2 metrics [ID]`, parsed by a
+/// Prometheus text-format parser.
+fn scrape(args: &[&str]) -> Result<prometheus_parse::Scrape> {
+    let mut all = vec!["metrics"];
+    all.extend_from_slice(args);
+    let out = shim_run(&all)?;
+    anyhow::ensure!(out.status.success(), "metrics: {}", text(&out));
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<std::io::Result<String>> = body.lines().map(|l| Ok(l.to_owned())).collect();
+    Ok(prometheus_parse::Scrape::parse(lines.into_iter())?)
+}
+
+fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_of_a_running_sandbox_parse_and_follow_its_cpu() -> Result<()> {
+    vm_tests_ready().context("prerequisite")?;
+    let ctd = Containerd::start()?;
+    let id = "metrics-pod";
+    let result = (|| -> Result<()> {
+        ctd.run_detached(id, &[], &["sleep", "300"])?;
+        let s0 = scrape(&[id])?;
+        for process in ["qemu", "virtiofsd", "vhost-device-vsock", "shim"] {
+            let rss = value(&s0, "kata_shim_process_rss_bytes", &[("process", process)]);
+            assert!(rss.is_some_and(|v| v > 0.0), "{process} rss: {rss:?}");
+            let pss = value(&s0, "kata_shim_process_pss_bytes", &[("process", process)]);
+            assert!(pss.is_some_and(|v| v > 0.0), "{process} pss: {pss:?}");
+        }
+        let launch = value(
+            &s0,
+            "kata_shim_pod_start_phase_seconds",
+            &[("phase", "vm_launch")],
+        );
+        assert!(launch.is_some_and(|v| v > 0.0), "vm_launch: {launch:?}");
+        let qemu_cpu = |s: &prometheus_parse::Scrape| {
+            value(
+                s,
+                "kata_shim_process_cpu_seconds_total",
+                &[("sandbox", id), ("process", "qemu")],
+            )
+            .unwrap_or(f64::NAN)
+        };
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let s1 = scrape(&[id])?;
+        let idle = qemu_cpu(&s1) - qemu_cpu(&s0);
+        // Burn the guest's vCPU for 4 s from inside the container.
+        ctd.ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "burn",
+            id,
+            "sh",
+            "-c",
+            "end=$(( $(date +%s) + 4 )); while [ $(date +%s) -lt $end ]; do :; done",
+        ])?;
+        let s2 = scrape(&[id])?;
+        let burn = qemu_cpu(&s2) - qemu_cpu(&s1);
+        eprintln!("qemu CPU: {idle:.2} s over 3 s idle, {burn:.2} s over the 4 s burn");
+        assert!(burn > idle + 1.0, "idle {idle:.2} s, burning {burn:.2} s");
+        // The node-wide view has the sandbox too.
+        let all = scrape(&[])?;
+        assert!(value(&all, "kata_shim_sandbox_up", &[("sandbox", id)]) == Some(1.0));
+        Ok(())
+    })();
+    ctd.remove(id);
+    let scope = ctd.dir.clone();
+    drop(ctd);
+    result?;
+    let left = left_by(&scope, &[id]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}

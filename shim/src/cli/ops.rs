@@ -8,7 +8,7 @@ use crate::config;
 use super::check::{self, RealHost, Report};
 
 /// The operator commands, dispatched before containerd's flags are parsed.
-pub const COMMANDS: [&str; 3] = ["check", "env", "console"];
+pub const COMMANDS: [&str; 4] = ["check", "env", "console", "metrics"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -29,7 +29,8 @@ pub enum OpsError {
 const USAGE: &str = "usage:
   containerd-shim-kata-v2 check [--json] [--boot] [--config FILE]
   containerd-shim-kata-v2 env [--json] [--config FILE]
-  containerd-shim-kata-v2 console [--config FILE] SANDBOX-ID [COMMAND...]";
+  containerd-shim-kata-v2 console SANDBOX-ID [COMMAND...]
+  containerd-shim-kata-v2 metrics [SANDBOX-ID]";
 
 #[derive(Debug, Default)]
 struct Opts {
@@ -81,6 +82,7 @@ pub fn main(command: &str, args: &[String]) -> Result<i32, OpsError> {
         "check" => run_check(&o),
         "env" => run_env(&o),
         "console" => super::console::main(&o.positional, o.config.as_deref()),
+        "metrics" => run_metrics(&o),
         other => Err(OpsError::Usage(format!("unknown command {other}\n{USAGE}"))),
     }
 }
@@ -156,4 +158,38 @@ fn run_env(o: &Opts) -> Result<i32, OpsError> {
     };
     println!("{}", text.trim_end());
     Ok(0)
+}
+
+/// Prometheus text of one sandbox, or of every sandbox on the node.
+fn run_metrics(o: &Opts) -> Result<i32, OpsError> {
+    let root = std::path::Path::new(crate::persist::RUN_ROOT);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match o.positional.as_slice() {
+        [] => {
+            let (text, failed) = rt.block_on(crate::metrics::gather::all(root));
+            print!("{text}");
+            for f in &failed {
+                eprintln!("no metrics from {f}");
+            }
+            Ok(0)
+        }
+        [id] => {
+            let socket = crate::persist::SandboxPaths::new(root, id)
+                .base
+                .join(crate::metrics::SOCKET);
+            let text = rt
+                .block_on(crate::metrics::server::fetch(&socket))
+                .map_err(|e| {
+                    OpsError::Usage(format!(
+                        "sandbox {id:?}: no metrics at {} ({e})",
+                        socket.display()
+                    ))
+                })?;
+            print!("{text}");
+            Ok(0)
+        }
+        _ => Err(OpsError::Usage(USAGE.into())),
+    }
 }
