@@ -246,6 +246,9 @@ fn metrics_of_a_running_sandbox_parse_and_follow_its_cpu() -> Result<()> {
         let s2 = scrape(&[id])?;
         let burn = qemu_cpu(&s2) - qemu_cpu(&s1);
         eprintln!("qemu CPU: {idle:.2} s over 3 s idle, {burn:.2} s over the 4 s burn");
+        if let Ok(out) = shim_run(&["metrics", id]) {
+            eprintln!("sample:\n{}", String::from_utf8_lossy(&out.stdout));
+        }
         assert!(burn > idle + 1.0, "idle {idle:.2} s, burning {burn:.2} s");
         // The node-wide view has the sandbox too.
         let all = scrape(&[])?;

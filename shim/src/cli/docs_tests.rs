@@ -67,3 +67,22 @@ fn the_documents_the_index_names_exist() {
         );
     }
 }
+
+#[test]
+fn every_metric_family_is_documented() {
+    let ops = include_str!("../../../docs/operations.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = crate::metrics::render("docs", dir.path());
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 5, "{text}");
+    for name in names {
+        assert!(
+            ops.contains(&format!("| `{name}` |")),
+            "{name} is not in docs/operations.md"
+        );
+    }
+}
