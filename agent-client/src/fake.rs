@@ -321,6 +321,7 @@ impl Agent for FakeAgent {
     }
 
     async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<()> {
+        self.hang_point("CreateSandbox").await;
         self.record(Call::CreateSandbox(req))
     }
 
@@ -330,6 +331,7 @@ impl Agent for FakeAgent {
     }
 
     async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<()> {
+        self.hang_point("CreateContainer").await;
         self.record(Call::CreateContainer(req))
     }
 

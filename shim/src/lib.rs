@@ -7,6 +7,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod hooks;
 pub mod io;
 pub mod metrics;
