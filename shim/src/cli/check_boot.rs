@@ -20,7 +20,7 @@ pub async fn boot(config: &Config, run_root: &Path, id: &str) -> (Finding, Optio
         id,
         BootParams {
             hostname: "check",
-            netns: None,
+            ..Default::default()
         },
         run_root,
         config,
