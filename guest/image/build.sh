@@ -145,6 +145,15 @@ stage=$(mktemp -d "$CACHE/stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 for d in "${DIRS[@]}"; do mkdir -p "$stage/$d"; done
 install -m 0755 "$AGENT" "$stage/init"
+# The debug console's shell (`[agent.kata] debug_console_enabled`): a static
+# busybox with every applet linked in /bin.
+BUSYBOX=${GUEST_BUSYBOX:-/bin/busybox}
+[ -x "$BUSYBOX" ] || { log "$BUSYBOX is missing (apt-get install busybox-static)"; exit 1; }
+mkdir -p "$stage/bin"
+install -m 0755 "$BUSYBOX" "$stage/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
+done
 : >"$stage/lib/modules/load-order"
 for p in "${order[@]}"; do
   base=$(basename "$p")

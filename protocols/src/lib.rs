@@ -29,6 +29,9 @@ pub use containerd_shim_protos as containerd;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Upstream's conventional agent log port.
 pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
+/// Upstream's debug console port (`agent.debug_console_vport`): a shell in
+/// the guest, served only when the kernel command line asks for it.
+pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
 /// What the project's guest agent prints on the console (its log at info
 /// level) once it listens on vsock; the shim opens the vsock to clients on it.
 pub const AGENT_READY_LINE: &str = "kata_agent: agent ready";

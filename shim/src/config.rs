@@ -14,6 +14,8 @@ use serde::Deserialize;
 use crate::annotations::{self, AnnotationPolicy, Overrides};
 use crate::error::{Error, Result};
 
+pub mod dropins;
+
 pub const DEFAULT_PATHS: [&str; 2] = [
     "/etc/kata-containers/configuration.toml",
     "/usr/share/defaults/kata-containers/configuration.toml",
@@ -25,6 +27,9 @@ pub struct Config {
     pub source: PathBuf,
     pub qemu: QemuConfig,
     pub agent_dial_timeout: Duration,
+    /// `[agent.kata] debug_console_enabled`: the guest serves a shell on
+    /// [`protocols::DEBUG_CONSOLE_VSOCK_PORT`] (`containerd-shim-kata-v2 console`).
+    pub debug_console: bool,
     pub debug: bool,
     /// Which `io.katacontainers.config.*` annotations may override this.
     pub annotation_policy: AnnotationPolicy,
@@ -130,11 +135,15 @@ struct RawAgents {
 #[serde(default)]
 struct RawAgent {
     dial_timeout: u64,
+    debug_console_enabled: bool,
 }
 
 impl Default for RawAgent {
     fn default() -> Self {
-        Self { dial_timeout: 60 }
+        Self {
+            dial_timeout: 60,
+            debug_console_enabled: false,
+        }
     }
 }
 
@@ -176,16 +185,16 @@ pub fn locate(explicit: Option<&str>) -> Result<PathBuf> {
         })
 }
 
-/// Reads and validates the configuration at `path`.
+/// Reads and validates the configuration at `path`, with its `config.d`
+/// drop-ins merged ([`dropins`]).
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+    let (text, _) = dropins::merged_text(path)?;
     parse(&text, path)
 }
 
 /// Keys this project reads, per section; others are Kata keys we do not
 /// implement (or typos) and are warned about, not fatal.
-const KNOWN_KEYS: [(&str, &[&str]); 3] = [
+pub const KNOWN_KEYS: [(&str, &[&str]); 3] = [
     (
         "hypervisor.qemu",
         &[
@@ -214,7 +223,7 @@ const KNOWN_KEYS: [(&str, &[&str]); 3] = [
             "virtio_fs_extra_args",
         ],
     ),
-    ("agent.kata", &["dial_timeout"]),
+    ("agent.kata", &["dial_timeout", "debug_console_enabled"]),
     ("runtime", &["enable_debug"]),
 ];
 
@@ -302,6 +311,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
             ))
         })?;
     let options = vm_options(&q, machine, vcpus, memory_mib, &HostLimits::probe())?;
+    let agent = raw.agent.kata.unwrap_or_default();
     for (key, value) in [
         ("kernel", &q.kernel),
         ("initrd", &q.initrd),
@@ -327,9 +337,8 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
             virtiofsd: q.virtio_fs_daemon.into(),
             options,
         },
-        agent_dial_timeout: Duration::from_secs(
-            raw.agent.kata.unwrap_or_default().dial_timeout.max(1),
-        ),
+        agent_dial_timeout: Duration::from_secs(agent.dial_timeout.max(1)),
+        debug_console: agent.debug_console_enabled,
         debug: raw.runtime.enable_debug,
         annotation_policy: {
             let policy = AnnotationPolicy {

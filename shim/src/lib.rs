@@ -10,6 +10,7 @@ pub mod events;
 pub mod failpoint;
 pub mod hooks;
 pub mod io;
+pub mod metrics;
 pub mod network;
 pub mod persist;
 pub mod podsize;

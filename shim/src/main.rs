@@ -18,6 +18,16 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let args: Vec<_> = std::env::args_os().collect();
+    if let Some(cmd) = args.get(1).and_then(|a| a.to_str()) {
+        if cli::ops::COMMANDS.contains(&cmd) {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let code = cli::ops::main(cmd, &rest)?;
+            std::process::exit(code);
+        }
+    }
     let flags = cli::flags::parse(&args[1..]).context("parsing arguments")?;
     if flags.version {
         println!("containerd-shim-kata-v2:");

@@ -163,27 +163,12 @@ impl Sandbox {
         let vm = hypervisor
             .launch_with_options(
                 VmConfig {
-                    id: id.to_owned(),
-                    run_dir: paths.vm.clone(),
-                    qemu_path: q.path.clone(),
-                    kernel: q.kernel.clone(),
-                    initrd: q.initrd.clone(),
-                    kernel_params: q.kernel_params.clone(),
-                    machine: q.machine,
-                    accel: q.accel,
-                    vcpus: q.vcpus,
-                    memory_mib: q.memory_mib,
-                    vsock: q.vsock,
-                    vhost_device_vsock_path: q.vhost_user_vsock_daemon.clone(),
-                    shared_dir: paths.shared.clone(),
-                    virtiofsd_path: q.virtiofsd.clone(),
-                    start_timeout: Duration::from_secs(10),
-                    console_ready: Some(protocols::AGENT_READY_LINE.into()),
                     network: nic.map(|(ns, iface, _)| NetworkConfig {
                         netns: ns.clone(),
                         tap: network::TAP_NAME.into(),
                         mac: iface.mac.clone(),
                     }),
+                    ..vm_config(id, paths, config)
                 },
                 q.options.clone(),
             )
@@ -247,6 +232,7 @@ impl Sandbox {
             tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
         }
         tracing::info!(sandbox = id, "sandbox ready");
+        crate::metrics::server::spawn(id, &paths.base, &paths.vm);
         Ok(Sandbox {
             id: id.to_owned(),
             paths: paths.clone(),
@@ -295,8 +281,44 @@ async fn configure_guest_network(
     Ok(())
 }
 
+/// The VM description of sandbox `id` (no pod network) for `config`.
+pub fn vm_config(id: &str, paths: &SandboxPaths, config: &Config) -> VmConfig {
+    let q = &config.qemu;
+    VmConfig {
+        id: id.to_owned(),
+        run_dir: paths.vm.clone(),
+        qemu_path: q.path.clone(),
+        kernel: q.kernel.clone(),
+        initrd: q.initrd.clone(),
+        kernel_params: if config.debug_console {
+            // Upstream Kata's parameters; the agent serves a shell on the port.
+            format!(
+                "{} agent.debug_console agent.debug_console_vport={}",
+                q.kernel_params,
+                protocols::DEBUG_CONSOLE_VSOCK_PORT
+            )
+            .trim()
+            .to_owned()
+        } else {
+            q.kernel_params.clone()
+        },
+        machine: q.machine,
+        accel: q.accel,
+        vcpus: q.vcpus,
+        memory_mib: q.memory_mib,
+        vsock: q.vsock,
+        vhost_device_vsock_path: q.vhost_user_vsock_daemon.clone(),
+        shared_dir: paths.shared.clone(),
+        virtiofsd_path: q.virtiofsd.clone(),
+        start_timeout: Duration::from_secs(10),
+        console_ready: Some(protocols::AGENT_READY_LINE.into()),
+        network: None,
+    }
+}
+
 /// Logs how long one phase of pod start took (`make bench` reads these).
 pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
+    crate::metrics::record_phase(sandbox, name, since.elapsed().as_secs_f64());
     tracing::info!(
         sandbox,
         phase = name,

@@ -116,7 +116,7 @@ fn keep_newest(buf: &mut VecDeque<u8>, bytes: &[u8], front: bool) {
     buf.extend(bytes);
 }
 
-fn listener(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
+pub(crate) fn listener(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
     let fd = socket(
         AddressFamily::Vsock,
         SockType::Stream,

@@ -6,6 +6,7 @@
 //! address (e.g. `unix:///tmp/agent.sock`).
 mod cgroups;
 mod container;
+mod debug_console;
 mod error;
 mod init;
 mod logsink;
@@ -80,6 +81,9 @@ fn main() {
         init::load_modules();
         init::loopback_up();
         init::tune_page_reporting(&cmdline);
+        if let Some(port) = debug_console::vport_of(&cmdline) {
+            debug_console::start(port);
+        }
     } else {
         // Not our system to set up: nothing to wait for before mounting.
         init::late_modules_done();

@@ -1,9 +1,19 @@
-//! The binary's actions: `start`, `delete`, and the daemon (no action).
+//! The binary's actions: `start`, `delete`, and the daemon (no action);
+//! the operator commands of [`ops`] (`check`, `env`, `console`).
 
 pub mod bootstrap;
+pub mod check;
+pub mod check_boot;
+#[cfg(test)]
+mod check_tests;
+pub mod console;
 pub mod daemon;
 pub mod delete;
+#[cfg(test)]
+mod docs_tests;
+pub mod env;
 pub mod flags;
+pub mod ops;
 pub mod start;
 
 use std::path::Path;
