@@ -1,6 +1,7 @@
 //! Load on real VMs (issue: untrusted guest, load): twenty pods started at
 //! once, each with its own exit code to report; five hundred execs with
-//! stdin in one pod. No exit code may be lost, the shim may not keep a
+//! stdin in one pod; fifty containers of one pod created, killed and
+//! deleted at once. No exit code may be lost, the shim may not keep a
 //! descriptor per exec, and nothing may be left behind. The figures
 //! (times, descriptors) are printed for the closing notes.
 
@@ -206,6 +207,97 @@ fn five_hundred_execs_with_stdin_in_one_pod_lose_nothing() -> Result<()> {
         failures.len(),
         &failures[..failures.len().min(10)]
     );
+    settled.with_context(|| format!("shim descriptors {fds_before} -> {fds_after}"))?;
+    assert_no_leftovers(ctd);
+    Ok(())
+}
+
+const APPS: usize = 50;
+
+/// Runs `f(i)` for every `i` in `0..n` on threads at once; the errors.
+fn all_at_once(n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Vec<String> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n).map(|i| (i, s.spawn(move || f(i)))).collect();
+        handles
+            .into_iter()
+            .filter_map(|(i, h)| match h.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{i}: {e:#}")),
+                Err(_) => Some(format!("{i}: thread panicked")),
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn fifty_containers_of_one_pod_created_killed_and_deleted_at_once() -> Result<()> {
+    require_vm!();
+    let ctd = Containerd::start()?;
+    let events = ctd.events()?;
+    let pod_annotations = |kind: &str| {
+        vec![
+            "--annotation".to_owned(),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "--annotation".to_owned(),
+            "io.kubernetes.cri.sandbox-id=pod".to_owned(),
+        ]
+    };
+    let sandbox: Vec<String> = pod_annotations("sandbox");
+    let sandbox: Vec<&str> = sandbox.iter().map(String::as_str).collect();
+    ctd.run_detached("pod", &sandbox, &["sleep", "3600"])?;
+    let shim = leaks::processes_mentioning(&ctd.dir.to_string_lossy())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("containerd-shim-kata-v2"))
+        .map(|(pid, _)| pid)
+        .context("no shim")?;
+    let fds_before = open_fds(shim);
+    let app: Vec<String> = pod_annotations("container");
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let mut failures = all_at_once(APPS, |i| {
+        ctd.run_detached(&format!("app-{i}"), &app, &["sleep", "3600"])
+    });
+    let created = t.elapsed();
+    let t = Instant::now();
+    failures.extend(all_at_once(APPS, |i| {
+        ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &format!("app-{i}")])
+            .map(drop)
+    }));
+    // Each container's own exit, 137, before its delete.
+    let reported = wait_until(Duration::from_secs(60), || {
+        let text = events.text();
+        (0..APPS).all(|i| exit_status(&text, &format!("app-{i}")).is_some())
+    });
+    let text = events.text();
+    for i in 0..APPS {
+        let status = exit_status(&text, &format!("app-{i}"));
+        if status != Some(137) {
+            failures.push(format!("app-{i}: exit {status:?}, want 137"));
+        }
+    }
+    failures.extend(all_at_once(APPS, |i| {
+        let id = format!("app-{i}");
+        ctd.ctr_ok(&["task", "delete", &id])?;
+        ctd.ctr_ok(&["container", "rm", &id]).map(drop)
+    }));
+    let gone = t.elapsed();
+    let settled = wait_until(Duration::from_secs(10), || open_fds(shim) <= fds_before);
+    let fds_after = open_fds(shim);
+    let qemus = leaks::processes_mentioning(&format!("{}/", leaks::RUN_ROOT))
+        .iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .count();
+    eprintln!(
+        "{APPS} containers in one pod: created in {created:.1?}, killed and deleted in \
+         {gone:.1?}; shim fds {fds_before} -> {fds_after}; {} failures",
+        failures.len()
+    );
+    ctd.remove("pod");
+    drop(events);
+    assert!(failures.is_empty(), "{failures:#?}");
+    reported?;
+    assert_eq!(qemus, 1, "one VM for the pod");
     settled.with_context(|| format!("shim descriptors {fds_before} -> {fds_after}"))?;
     assert_no_leftovers(ctd);
     Ok(())
