@@ -361,7 +361,7 @@ impl QemuVm {
                     helpers, qemu, cid, ..
                 } = launching;
                 let Some(qemu) = qemu else {
-                    return Err(Error::Qmp("internal: QEMU missing after launch".into()));
+                    return Err(Error::Internal("QEMU missing after launch"));
                 };
                 let (panicked_tx, panicked) = watch::channel(None);
                 let any_exit = watch_any_exit(
@@ -533,7 +533,7 @@ impl QemuVm {
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::Qmp("no QEMU attempt made".into())))
+        Err(last_err.unwrap_or(Error::Internal("no QEMU attempt made")))
     }
 
     /// Runs `f` on the QMP session, reconnecting once if it was lost.
@@ -553,12 +553,10 @@ impl QemuVm {
             *guard = Some(Qmp::connect(&self.run_dir.join(QMP_SOCKET), QMP_TIMEOUT).await?);
         }
         let Some(qmp) = guard.as_mut() else {
-            return Err(Error::Qmp("no QMP session".into()));
+            return Err(Error::Internal("no QMP session"));
         };
         let result = f(qmp).await;
-        if matches!(result, Err(Error::Io { .. }))
-            || matches!(&result, Err(Error::Qmp(m)) if m.contains("closed"))
-        {
+        if matches!(result, Err(Error::Io { .. } | Error::QmpClosed)) {
             *guard = None;
         }
         result
@@ -805,7 +803,7 @@ impl Vm for QemuVm {
         let status = self.with_qmp(|q| Box::pin(q.query_status())).await?;
         match status.status.as_str() {
             "running" | "paused" => Ok(()),
-            other => Err(Error::Qmp(format!("VM status is {other}"))),
+            other => Err(Error::NotRunning(other.to_string())),
         }
     }
 
@@ -847,7 +845,7 @@ impl Vm for QemuVm {
                 }
                 match guard.as_mut() {
                     Some(q) => q.quit().await,
-                    None => Err(Error::Qmp("no QMP session".into())),
+                    None => Err(Error::Internal("no QMP session")),
                 }
             };
             match tokio::time::timeout(QUIT_TIMEOUT, quit).await {
