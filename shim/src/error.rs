@@ -95,11 +95,16 @@ impl From<Error> for ttrpc::Error {
 mod tests {
     use super::*;
 
-    fn code_of(e: Error) -> Code {
+    /// The status containerd receives for `e`.
+    fn status_of(e: Error) -> ttrpc::Status {
         match ttrpc::Error::from(e) {
-            ttrpc::Error::RpcStatus(s) => s.code(),
+            ttrpc::Error::RpcStatus(s) => s,
             other => panic!("not a status: {other:?}"),
         }
+    }
+
+    fn code_of(e: Error) -> Code {
+        status_of(e).code()
     }
 
     #[test]
@@ -138,10 +143,7 @@ mod tests {
             class: "GenericError".into(),
             desc: "Duplicate device ID 'dimm0'".into(),
         };
-        let status = match ttrpc::Error::from(Error::from(qemu_said)) {
-            ttrpc::Error::RpcStatus(s) => s,
-            other => panic!("not a status: {other:?}"),
-        };
+        let status = status_of(qemu_said.into());
         assert_eq!(status.code(), Code::INTERNAL);
         // What ctr prints: QEMU's class and description, no Rust structure.
         assert_eq!(
@@ -158,10 +160,7 @@ mod tests {
     fn agent_status_reads_as_a_message() {
         let agent =
             agent_client::Error::status(Code::FAILED_PRECONDITION, "container c1 is not running");
-        let status = match ttrpc::Error::from(Error::Agent(agent)) {
-            ttrpc::Error::RpcStatus(s) => s,
-            other => panic!("not a status: {other:?}"),
-        };
+        let status = status_of(Error::Agent(agent));
         assert_eq!(status.code(), Code::FAILED_PRECONDITION);
         assert_eq!(
             status.message(),
