@@ -9,7 +9,7 @@ use protocols::agent::{CreateSandboxRequest, Storage};
 use protocols::oci;
 
 /// Where the guest mounts the host's shared directory (virtio-fs `kataShared`).
-pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+pub use protocols::share::GUEST_SHARED_DIR;
 
 /// `name` on `$PATH`, else `fallback`.
 pub fn which(name: &str, fallback: &str) -> PathBuf {

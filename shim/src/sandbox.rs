@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
 use crate::share::Mounter;
-use crate::spec::GUEST_SHARED_DIR;
+use protocols::share::{driver, GUEST_SHARED_DIR, SHARED_FS_TAG};
 
 /// Dials the guest agent; a seam so the service can run on fakes.
 #[async_trait]
@@ -50,7 +50,7 @@ pub struct Sandbox {
     /// The pod NIC's tap, removed at shutdown.
     pub network: Option<PodNic>,
     /// The VM's size and hotplug room (Update grows it).
-    pub size: tokio::sync::Mutex<crate::service::resources::VmSize>,
+    pub size: tokio::sync::Mutex<crate::vmsize::VmSize>,
     /// Owns the share's mounts and directories.
     pub mounter: Arc<dyn Mounter>,
 }
@@ -192,7 +192,7 @@ impl Sandbox {
             hostname: hostname.to_owned(),
             storages: vec![Storage {
                 driver: shared_fs_driver(q.options.shared_fs).into(),
-                source: "kataShared".into(),
+                source: SHARED_FS_TAG.into(),
                 fstype: shared_fs_type(q.options.shared_fs).into(),
                 mount_point: format!("{GUEST_SHARED_DIR}/"),
                 ..Default::default()
@@ -225,7 +225,7 @@ impl Sandbox {
                 netns: ns.clone(),
                 interface: iface.name.clone(),
             }),
-            size: tokio::sync::Mutex::new(crate::service::resources::VmSize::of(q)),
+            size: tokio::sync::Mutex::new(crate::vmsize::VmSize::of(q)),
             mounter,
         })
     }
@@ -277,8 +277,8 @@ pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
 /// The agent's storage driver for the configured shared fs.
 fn shared_fs_driver(kind: hypervisor::SharedFsKind) -> &'static str {
     match kind {
-        hypervisor::SharedFsKind::VirtioFs => "virtio-fs",
-        hypervisor::SharedFsKind::Virtio9p => "9p",
+        hypervisor::SharedFsKind::VirtioFs => driver::VIRTIO_FS,
+        hypervisor::SharedFsKind::Virtio9p => driver::NINE_P,
     }
 }
 

@@ -107,7 +107,7 @@ pub fn early_setup() -> Vec<String> {
         }
         Err(e) => problems.push(format!("open /dev/console: {e}")),
     }
-    let _ = fs::create_dir_all("/run/kata-containers/shared/containers");
+    let _ = fs::create_dir_all(protocols::share::GUEST_SHARED_DIR);
     // The OOM killer must pick container processes, never the agent.
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
         problems.push(format!("oom_score_adj: {e}"));

@@ -12,15 +12,12 @@ use protocols::protobuf::{CodedInputStream, MessageField};
 use tracing::Instrument;
 
 use super::{Container, TaskService};
+use crate::annotations::cri;
 use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::sandbox::{BootParams, Sandbox, Seams};
 use crate::share::{self, ContainerMounts, RootfsMount};
 use crate::{config, hooks, podsize, spec};
-
-/// CRI annotations that tie a container to its pod.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
 /// `config_path` (field 2) of containerd's `runtimeoptions.v1.Options`, the
 /// runtime option Kata's users set `ConfigPath` with.
@@ -105,13 +102,10 @@ impl TaskService {
         let (sandbox, booted_here) = match guard.as_ref() {
             Some(s) => (s.clone(), false),
             None => {
-                if annotations
-                    .get(CONTAINER_TYPE_ANNOTATION)
-                    .map(String::as_str)
-                    == Some("container")
+                if annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some(cri::CONTAINER)
                 {
                     let sid = annotations
-                        .get(SANDBOX_ID_ANNOTATION)
+                        .get(cri::SANDBOX_ID)
                         .cloned()
                         .unwrap_or_default();
                     return Err(Error::FailedPrecondition(format!(
