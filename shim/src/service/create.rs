@@ -98,9 +98,17 @@ impl TaskService {
         let later_hooks = hooks::any(&spec, &[hooks::Phase::Poststart, hooks::Phase::Poststop]);
         let annotations = spec.annotations().clone().unwrap_or_default();
 
-        let mut guard = self.sandbox.lock().await;
-        let (sandbox, booted_here) = match guard.as_ref() {
-            Some(s) => (s.clone(), false),
+        let guard = self.sandbox.lock().await;
+        // The slot stays locked only while this Create boots the sandbox (a
+        // failed first container tears it down again); a container joining a
+        // running sandbox lets go at once, so State, Kill, Pids and Stats of
+        // the others never wait behind its CreateContainer in the guest.
+        let (sandbox, boot_guard) = match guard.as_ref() {
+            Some(s) => {
+                let s = s.clone();
+                drop(guard);
+                (s, None)
+            }
             None => {
                 if annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some(cri::CONTAINER)
                 {
@@ -144,7 +152,7 @@ impl TaskService {
                 );
                 self.watch_vm(sb.clone());
                 self.watch_oom(sb.clone());
-                (sb, true)
+                (sb, Some(guard))
             }
         };
 
@@ -163,22 +171,17 @@ impl TaskService {
             )
             .await;
         crate::sandbox::phase(&sandbox.id, "create_container", t);
-        match result {
-            Ok(()) => {
-                if booted_here {
-                    *guard = Some(sandbox.clone());
-                }
-            }
-            Err(e) => {
-                if booted_here {
-                    if let Err(se) = sandbox.shutdown().await {
-                        tracing::warn!(sandbox = %cid, error = %se, "tearing down after failed create");
-                    }
+        match (result, boot_guard) {
+            (Ok(()), Some(mut guard)) => *guard = Some(sandbox.clone()),
+            (Ok(()), None) => {}
+            (Err(e), Some(_guard)) => {
+                if let Err(se) = sandbox.shutdown().await {
+                    tracing::warn!(sandbox = %cid, error = %se, "tearing down after failed create");
                 }
                 return Err(e);
             }
+            (Err(e), None) => return Err(e),
         }
-        drop(guard);
 
         let stdio = Stdio {
             stdin: req.stdin.clone(),
