@@ -17,7 +17,7 @@
 //! answer, kills the helpers and removes the run directory.
 //!
 //! What [`VmConfig`] does not carry comes from [`VmOptions`] (per [`Qemu`],
-//! [`Qemu::with_options`]): QEMU's seccomp sandbox (on by default), a
+//! [`Hypervisor::launch`]): QEMU's seccomp sandbox (on by default), a
 //! virtio-rng entropy device (`/dev/urandom` by default), CPU features, room
 //! for vCPU and memory hotplug (q35 only), virtio-9p instead of virtiofsd.
 //! QEMU's events (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, DEVICE_DELETED)
@@ -355,17 +355,9 @@ pub trait Vm: Send + Sync {
 /// The seam the shim launches VMs through.
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
-    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>>;
-    /// Launches with these options instead of the hypervisor's own (they
-    /// come from the configuration file, per sandbox).
-    async fn launch_with_options(
-        &self,
-        config: VmConfig,
-        options: VmOptions,
-    ) -> Result<Box<dyn Vm>> {
-        let _ = options;
-        self.launch(config).await
-    }
+    /// Launches a VM: what it is (`config`) and how the hypervisor runs it
+    /// (`options`, from the configuration file, per sandbox).
+    async fn launch(&self, config: VmConfig, options: &VmOptions) -> Result<Box<dyn Vm>>;
 }
 
 /// Cleans up after a VM whose owner died: kills the processes recorded in

@@ -158,7 +158,6 @@ pub use crate::cmdline::{QMP_EVENTS_SOCKET, QMP_SOCKET, SHARED_FS_TAG};
 #[derive(Debug, Clone, Default)]
 pub struct Qemu {
     probe: HostProbe,
-    options: VmOptions,
 }
 
 impl Qemu {
@@ -168,35 +167,15 @@ impl Qemu {
 
     /// With other host paths for the KVM / PVM / vhost-vsock probes.
     pub fn with_probe(probe: HostProbe) -> Self {
-        Self {
-            probe,
-            ..Self::default()
-        }
-    }
-
-    /// Every VM launched gets these options (seccomp, entropy, CPU features,
-    /// hotplug room, shared fs kind).
-    pub fn with_options(mut self, options: VmOptions) -> Self {
-        self.options = options;
-        self
+        Self { probe }
     }
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
-    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
+    async fn launch(&self, config: VmConfig, options: &VmOptions) -> Result<Box<dyn Vm>> {
         Ok(Box::new(
-            QemuVm::launch(config, &self.probe, &self.options).await?,
-        ))
-    }
-
-    async fn launch_with_options(
-        &self,
-        config: VmConfig,
-        options: VmOptions,
-    ) -> Result<Box<dyn Vm>> {
-        Ok(Box::new(
-            QemuVm::launch(config, &self.probe, &options).await?,
+            QemuVm::launch(config, &self.probe, options).await?,
         ))
     }
 }
@@ -934,7 +913,7 @@ mod tests {
         let mut c = crate::config::tests::valid_config(d.path());
         c.memory_mib = 64;
         let e = Qemu::new()
-            .launch(c.clone())
+            .launch(c.clone(), &VmOptions::default())
             .await
             .map(|_| ())
             .expect_err("invalid");
@@ -965,7 +944,7 @@ mod tests {
         c.vhost_device_vsock_path = script("vdv", "touch \"$4\"; exec sleep 30");
         c.qemu_path = script("qemu", "echo 'qemu: bad option' >&2; exit 1");
         let e = Qemu::new()
-            .launch(c.clone())
+            .launch(c.clone(), &VmOptions::default())
             .await
             .map(|_| ())
             .expect_err("qemu fails");

@@ -138,7 +138,7 @@ impl Sandbox {
         let q = &config.qemu;
         let t = std::time::Instant::now();
         let vm = hypervisor
-            .launch_with_options(
+            .launch(
                 VmConfig {
                     id: id.to_owned(),
                     run_dir: paths.vm.clone(),
@@ -162,7 +162,7 @@ impl Sandbox {
                         mac: iface.mac.clone(),
                     }),
                 },
-                q.options.clone(),
+                &q.options,
             )
             .await?;
         let addr = match vm.vsock() {
