@@ -7,7 +7,7 @@ GUEST_OUT   ?= $(BUILD)/guest
 CARGO       ?= cargo
 SHIM        := target/shim/containerd-shim-kata-v2
 
-.PHONY: all deps build image demo test unit-test integration-test cri-test install lint bench clean fuzz fuzz-smoke fuzz-build
+.PHONY: all deps build image demo test unit-test integration-test cri-test install lint shellcheck bench clean fuzz fuzz-smoke fuzz-build
 
 all: build image
 
@@ -25,9 +25,17 @@ image: deps
 demo: build image
 	BUILD=$(BUILD) $(CARGO) run --release -q -p integration-tests --bin kata-demo
 
-lint:
+# Every shell script the build, the image, the tests and CI run.
+SHELL_SCRIPTS := .ci/run scripts/install-deps.sh guest/image/build.sh guest/image/build-kernel.sh \
+                 $(wildcard tests/scripts/*.sh)
+
+lint: shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+shellcheck:
+	@command -v shellcheck >/dev/null || { echo "shellcheck missing: make deps" >&2; exit 1; }
+	shellcheck -x $(SHELL_SCRIPTS)
 
 # Unit tests, plus the crates' own VM tests (they boot the guest image
 # when KATA_GUEST_IMAGE_DIR is set).

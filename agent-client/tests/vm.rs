@@ -62,10 +62,7 @@ async fn drain(agent: &dyn Agent, cid: &str, stderr: bool) -> String {
 
 /// Boots a VM and connects its agent; `None` when no image is configured.
 async fn boot(work: &Path) -> Option<(Box<dyn hypervisor::Vm>, Box<dyn Agent>, PathBuf)> {
-    let Some(images) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-        return None;
-    };
+    let images = testing::guest_image_dir()?;
     let cfg = vm_config(&images, work);
     let shared = cfg.shared_dir.clone();
     let vm = Qemu::new()

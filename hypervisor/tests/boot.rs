@@ -10,14 +10,9 @@ use hypervisor::{
     Accel, Error, Hypervisor, MachineType, Qemu, VmConfig, VmOptions, VsockEndpoint, VsockKind,
 };
 
+/// The guest image, or skip (a failure under `KATA_REQUIRE_VM=1`).
 fn image_dir() -> Option<PathBuf> {
-    match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-            None
-        }
-    }
+    agent_client::testing::guest_image_dir()
 }
 
 fn config(images: &Path, work: &Path, id: &str) -> VmConfig {
@@ -164,7 +159,8 @@ async fn cleanup_run_dir_after_owner_lost() {
 async fn bad_input_spawns_nothing() {
     // Runs without an image too: validation happens before anything starts.
     let work = tempfile::tempdir().expect("tempdir");
-    let images = image_dir().unwrap_or_else(|| work.path().to_path_buf());
+    let images = std::env::var_os("KATA_GUEST_IMAGE_DIR")
+        .map_or_else(|| work.path().to_path_buf(), PathBuf::from);
     let base = config(&images, work.path(), "bad1");
     type Mutation = fn(&mut VmConfig);
     let cases: [(&str, Mutation); 3] = [

@@ -50,7 +50,7 @@ fn python3() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        eprintln!("skipping: python3 not found");
+        agent_client::testing::skip_unless_required("python3 not found");
     }
     found
 }

@@ -8,45 +8,9 @@ use integration_tests::cri::client::{
     CONTAINER_EXITED, CONTAINER_RUNNING, SANDBOX_NOTREADY, SANDBOX_READY,
 };
 use integration_tests::cri::{self, vms, Cri};
-use integration_tests::{on_both_containerds, vm_tests_ready, Containerd, Dist, IMAGE};
+use integration_tests::cri::{assert_no_leftovers, setup, setup_on};
+use integration_tests::{on_both_containerds, require_vm, Dist, IMAGE};
 use k8s_cri::v1 as api;
-
-/// Skips (passing, with a message) where the VM tests cannot run.
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-/// A private containerd with CRI, and a client connected to it.
-async fn setup() -> Result<(Containerd, Cri)> {
-    setup_on(&Dist::system()).await
-}
-
-/// As [`setup`] on the containerd of `dist`.
-async fn setup_on(dist: &Dist) -> Result<(Containerd, Cri)> {
-    let dist = dist.clone();
-    let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_on(&dist)).await??;
-    let cri = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
-    Ok((ctd, cri))
-}
-
-/// Stops containerd, then checks that none of the test's pods left a VM,
-/// helper, mount or directory, and no process mentions its containerd.
-async fn assert_no_leftovers(ctd: Containerd, c: &Cri) {
-    let scope = ctd.dir.clone();
-    let pods = c.pods.clone();
-    let left = tokio::task::spawn_blocking(move || {
-        drop(ctd);
-        pods.settle_and_check(&scope)
-    })
-    .await
-    .expect("join");
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 /// The QEMU pid of `pod`'s VM.
 fn vm_pid(pod: &str) -> Option<u32> {
