@@ -321,6 +321,7 @@ impl Agent for FakeAgent {
     }
 
     async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<()> {
+        self.hang_point("CreateSandbox").await;
         self.record(Call::CreateSandbox(req))
     }
 

@@ -8,6 +8,7 @@ pub mod container;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod hooks;
 pub mod io;
 pub mod network;

@@ -10,7 +10,8 @@ use hypervisor::{Hypervisor, NetworkConfig, Vm, VmConfig, VsockEndpoint};
 use protocols::agent::{CreateSandboxRequest, Storage};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
 use crate::share::Mounter;
@@ -76,6 +77,27 @@ pub struct BootParams<'a> {
     pub hostname: &'a str,
     /// The pod's network namespace (CRI creates one and CNI fills it).
     pub netns: Option<&'a Path>,
+    /// No sandbox container will own the pod's PID namespace (containerd's
+    /// Sandbox API): the agent holds one, as upstream's does for
+    /// `sandbox_pidns` at CreateSandbox.
+    pub pod_pidns: bool,
+}
+
+/// Runs `step` of pod start unless the VM (QEMU or one of its helpers)
+/// dies first: then the start fails at once, naming why, instead of when
+/// the agent's dial or RPC times out.
+pub(crate) async fn unless_vm_exits<T>(
+    vm: &dyn Vm,
+    step: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = step => r,
+        () = vm.wait_exit() => Err(hypervisor::Error::ProcessExited {
+            what: vm.exit_reason().unwrap_or_else(|| "the VM exited".into()),
+            output: vm.console_tail(),
+        }
+        .into()),
+    }
 }
 
 impl Sandbox {
@@ -106,7 +128,7 @@ impl Sandbox {
             }
             None => None,
         };
-        let result = Self::boot_in(id, params.hostname, nic.as_ref(), &paths, config, seams).await;
+        let result = Self::boot_in(id, &params, nic.as_ref(), &paths, config, seams).await;
         if result.is_err() {
             if let Some((ns, iface, _)) = &nic {
                 let _ = network::detach_tap(ns, &iface.name).await;
@@ -118,7 +140,7 @@ impl Sandbox {
 
     async fn boot_in(
         id: &str,
-        hostname: &str,
+        params: &BootParams<'_>,
         nic: Option<&(PathBuf, network::Interface, network::PodNetwork)>,
         paths: &SandboxPaths,
         config: &Config,
@@ -136,6 +158,7 @@ impl Sandbox {
         })
         .await?;
         let q = &config.qemu;
+        failpoint::gate(failpoint::Phase::Boot, id).await;
         let t = std::time::Instant::now();
         let vm = hypervisor
             .launch(
@@ -176,20 +199,24 @@ impl Sandbox {
             },
         };
         phase(id, "vm_launch", t);
+        failpoint::gate(failpoint::Phase::AgentDial, id).await;
         let t = std::time::Instant::now();
-        let agent: Arc<dyn Agent> = match dialer
-            .dial(&addr, config.agent_dial_timeout, &|| vm.console_tail())
-            .await
-        {
+        let dial = async {
+            dialer
+                .dial(&addr, config.agent_dial_timeout, &|| vm.console_tail())
+                .await
+                .map_err(Error::from)
+        };
+        let agent: Arc<dyn Agent> = match unless_vm_exits(vm.as_ref(), dial).await {
             Ok(a) => Arc::from(a),
             Err(e) => {
                 let _ = vm.stop().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let req = CreateSandboxRequest {
             sandbox_id: id.to_owned(),
-            hostname: hostname.to_owned(),
+            hostname: params.hostname.to_owned(),
             storages: vec![Storage {
                 driver: shared_fs_driver(q.options.shared_fs).into(),
                 source: SHARED_FS_TAG.into(),
@@ -197,18 +224,22 @@ impl Sandbox {
                 mount_point: format!("{GUEST_SHARED_DIR}/"),
                 ..Default::default()
             }],
+            sandbox_pidns: params.pod_pidns,
             ..Default::default()
         };
         phase(id, "agent_connect", t);
+        failpoint::gate(failpoint::Phase::CreateSandbox, id).await;
         let t = std::time::Instant::now();
-        if let Err(e) = agent.create_sandbox(req).await {
+        let create = async { agent.create_sandbox(req).await.map_err(Error::from) };
+        if let Err(e) = unless_vm_exits(vm.as_ref(), create).await {
             let _ = vm.stop().await;
-            return Err(e.into());
+            return Err(e);
         }
         phase(id, "create_sandbox", t);
         if let Some((ns, iface, net)) = nic {
             let t = std::time::Instant::now();
-            if let Err(e) = configure_guest_network(agent.as_ref(), iface, net).await {
+            let configure = configure_guest_network(agent.as_ref(), iface, net);
+            if let Err(e) = unless_vm_exits(vm.as_ref(), configure).await {
                 let _ = vm.stop().await;
                 return Err(e);
             }

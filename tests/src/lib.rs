@@ -385,6 +385,36 @@ impl Drop for Containerd {
 
 /// Starts containerd with `dir/containerd.toml`, the shim on its PATH and
 /// its log appended to `dir/containerd.log`.
+fn failpoint_dir(dir: &Path) -> PathBuf {
+    dir.join("failpoints")
+}
+
+impl Containerd {
+    /// Arms the shim's failpoint `phase` (`boot`, `agent_dial`,
+    /// `create_sandbox`, `create_container`): the next pod start holds there
+    /// until [`Containerd::disarm`].
+    pub fn arm(&self, phase: &str) -> Result<()> {
+        let dir = failpoint_dir(&self.dir);
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_file(dir.join(format!("{phase}.reached")));
+        std::fs::write(dir.join(phase), "")?;
+        Ok(())
+    }
+
+    /// Waits until a shim holds at the armed `phase`; returns its sandbox id.
+    pub fn held_at(&self, phase: &str, timeout: Duration) -> Result<String> {
+        let reached = failpoint_dir(&self.dir).join(format!("{phase}.reached"));
+        wait_until(timeout, || reached.exists())
+            .with_context(|| format!("no shim reached failpoint {phase}"))?;
+        Ok(std::fs::read_to_string(reached)?)
+    }
+
+    /// Lets a shim held at `phase` go on.
+    pub fn disarm(&self, phase: &str) {
+        let _ = std::fs::remove_file(failpoint_dir(&self.dir).join(phase));
+    }
+}
+
 fn spawn_containerd(dist: &Dist, dir: &Path, kata_config: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -407,6 +437,8 @@ fn spawn_containerd(dist: &Dist, dir: &Path, kata_config: &Path) -> Result<Child
         .arg(dir.join("containerd.toml"))
         .env("PATH", path)
         .env("KATA_CONF_FILE", kata_config)
+        // Test failpoints (shim's `failpoint`): armed by `Containerd::arm`.
+        .env("KATA_SHIM_FAILPOINTS", failpoint_dir(dir))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -48,8 +48,10 @@ fn keep_stream_buffers() {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(runtime::HELPER_ARG) {
-        runtime::helper_main();
+    match std::env::args().nth(1).as_deref() {
+        Some(runtime::HELPER_ARG) => runtime::helper_main(),
+        Some(pidns::HOLDER_ARG) => pidns::holder_main(),
+        _ => {}
     }
     keep_stream_buffers();
     let pid1 = std::process::id() == 1;

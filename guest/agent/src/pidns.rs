@@ -7,13 +7,28 @@
 //! there and reaps orphans. Every other container gets a namespace of its
 //! own. Whatever the spec says, no container ever runs in the VM's initial
 //! PID namespace, where the agent lives and could be seen and signalled.
+//!
+//! A pod without a sandbox container (containerd's Sandbox API, where no
+//! pause container runs) asks for a shared namespace at CreateSandbox
+//! (`sandbox_pidns`): the agent then starts a holder, a tiny init that owns
+//! the namespace and reaps its orphans for the pod's lifetime, as upstream's
+//! agent does with its infra process.
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use protocols::oci::{LinuxNamespace, Spec};
 
 use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+
+/// argv[1] of the agent binary when it runs as a pod namespace holder.
+pub const HOLDER_ARG: &str = "__kata-pidns-holder";
 
 /// An open handle on the pod's PID namespace. Held open so that the path
 /// handed to the helper cannot come to name another namespace when the
@@ -22,6 +37,18 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct PodPidNs {
     file: File,
+    /// The holder's init, killed (and with it the namespace) on drop.
+    holder: Option<OwnedFd>,
+}
+
+impl Drop for PodPidNs {
+    fn drop(&mut self) {
+        if let Some(init) = &self.holder {
+            if let Err(e) = crate::process::pidfd_signal(init, Signal::SIGKILL) {
+                tracing::warn!(error = %e, "killing the pod pid namespace holder");
+            }
+        }
+    }
 }
 
 impl PodPidNs {
@@ -37,13 +64,97 @@ impl PodPidNs {
                 "process {pid} runs in the agent's pid namespace"
             )));
         }
-        Ok(PodPidNs { file })
+        Ok(PodPidNs { file, holder: None })
+    }
+
+    /// A new namespace owned by a holder process (see the module doc).
+    pub async fn hold(reaper: &Reaper) -> Result<PodPidNs> {
+        let mut out = None;
+        let (pid, _exit) = reaper
+            .spawn(|| {
+                let mut child = Command::new("/proc/self/exe")
+                    .arg(HOLDER_ARG)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                out = child.stdout.take();
+                Ok(child.id() as i32)
+            })
+            .map_err(|e| Error::io("starting the pod pid namespace holder", e))?;
+        let out = out.ok_or_else(|| Error::Internal("holder without stdout".into()))?;
+        // One short line, written right after the holder's fork.
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(out).read_line(&mut line).map(|_| line)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("holder reader: {e}")))?
+        .map_err(|e| Error::io("reading the holder's init pid", e))?;
+        let init: i32 = line.trim().parse().map_err(|_| {
+            Error::Internal(format!("pid namespace holder {pid} answered {line:?}"))
+        })?;
+        // The pidfd first: from then on the kill cannot reach a recycled pid.
+        let pidfd = crate::process::pidfd_open(init)?;
+        let mut ns = PodPidNs::of(init)?;
+        ns.holder = Some(pidfd);
+        tracing::info!(holder = pid, init, "pod pid namespace held");
+        Ok(ns)
     }
 
     /// A path the container helper (the agent's child, still in the agent's
     /// mount namespace when it opens it) reaches the namespace by.
     pub fn path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+    }
+}
+
+/// The holder (agent binary with [`HOLDER_ARG`]): unshares a PID namespace,
+/// forks its init, prints the init's pid and stays until the init dies.
+pub fn holder_main() -> ! {
+    match run_holder() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("pid namespace holder: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run_holder() -> nix::Result<()> {
+    use nix::sched::{unshare, CloneFlags};
+    use nix::unistd::{fork, ForkResult};
+    // Blocked before the fork, so the init's sigwait misses no SIGCHLD.
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    chld.thread_block()?;
+    unshare(CloneFlags::CLONE_NEWPID)?;
+    // SAFETY: this process is single-threaded (a fresh exec, no runtime).
+    match unsafe { fork() }? {
+        ForkResult::Child => reap_forever(&chld),
+        ForkResult::Parent { child } => {
+            println!("{child}");
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return Ok(()),
+                    Ok(_) | Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// PID 1 of the pod's namespace: reaps whatever is reparented to it.
+fn reap_forever(chld: &SigSet) -> ! {
+    // Named for `ps` in the pod's containers (else "exe").
+    let _ = nix::sys::prctl::set_name(c"pod-pidns-init");
+    loop {
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let _ = chld.wait();
     }
 }
 

@@ -158,23 +158,8 @@ impl Process {
         if self.exited().is_some() {
             return Ok(());
         }
-        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig as i32,
-                0usize,
-                0,
-            )
-        };
-        match r {
-            0 => Ok(()),
-            _ => match io::Error::last_os_error() {
-                e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-                e => Err(Error::io(format!("signal {sig} to {}", self.pid), e)),
-            },
-        }
+        pidfd_signal(&self.pidfd, sig)
+            .map_err(|e| Error::io(format!("signal {sig} to {}", self.pid), e))
     }
 
     pub async fn read_stdout(&self, len: u32) -> Result<Vec<u8>> {
@@ -360,8 +345,29 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))
 }
 
+/// Sends `sig` through `pidfd`; a process already gone is not an error.
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as i32,
+            0usize,
+            0,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            e => Err(e),
+        },
+    }
+}
+
 /// A pidfd for `pid` (Linux 5.3+): signals through it cannot hit a recycled pid.
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     // SAFETY: raw syscall with integer arguments; the new descriptor is owned
     // only by the OwnedFd wrapping it.
     unsafe {

@@ -74,7 +74,7 @@ impl Sandbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<()> {
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<()> {
         if self.lock().created {
             return Err(Error::FailedPrecondition("sandbox already created".into()));
         }
@@ -85,12 +85,12 @@ impl Sandbox {
                 "guest DNS and guest hooks are not supported: ignored"
             );
         }
-        // sandbox_pidns needs nothing here: the pod's PID namespace is always
-        // the first container's, as in upstream's agent (no separate pause).
-        tracing::debug!(
-            sandbox_pidns = req.sandbox_pidns,
-            "pod pid namespace sharing"
-        );
+        // A shared namespace asked for at CreateSandbox has no sandbox
+        // container to own it (containerd's Sandbox API): a holder does.
+        if req.sandbox_pidns {
+            let ns = PodPidNs::hold(&self.reaper).await?;
+            self.lock().pidns = Some(Arc::new(ns));
+        }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
         }
@@ -223,6 +223,8 @@ impl Sandbox {
                 tracing::warn!(container = %c.id, error = %e, "destroying container");
             }
         }
+        // Drops the pod's namespace: a holder's init is killed.
+        self.lock().pidns = None;
         let storages = std::mem::take(&mut self.lock().storages);
         let t0 = std::time::Instant::now();
         unmount_all(&storages);

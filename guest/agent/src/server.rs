@@ -41,7 +41,10 @@ impl AgentService for Agent {
     async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> R<Empty> {
         log_err(
             "CreateSandbox",
-            self.sandbox.create_sandbox(&req).map(|_| Empty::new()),
+            self.sandbox
+                .create_sandbox(&req)
+                .await
+                .map(|_| Empty::new()),
         )
     }
 

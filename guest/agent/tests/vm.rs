@@ -33,6 +33,8 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
 
     let req = CreateSandboxRequest {
         hostname: "sandbox".into(),
+        // A pod pid namespace held by the agent (pod::scenario joins it).
+        sandbox_pidns: true,
         ..agent_client::testing::shared_fs_sandbox("sb1")
     };
     agent.create_sandbox(ctx(), &req).await?;
@@ -477,6 +479,7 @@ async fn container_lifecycle_in_vm() -> Result<()> {
     let mut vm = Vm::boot(&image)?;
     let t0 = Instant::now();
     if let Err(e) = scenario(&vm, t0).await {
+        eprintln!("{}", vm.helper_logs());
         eprintln!("--- guest console ---\n{}", vm.console());
         return Err(e);
     }

@@ -138,6 +138,7 @@ impl TaskService {
                         BootParams {
                             hostname: spec.hostname().as_deref().unwrap_or_default(),
                             netns: netns.as_deref(),
+                            pod_pidns: false,
                         },
                         &self.run_root,
                         &cfg,
@@ -249,10 +250,18 @@ impl TaskService {
             sandbox_pidns,
             ..Default::default()
         };
+        crate::failpoint::gate(crate::failpoint::Phase::CreateContainer, &sandbox.id).await;
         let t = std::time::Instant::now();
-        if let Err(e) = sandbox.agent.create_container(req).await {
+        let rpc = async {
+            sandbox
+                .agent
+                .create_container(req)
+                .await
+                .map_err(Error::from)
+        };
+        if let Err(e) = crate::sandbox::unless_vm_exits(sandbox.vm.as_ref(), rpc).await {
             let _ = self.mounter.unmount_container(&sandbox.paths, &cid).await;
-            return Err(e.into());
+            return Err(e);
         }
         phase("create_container.rpc", t);
         Ok(())

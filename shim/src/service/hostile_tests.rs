@@ -196,3 +196,35 @@ async fn maximal_reads_arrive_whole() {
     let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, 3 * 4 * 1024 * 1024);
 }
+
+/// QEMU or a helper dies while pod start waits on the guest (CreateSandbox
+/// or CreateContainer never answers): the create fails at once, naming why,
+/// instead of at the agent's timeout, and nothing of the pod is left.
+#[tokio::test]
+async fn a_vm_dying_during_pod_start_fails_the_create_at_once() {
+    for method in ["CreateSandbox", "CreateContainer"] {
+        let r = rig();
+        r.agent.hang(method);
+        let kill_vm = async {
+            while r.hv.vms().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            r.hv.vms()[0].exit("virtiofsd exited: killed by signal 9");
+        };
+        let t = Instant::now();
+        let both = async { tokio::join!(r.create("pod", serde_json::json!({})), kill_vm) };
+        let (created, ()) = tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .unwrap_or_else(|_| panic!("{method}: the create waited for the dead VM"));
+        let e = created.expect_err(method);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{method}: {:?}",
+            t.elapsed()
+        );
+        assert!(e.to_string().contains("virtiofsd exited"), "{method}: {e}");
+        assert!(vm_stopped(&r), "{method}: the VM's leftovers are stopped");
+        assert!(r.run_dir_empty(), "{method}: nothing left");
+    }
+}

@@ -223,6 +223,7 @@ impl TaskService {
                 BootParams {
                     hostname: &pod.params.hostname,
                     netns: pod.params.netns.as_deref(),
+                    pod_pidns: true,
                 },
                 &self.run_root,
                 &cfg,

@@ -172,7 +172,15 @@ async fn every_rpc_through_a_pod_lifecycle() {
             .count(),
         1
     );
-    assert!(r.agent.methods().contains(&"CreateSandbox"));
+    // No pause container will own the pod's PID namespace: the agent is
+    // asked to hold one (else a CRI container sharing it cannot start).
+    assert!(
+        r.agent.calls().iter().any(|c| matches!(
+            c,
+            agent_client::fake::Call::CreateSandbox(req) if req.sandbox_pidns
+        )),
+        "CreateSandbox asks for a held pod pid namespace"
+    );
     let again = r.start().await.expect("start is idempotent");
     assert_eq!(again.pid, started.pid);
 

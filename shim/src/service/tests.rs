@@ -171,11 +171,13 @@ async fn lifecycle_publishes_events_in_order_and_cleans_up() {
     let r = rig();
     let created = r.create("c1", serde_json::json!({})).await.expect("create");
     assert_eq!(r.status("c1", "").await, api::Status::CREATED);
-    assert!(r
-        .agent
-        .calls()
-        .iter()
-        .any(|c| matches!(c, AgentCall::CreateSandbox(_))));
+    assert!(
+        r.agent
+            .calls()
+            .iter()
+            .any(|c| matches!(c, AgentCall::CreateSandbox(req) if !req.sandbox_pidns)),
+        "the sandbox container owns the pod's pid namespace: the agent holds none"
+    );
     r.start("c1", "").await.expect("start");
     assert_eq!(r.status("c1", "").await, api::Status::RUNNING);
     r.agent.push_stdout("c1", "", b"hello");

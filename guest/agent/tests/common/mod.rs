@@ -174,6 +174,17 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
+    /// What the helpers and QEMU printed (for a failure's report).
+    pub fn helper_logs(&self) -> String {
+        ["qemu.err", "vsock.err", "fs.err"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                format!("--- {f} ---\n{text}")
+            })
+            .collect()
+    }
+
     /// Hybrid vsock to the agent's port 1024.
     pub fn dial(&self, deadline: Duration) -> Result<UnixStream> {
         self.dial_port(1024, deadline)

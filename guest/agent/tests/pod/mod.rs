@@ -200,11 +200,40 @@ pub async fn scenario(vm: &Vm) -> Result<()> {
     agent.signal_process("pt", "pt", 9).await?;
     ensure!(agent.wait_process("pt", "").await? == 137, "SIGKILL -> 137");
 
+    shared_pid_namespace(agent, vm).await?;
     bad_input(agent, vm).await?;
     security::scenario(agent, vm).await?;
 
-    for cid in ["pa", "pb", "pt"] {
+    for cid in ["pa", "pb", "pt", "qa", "qb"] {
         agent.remove_container(cid, 10).await?;
+    }
+    Ok(())
+}
+
+/// A pod without a sandbox container (containerd's Sandbox API): the
+/// namespace CreateSandbox asked for (`sandbox_pidns`) is held by the
+/// agent's holder; containers sharing it see each other, the holder as PID 1.
+async fn shared_pid_namespace(agent: &dyn Agent, vm: &Vm) -> Result<()> {
+    for cid in ["qa", "qb"] {
+        let mut req = create_req(cid, sleeper(vm, cid, cid)?);
+        req.sandbox_pidns = true;
+        agent.create_container(req).await?;
+        agent.start_container(cid).await?;
+        agent.close_stdin(cid, "").await?;
+    }
+    let look = "for p in /proc/1 /proc/[0-9]*; do cat $p/comm; done";
+    let (status, out, err) = exec(agent, "qb", "look", look).await?;
+    ensure!(status == 0, "{out}{err}");
+    let comms: Vec<&str> = out.lines().collect();
+    ensure!(
+        comms.first() == Some(&"pod-pidns-init")
+            && comms.iter().filter(|c| **c == "sleep").count() == 2
+            && !comms.contains(&"kata-agent"),
+        "qb sees the holder as PID 1 and both pod containers, never the agent: {out:?}"
+    );
+    for cid in ["qa", "qb"] {
+        agent.signal_process(cid, "", 9).await?;
+        ensure!(agent.wait_process(cid, "").await? == 137, "{cid} SIGKILLed");
     }
     Ok(())
 }
