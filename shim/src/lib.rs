@@ -2,6 +2,7 @@
 //! binary, benchmarks and tests share one implementation.
 
 pub mod annotations;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod container;

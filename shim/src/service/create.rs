@@ -46,6 +46,12 @@ pub fn config_path_option(options: Option<&Any>) -> Option<String> {
     found
 }
 
+/// Finds and reads the configuration file (`explicit` first, then
+/// `KATA_CONF_FILE` and the default paths), off the async runtime.
+pub(super) async fn read_config(explicit: Option<String>) -> Result<config::Config> {
+    crate::blocking::run(move || config::load(&config::locate(explicit.as_deref())?)).await
+}
+
 impl TaskService {
     pub(super) async fn do_create(
         &self,
@@ -121,10 +127,10 @@ impl TaskService {
                     )));
                 }
                 let t = std::time::Instant::now();
-                let path = config::locate(config_path_option(req.options.as_ref()).as_deref())?;
+                let explicit = config_path_option(req.options.as_ref());
                 let pod: std::collections::HashMap<String, String> =
                     annotations.clone().into_iter().collect();
-                let cfg = config::load(&path)?.with_annotations(&pod)?;
+                let cfg = read_config(explicit).await?.with_annotations(&pod)?;
                 let host_cpus = std::thread::available_parallelism()
                     .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
                     .unwrap_or(1);
