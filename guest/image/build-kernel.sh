@@ -121,7 +121,6 @@ if mkdir -p "$KCACHE" 2>/dev/null && [ -w "$KCACHE" ]; then
   mv -T "$tmp" "$cached" 2>/dev/null || rm -rf "$tmp"   # another build won the race
   log "cached in $cached"
   # Older keys (another fragment, another source version) beyond the newest few go.
-  # shellcheck disable=SC2012 # newest first needs ls -t; the keys are plain names
   ls -1dt "$KCACHE"/*/ 2>/dev/null | tail -n +"$(( ${KEEP_CACHED:-4} + 1 ))" | xargs -r rm -rf
 fi
 install_outputs "$stage"

@@ -61,6 +61,11 @@ pub fn vm_tests_ready() -> Result<()> {
     Ok(())
 }
 
+/// Bytes a test printed, as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// Whether a VM test can run; prints why not and returns false (skip), or
 /// panics when `KATA_REQUIRE_VM=1` (CI, `make test`): a missing image or
 /// shim must fail there, not pass as skipped. Use [`require_vm!`].

@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_kata_v2::persist::SandboxPaths;
-use integration_tests::{assert_no_leftovers, leaks, require_vm, wait_until, Containerd};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use integration_tests::{assert_no_leftovers, leaks, require_vm, text, wait_until, Containerd};
 
 fn sandbox_paths(id: &str) -> SandboxPaths {
     SandboxPaths::new(Path::new(leaks::RUN_ROOT), id)

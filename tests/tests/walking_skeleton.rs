@@ -6,16 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use integration_tests::{
-    assert_no_leftovers, on_both_containerds, require_vm, shim_dir, wait_until, write_config,
+    assert_no_leftovers, on_both_containerds, require_vm, shim_dir, text, wait_until, write_config,
     Containerd, Dist, NAMESPACE,
 };
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
 use protocols::containerd::ttrpc::{self, context, Code};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 on_both_containerds!(sync uname_shows_the_guest_kernel);
 fn uname_shows_the_guest_kernel(dist: Dist) -> Result<()> {

@@ -53,3 +53,15 @@ pub async fn assert_no_leftovers(ctd: crate::Containerd, c: &Cri) {
     .expect("join");
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// A pod with one long-running container; returns (pod config, pod, container).
+pub async fn pod_with_sleeper(
+    c: &mut Cri,
+    name: &str,
+) -> anyhow::Result<(k8s_cri::v1::PodSandboxConfig, String, String)> {
+    let pod_cfg = c.pod_config(name);
+    let pod = c.run_pod(&pod_cfg).await?;
+    let cfg = Cri::container_config("sleeper", crate::IMAGE, &["sleep", "3600"]);
+    let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
+    Ok((pod_cfg, pod, id))
+}
