@@ -116,47 +116,9 @@ impl TaskService {
                 (s, None)
             }
             None => {
-                if annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some(cri::CONTAINER)
-                {
-                    let sid = annotations
-                        .get(cri::SANDBOX_ID)
-                        .cloned()
-                        .unwrap_or_default();
-                    return Err(Error::FailedPrecondition(format!(
-                        "sandbox {sid:?} of container {cid:?} is not running in this shim"
-                    )));
-                }
-                let t = std::time::Instant::now();
-                let explicit = config_path_option(req.options.as_ref());
-                let pod: std::collections::HashMap<String, String> =
-                    annotations.clone().into_iter().collect();
-                let cfg = read_config(explicit).await?.with_annotations(&pod)?;
-                let host_cpus = std::thread::available_parallelism()
-                    .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-                    .unwrap_or(1);
-                let cfg = podsize::apply(&cfg, podsize::from_annotations(&pod)?, host_cpus);
-                crate::sandbox::phase(&cid, "config", t);
-                let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
-                let netns = crate::network::netns_path(&spec);
-                let sb = Arc::new(
-                    Sandbox::boot(
-                        &cid,
-                        BootParams {
-                            hostname: spec.hostname().as_deref().unwrap_or_default(),
-                            netns: netns.as_deref(),
-                            pod_pidns: false,
-                        },
-                        &self.run_root,
-                        &cfg,
-                        Seams {
-                            hypervisor: self.hypervisor.as_ref(),
-                            dialer: self.dialer.as_ref(),
-                            mounter: self.mounter.clone(),
-                        },
-                    )
-                    .instrument(span)
-                    .await?,
-                );
+                let sb = self
+                    .boot_for(&cid, &spec, &annotations, req.options.as_ref())
+                    .await?;
                 self.watch_vm(sb.clone());
                 self.watch_oom(sb.clone());
                 (sb, Some(guard))
@@ -190,6 +152,70 @@ impl TaskService {
             (Err(e), None) => return Err(e),
         }
 
+        self.register_created(&sandbox, req, (memory_limited, shares_pid_ns, later_hooks))
+            .await
+    }
+
+    /// Boots the pod's sandbox (VM, agent, share) for its first container,
+    /// with the configuration file, the pod's annotations and its size. An
+    /// app container whose pod is not here is refused.
+    async fn boot_for(
+        &self,
+        cid: &str,
+        spec: &oci_spec::runtime::Spec,
+        annotations: &std::collections::HashMap<String, String>,
+        options: Option<&Any>,
+    ) -> Result<Arc<Sandbox>> {
+        if annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some(cri::CONTAINER) {
+            let sid = annotations
+                .get(cri::SANDBOX_ID)
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {sid:?} of container {cid:?} is not running in this shim"
+            )));
+        }
+        let t = std::time::Instant::now();
+        let cfg = read_config(config_path_option(options))
+            .await?
+            .with_annotations(annotations)?;
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let cfg = podsize::apply(&cfg, podsize::from_annotations(annotations)?, host_cpus);
+        crate::sandbox::phase(cid, "config", t);
+        let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
+        let netns = crate::network::netns_path(spec);
+        let sb = Arc::new(
+            Sandbox::boot(
+                cid,
+                BootParams {
+                    hostname: spec.hostname().as_deref().unwrap_or_default(),
+                    netns: netns.as_deref(),
+                    pod_pidns: false,
+                },
+                &self.run_root,
+                &cfg,
+                Seams {
+                    hypervisor: self.hypervisor.as_ref(),
+                    dialer: self.dialer.as_ref(),
+                    mounter: self.mounter.clone(),
+                },
+            )
+            .instrument(span)
+            .await?,
+        );
+        Ok(sb)
+    }
+
+    /// Lists the created container, publishes TaskCreate and answers.
+    async fn register_created(
+        &self,
+        sandbox: &Sandbox,
+        req: api::CreateTaskRequest,
+        (memory_limited, shares_pid_ns, later_hooks): (bool, bool, bool),
+    ) -> Result<api::CreateTaskResponse> {
+        let cid = req.id.clone();
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -207,7 +233,7 @@ impl TaskService {
             .has_hooks
             .store(later_hooks, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
-        let pid = Self::task_pid(&sandbox);
+        let pid = Self::task_pid(sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
         self.events
             .publish(
