@@ -52,56 +52,61 @@ pub(super) async fn read_config(explicit: Option<String>) -> Result<config::Conf
     crate::blocking::run(move || config::load(&config::locate(explicit.as_deref())?)).await
 }
 
+/// Runs the spec's create-time hooks, before anything is created: a failing
+/// hook leaves nothing, and one that fills the pod's network namespace does
+/// so before the VM takes its interfaces. Answers whether poststart or
+/// poststop hooks remain for later.
+async fn create_hooks(spec: &oci_spec::runtime::Spec, cid: &str, bundle: &str) -> Result<bool> {
+    let t = std::time::Instant::now();
+    let hook_ctx = hooks::Context {
+        spec,
+        id: cid,
+        bundle,
+        pid: std::process::id(),
+    };
+    hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
+    if hooks::any(spec, &hooks::Phase::CREATE) {
+        crate::sandbox::phase(cid, "hooks", t);
+    }
+    Ok(hooks::any(
+        spec,
+        &[hooks::Phase::Poststart, hooks::Phase::Poststop],
+    ))
+}
+
+/// The rootfs mounts containerd sent, checked (overlay and bind only).
+fn rootfs_mounts(req: &api::CreateTaskRequest) -> Result<Vec<RootfsMount>> {
+    let mounts: Vec<RootfsMount> = req
+        .rootfs
+        .iter()
+        .map(|m| RootfsMount {
+            typ: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    share::validate(&mounts)?;
+    Ok(mounts)
+}
+
 impl TaskService {
     pub(super) async fn do_create(
         &self,
         req: api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse> {
         let cid = req.id.clone();
-        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
-            return Err(Error::InvalidArgument(format!(
-                "invalid container id {cid:?}"
-            )));
-        }
-        if self.containers().contains_key(&cid) {
-            return Err(Error::AlreadyExists(format!(
-                "container {cid:?} already exists"
-            )));
-        }
+        self.check_new_id(&cid)?;
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
         let memory_limited = agent_spec.Linux.Resources.Memory.Limit > 0;
         let shares_pid_ns = spec::shares_pod_pid_ns(&spec);
-        let mounts: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                typ: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        share::validate(&mounts)?;
+        let mounts = rootfs_mounts(&req)?;
         let readonly = spec
             .root()
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        // Before anything is created: a failing hook leaves nothing, and
-        // one that fills the pod's network namespace does so before the VM
-        // takes its interfaces.
-        let t = std::time::Instant::now();
-        let hook_ctx = hooks::Context {
-            spec: &spec,
-            id: &cid,
-            bundle: &req.bundle,
-            pid: std::process::id(),
-        };
-        hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
-        if hooks::any(&spec, &hooks::Phase::CREATE) {
-            crate::sandbox::phase(&cid, "hooks", t);
-        }
-        let later_hooks = hooks::any(&spec, &[hooks::Phase::Poststart, hooks::Phase::Poststop]);
+        let later_hooks = create_hooks(&spec, &cid, &req.bundle).await?;
         let annotations = spec.annotations().clone().unwrap_or_default();
 
         let guard = self.sandbox.lock().await;
@@ -154,6 +159,21 @@ impl TaskService {
 
         self.register_created(&sandbox, req, (memory_limited, shares_pid_ns, later_hooks))
             .await
+    }
+
+    /// A container id Create accepts: a plain name not in use.
+    fn check_new_id(&self, cid: &str) -> Result<()> {
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Err(Error::InvalidArgument(format!(
+                "invalid container id {cid:?}"
+            )));
+        }
+        if self.containers().contains_key(cid) {
+            return Err(Error::AlreadyExists(format!(
+                "container {cid:?} already exists"
+            )));
+        }
+        Ok(())
     }
 
     /// Boots the pod's sandbox (VM, agent, share) for its first container,
