@@ -164,6 +164,14 @@ pub async fn grow_for(
         .map_or(update, |older| update.over(*older));
     size.from_update.insert(cid.to_owned(), merged);
     let (cpus, mem) = size.total(live);
+    grow_vcpus(&seams, size, cpus).await?;
+    grow_memory(&seams, size, mem).await
+}
+
+/// Hot-plugs vCPUs up to `cpus` (clamped to the maximum) and has the guest
+/// online them.
+async fn grow_vcpus(seams: &Seams<'_>, size: &mut VmSize, cpus: u32) -> Result<()> {
+    let sb = seams.sandbox;
     if cpus > size.vcpus {
         let target = cpus.min(size.max_vcpus);
         if target < cpus {
@@ -197,6 +205,13 @@ pub async fn grow_for(
             }
         }
     }
+    Ok(())
+}
+
+/// Hot-plugs one DIMM (whole memory blocks, within the maximum and the
+/// free slots) when the limits need more than `size.memory_mib`.
+async fn grow_memory(seams: &Seams<'_>, size: &mut VmSize, mem: u32) -> Result<()> {
+    let sb = seams.sandbox;
     if mem > size.memory_mib {
         let room = size.max_memory_mib.saturating_sub(size.memory_mib);
         let wanted = (mem - size.memory_mib).div_ceil(MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
