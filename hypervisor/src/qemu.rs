@@ -175,6 +175,8 @@ impl Qemu {
 
 #[async_trait]
 impl Hypervisor for Qemu {
+    // Over 80 lines on purpose: the launch sequence in order (validate, helpers, CID attempts);
+    // each failure undoes exactly what came before it.
     async fn launch(&self, config: VmConfig, options: &VmOptions) -> Result<Box<dyn Vm>> {
         Ok(Box::new(
             QemuVm::launch(config, &self.probe, options).await?,
@@ -386,6 +388,8 @@ impl QemuVm {
         }
     }
 
+    // Over 80 lines on purpose: QEMU's start in order (spawn, state file, QMP, vsock gate,
+    // watchers); every step's cleanup needs what the earlier ones started.
     async fn start(
         config: &VmConfig,
         options: &VmOptions,

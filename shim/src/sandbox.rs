@@ -138,6 +138,8 @@ impl Sandbox {
         result
     }
 
+    // Over 80 lines on purpose: the pod's boot in order (share, VM, agent, CreateSandbox, network);
+    // each failure stops what was started.
     async fn boot_in(
         id: &str,
         params: &BootParams<'_>,
