@@ -2,7 +2,6 @@
 
 use protocols::containerd::api;
 use protocols::containerd::events::task::{TaskPaused, TaskResumed};
-use protocols::containerd::topics;
 use protocols::protobuf::MessageField;
 use std::sync::atomic::Ordering;
 
@@ -34,13 +33,10 @@ impl TaskService {
         }
         container.paused.store(true, Ordering::SeqCst);
         self.events
-            .publish(
-                topics::TASK_PAUSED_EVENT_TOPIC,
-                Box::new(TaskPaused {
-                    container_id: container.id.clone(),
-                    ..Default::default()
-                }),
-            )
+            .publish(crate::events::TaskEvent::Paused(TaskPaused {
+                container_id: container.id.clone(),
+                ..Default::default()
+            }))
             .await;
         Ok(api::Empty::default())
     }
@@ -61,13 +57,10 @@ impl TaskService {
         }
         container.paused.store(false, Ordering::SeqCst);
         self.events
-            .publish(
-                topics::TASK_RESUMED_EVENT_TOPIC,
-                Box::new(TaskResumed {
-                    container_id: container.id.clone(),
-                    ..Default::default()
-                }),
-            )
+            .publish(crate::events::TaskEvent::Resumed(TaskResumed {
+                container_id: container.id.clone(),
+                ..Default::default()
+            }))
             .await;
         Ok(api::Empty::default())
     }

@@ -256,23 +256,20 @@ impl TaskService {
         let pid = Self::task_pid(sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
         self.events
-            .publish(
-                protocols::containerd::topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
-                    container_id: cid,
-                    bundle: req.bundle,
-                    rootfs: req.rootfs,
-                    io: MessageField::some(TaskIO {
-                        stdin: req.stdin,
-                        stdout: req.stdout,
-                        stderr: req.stderr,
-                        terminal: req.terminal,
-                        ..Default::default()
-                    }),
-                    pid,
+            .publish(crate::events::TaskEvent::Create(TaskCreate {
+                container_id: cid,
+                bundle: req.bundle,
+                rootfs: req.rootfs,
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    terminal: req.terminal,
                     ..Default::default()
                 }),
-            )
+                pid,
+                ..Default::default()
+            }))
             .await;
         Ok(api::CreateTaskResponse {
             pid,
