@@ -53,6 +53,13 @@ async fn wait_vsock_ready(
     }
 }
 
+/// How long the hybrid vsock stays closed waiting for the guest's driver.
+/// Opening it earlier wedges vhost-device-vsock for good (see the gate in
+/// `launch`); with twenty TCG guests booting at once on two cores the
+/// driver came up after more than the 10 s start timeout, and 1 pod in 20
+/// never answered its dial.
+const VSOCK_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long after launch QEMU's kernel and initrd pages are given back when
 /// the agent's ready line does not come (another agent, log level).
 const RECLAIM_FALLBACK: Duration = Duration::from_secs(10);
@@ -333,7 +340,7 @@ impl QemuVm {
                     // are never answered: ~1 boot in 15 here). Clients wait
                     // at the gate until QEMU has started the vhost device.
                     gate.close().await;
-                    let ready = Instant::now() + config.start_timeout;
+                    let ready = Instant::now() + VSOCK_READY_TIMEOUT;
                     let on =
                         wait_vsock_ready(&mut qmp, ready, launching.qemu.as_ref(), &mut agent_line)
                             .await;

@@ -383,6 +383,16 @@ async fn write_out(
     tracing::debug!(container = %container_id, exec = %exec_id, written, dropped, "{stream:?} copied");
 }
 
+/// What the fifo already holds, read by the syscall itself (the fifo is
+/// non-blocking). tokio's `try_read` answers WouldBlock until its reactor
+/// has seen the fifo become readable, which need not have happened when
+/// CloseIO arrives right after the data: the last line of stdin was lost
+/// (5 of 500 `ctr task exec` under load).
+fn read_buffered(fifo: &pipe::Receiver, buf: &mut [u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    nix::unistd::read(fifo.as_raw_fd(), buf).unwrap_or(0)
+}
+
 /// Forwards containerd's stdin fifo to the process until EOF or CloseIO,
 /// then closes the process's stdin in the guest.
 pub async fn copy_in(
@@ -414,7 +424,7 @@ pub async fn copy_in(
     loop {
         let n = if closing {
             // After CloseIO: forward only what is already buffered.
-            fifo.try_read(&mut buf).unwrap_or_default()
+            read_buffered(&fifo, &mut buf)
         } else {
             tokio::select! {
                 r = fifo.read(&mut buf) => r.unwrap_or(0),
@@ -451,6 +461,41 @@ pub async fn copy_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// containerd writes the last bytes and sends CloseIO at once: every
+    /// byte reaches the guest before its stdin is closed.
+    #[tokio::test]
+    async fn stdin_written_just_before_close_io_is_not_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stdin");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let agent = agent_client::fake::FakeAgent::new();
+        let process = Arc::new(Process::new(crate::process::Stdio {
+            stdin: path.to_string_lossy().into_owned(),
+            ..Default::default()
+        }));
+        // The writer end first (as containerd's copy), with the data in.
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open writer");
+        std::io::Write::write_all(&mut &writer, b"42\n").expect("write");
+        process.stdin_closed.notify_one();
+        copy_in(Arc::new(agent.clone()), "c".into(), "e".into(), process).await;
+        let sent: Vec<u8> = agent
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                agent_client::fake::Call::WriteStdin { data, .. } => Some(data),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(sent, b"42\n");
+        assert_eq!(agent.methods().last(), Some(&"CloseStdin"));
+    }
 
     #[test]
     fn binary_uri_becomes_program_and_arguments() {
