@@ -10,6 +10,8 @@ CARGO_FUZZ_VERSION=0.13.2
 PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
       libseccomp-dev libcap-ng-dev pkg-config iproute2 python3
       containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev
+      # `make lint` checks the shell scripts.
+      shellcheck
       # The guest kernel (guest/image/build-kernel.sh): Debian's source and its build tools.
       linux-source-6.1 make bc bison flex libelf-dev libssl-dev binutils)
 

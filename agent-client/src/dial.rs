@@ -77,21 +77,38 @@ pub async fn hybrid_connect(
         })?
 }
 
+/// Why one dial attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Connecting the hybrid-vsock socket or its `CONNECT` handshake failed
+    /// (the io error's kind says how: NotFound, ConnectionRefused, TimedOut, ...).
+    #[error("hybrid vsock: {0}")]
+    Hybrid(#[source] io::Error),
+    #[error("connecting {url}: {source}")]
+    Vsock {
+        url: String,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("connecting {url} timed out after {timeout:?}")]
+    VsockTimeout { url: String, timeout: Duration },
+}
+
 /// Opens one ttrpc connection to `addr` (no RPC made yet).
-pub async fn dial(addr: &Address, timeout: Duration) -> Result<ttrpc::r#async::Client, String> {
+pub async fn dial(addr: &Address, timeout: Duration) -> Result<ttrpc::r#async::Client, DialError> {
     match addr {
         Address::Hybrid { uds_path, port } => {
             let stream = hybrid_connect(uds_path, *port, timeout)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(DialError::Hybrid)?;
             Ok(ttrpc::r#async::Client::new(Socket::new(stream)))
         }
         Address::Vsock { cid, port } => {
             let url = format!("vsock://{cid}:{port}");
             match tokio::time::timeout(timeout, ttrpc::r#async::Client::connect(&url)).await {
                 Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(format!("connecting {url}: {e}")),
-                Err(_) => Err(format!("connecting {url} timed out after {timeout:?}")),
+                Ok(Err(source)) => Err(DialError::Vsock { url, source }),
+                Err(_) => Err(DialError::VsockTimeout { url, timeout }),
             }
         }
     }

@@ -331,8 +331,10 @@ impl Agent for FakeAgent {
     }
 
     async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<()> {
+        // Recorded before it hangs: a test sees the call reached the guest.
+        let answer = self.record(Call::CreateContainer(req));
         self.hang_point("CreateContainer").await;
-        self.record(Call::CreateContainer(req))
+        answer
     }
 
     async fn start_container(&self, container_id: &str) -> Result<()> {

@@ -30,6 +30,8 @@ pub use fake::FakeAgent;
 pub use kata::{KataAgent, DEFAULT_RPC_TIMEOUT};
 pub use watch::{spawn_health_monitor, spawn_oom_watcher};
 
+pub use dial::DialError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -38,12 +40,63 @@ pub enum Error {
     ConnectTimeout {
         addr: String,
         timeout: Duration,
-        last_error: String,
+        last_error: Box<LastAttempt>,
         console: String,
     },
-    /// An error status returned by the agent (code kept so the shim can map it).
-    #[error("agent: {0}")]
+    /// An error status returned by the agent (code kept so the shim can map
+    /// it), shown as `agent: CODE: message`.
+    #[error("agent: {}", RpcMessage(.0))]
     Rpc(#[from] protocols::ttrpc::Error),
+}
+
+/// Why the last attempt of [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LastAttempt {
+    #[error("no attempt made")]
+    NotMade,
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("health check: {0}")]
+    HealthCheck(Box<Error>),
+}
+
+/// A ttrpc error as a person reads it: a status is its code's name and its
+/// message (ttrpc's own Display prints the `Status` struct's Debug form).
+struct RpcMessage<'a>(&'a protocols::ttrpc::Error);
+
+impl std::fmt::Display for RpcMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            protocols::ttrpc::Error::RpcStatus(s) => {
+                write!(f, "{}: {}", code_name(s.code()), s.message())
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// The gRPC name of a status code, as containerd and ctr spell it.
+pub fn code_name(code: protocols::ttrpc::Code) -> &'static str {
+    use protocols::ttrpc::Code;
+    match code {
+        Code::OK => "OK",
+        Code::CANCELLED => "CANCELLED",
+        Code::UNKNOWN => "UNKNOWN",
+        Code::INVALID_ARGUMENT => "INVALID_ARGUMENT",
+        Code::DEADLINE_EXCEEDED => "DEADLINE_EXCEEDED",
+        Code::NOT_FOUND => "NOT_FOUND",
+        Code::ALREADY_EXISTS => "ALREADY_EXISTS",
+        Code::PERMISSION_DENIED => "PERMISSION_DENIED",
+        Code::RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
+        Code::FAILED_PRECONDITION => "FAILED_PRECONDITION",
+        Code::ABORTED => "ABORTED",
+        Code::OUT_OF_RANGE => "OUT_OF_RANGE",
+        Code::UNIMPLEMENTED => "UNIMPLEMENTED",
+        Code::INTERNAL => "INTERNAL",
+        Code::UNAVAILABLE => "UNAVAILABLE",
+        Code::DATA_LOSS => "DATA_LOSS",
+        Code::UNAUTHENTICATED => "UNAUTHENTICATED",
+    }
 }
 
 impl Error {
@@ -222,7 +275,7 @@ pub async fn connect_with_rpc_timeout(
     let deadline = started + timeout;
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
-    let mut last_error = String::from("no attempt made");
+    let mut last_error = LastAttempt::NotMade;
     loop {
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -257,10 +310,10 @@ pub async fn connect_with_rpc_timeout(
                         );
                         return Ok(agent);
                     }
-                    Err(e) => last_error = format!("health check: {e}"),
+                    Err(e) => last_error = LastAttempt::HealthCheck(Box::new(e)),
                 }
             }
-            Err(e) => last_error = e,
+            Err(e) => last_error = LastAttempt::Dial(e),
         }
         tracing::trace!(%addr, attempts, "dial failed: {last_error}");
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -271,7 +324,45 @@ pub async fn connect_with_rpc_timeout(
     Err(Error::ConnectTimeout {
         addr: addr.to_string(),
         timeout,
-        last_error,
+        last_error: Box::new(last_error),
         console: console_tail(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use protocols::ttrpc::{self, Code};
+
+    use super::*;
+
+    #[test]
+    fn agent_status_displays_code_and_message() {
+        let e = Error::status(Code::FAILED_PRECONDITION, "container c1 is not running");
+        assert_eq!(e.code(), Some(Code::FAILED_PRECONDITION));
+        assert_eq!(
+            e.to_string(),
+            "agent: FAILED_PRECONDITION: container c1 is not running"
+        );
+        let e = Error::Rpc(ttrpc::Error::Socket("broken pipe".into()));
+        assert_eq!(e.code(), None);
+        assert_eq!(e.to_string(), "agent: socket err: broken pipe");
+    }
+
+    #[test]
+    fn connect_timeout_names_the_last_failure() {
+        let e = Error::ConnectTimeout {
+            addr: "vsock://3:1024".into(),
+            timeout: Duration::from_secs(1),
+            last_error: Box::new(LastAttempt::HealthCheck(Box::new(Error::status(
+                Code::UNAVAILABLE,
+                "booting",
+            )))),
+            console: "tail".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "agent not reachable at vsock://3:1024 within 1s: health check: agent: \
+             UNAVAILABLE: booting; console tail:\ntail"
+        );
+    }
 }

@@ -9,7 +9,44 @@ use protocols::agent::{CreateSandboxRequest, Storage};
 use protocols::oci;
 
 /// Where the guest mounts the host's shared directory (virtio-fs `kataShared`).
-pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+pub use protocols::share::GUEST_SHARED_DIR;
+
+/// Set to `1` by `.ci/run` (and `make test`): a VM test that cannot get what
+/// it needs (the guest image, root, QEMU) fails instead of skipping, so a
+/// broken set-up cannot pass as green.
+pub const REQUIRE_VM_ENV: &str = "KATA_REQUIRE_VM";
+
+/// Whether VM tests must run here ([`REQUIRE_VM_ENV`] is `1`).
+pub fn vm_required() -> bool {
+    std::env::var(REQUIRE_VM_ENV).is_ok_and(|v| v == "1")
+}
+
+/// A VM test that cannot run: prints why and returns (the caller skips),
+/// or panics when [`vm_required`].
+pub fn skip_unless_required(why: &str) {
+    assert!(
+        !vm_required(),
+        "{REQUIRE_VM_ENV}=1 and this VM test cannot run: {why}"
+    );
+    eprintln!("skipping: {why}");
+}
+
+/// The guest image directory (`KATA_GUEST_IMAGE_DIR`). `None` (skip) when
+/// it is not set, a failure under [`REQUIRE_VM_ENV`]; a directory that is
+/// set but lacks the kernel or the initramfs always fails.
+pub fn guest_image_dir() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
+        skip_unless_required("KATA_GUEST_IMAGE_DIR is not set");
+        return None;
+    };
+    let kernel = ["vmlinux", "vmlinuz"].iter().any(|k| dir.join(k).is_file());
+    assert!(
+        kernel && dir.join("initrd.img").is_file(),
+        "{} has no vmlinux/vmlinuz and initrd.img: run `make image`",
+        dir.display()
+    );
+    Some(dir)
+}
 
 /// `name` on `$PATH`, else `fallback`.
 pub fn which(name: &str, fallback: &str) -> PathBuf {

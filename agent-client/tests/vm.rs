@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use agent_client::testing::{self, which};
 use agent_client::{connect, Address, Agent};
-use hypervisor::{Accel, Hypervisor, MachineType, Qemu, VmConfig, VsockEndpoint, VsockKind};
+use hypervisor::{
+    Accel, Hypervisor, MachineType, Qemu, VmConfig, VmOptions, VsockEndpoint, VsockKind,
+};
 use protocols::agent::{CreateContainerRequest, CreateSandboxRequest};
 use protocols::ttrpc::Code;
 
@@ -60,13 +62,13 @@ async fn drain(agent: &dyn Agent, cid: &str, stderr: bool) -> String {
 
 /// Boots a VM and connects its agent; `None` when no image is configured.
 async fn boot(work: &Path) -> Option<(Box<dyn hypervisor::Vm>, Box<dyn Agent>, PathBuf)> {
-    let Some(images) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-        return None;
-    };
+    let images = testing::guest_image_dir()?;
     let cfg = vm_config(&images, work);
     let shared = cfg.shared_dir.clone();
-    let vm = Qemu::new().launch(cfg).await.expect("launch");
+    let vm = Qemu::new()
+        .launch(cfg, &VmOptions::default())
+        .await
+        .expect("launch");
     let addr = match vm.vsock() {
         VsockEndpoint::Hybrid { uds_path } => Address::Hybrid {
             uds_path,

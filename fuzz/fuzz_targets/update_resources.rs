@@ -1,11 +1,11 @@
 //! containerd's Task.Update resources (an `Any` holding OCI `LinuxResources`
-//! as JSON) through `shim::resources::parse_update`. Properties: only the
+//! as JSON) through `shim::oci_resources::parse_update`. Properties: only the
 //! OCI LinuxResources type is taken; accepted limits are ≥ -1, a CPU period
 //! is unset or within the kernel's 1 ms..1 s, swappiness ≤ 100 (or Go's -1);
 //! no input panics.
 #![no_main]
 
-use containerd_shim_kata_v2::resources::parse_update;
+use containerd_shim_kata_v2::oci_resources::parse_update;
 use libfuzzer_sys::fuzz_target;
 use protocols::protobuf::well_known_types::any::Any;
 

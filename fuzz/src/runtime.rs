@@ -6,11 +6,8 @@ mod rootfs;
 #[path = "../../guest/agent/src/runtime/seccomp.rs"]
 pub mod seccomp;
 
-type Res<T> = std::result::Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
+#[path = "../../guest/agent/src/runtime/error.rs"]
+mod error;
 
 /// The agent's rootfs path resolver (`rootfs::under`).
 pub fn resolve_under(root: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {

@@ -71,11 +71,11 @@ case $GUEST_KERNEL in
   fi
   [ -n "$kpkg" ] || { log "cannot resolve the kernel package"; exit 1; }
   release=${kpkg#linux-image-}
-  deb=$(ls "$CACHE"/"${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
+  deb=$(find "$CACHE" -maxdepth 1 -name "${kpkg}_*.deb" 2>/dev/null | head -n1 || true)
   if [ -z "$deb" ]; then
     log "downloading $kpkg"
     (cd "$CACHE" && { apt-get download "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download "$kpkg"; }; })
-    deb=$(ls "$CACHE"/"${kpkg}"_*.deb | head -n1)
+    deb=$(find "$CACHE" -maxdepth 1 -name "${kpkg}_*.deb" | head -n1)
   fi
   tree=$CACHE/tree-$release
   if [ ! -e "$tree/.done" ] || [ "$deb" -nt "$tree/.done" ]; then
@@ -85,7 +85,6 @@ case $GUEST_KERNEL in
     depmod -b "$tree" "$release"
     touch "$tree/.done"
   fi
-  moddir=$tree/lib/modules/$release
 
   # vmlinuz, vmlinux (ELF from the XZ payload: boots via PVH, ~2x faster under TCG).
   # (Re)install when GUEST_OUT holds another kernel (e.g. the project's).

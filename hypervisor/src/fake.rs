@@ -27,7 +27,7 @@ struct Shared {
     /// Answers for the next launches; empty = success.
     launch_results: VecDeque<Result<()>>,
     configs: Vec<VmConfig>,
-    /// Options given through `launch_with_options`, in order.
+    /// Options of every launch, in order.
     options: Vec<crate::VmOptions>,
 }
 
@@ -69,7 +69,7 @@ impl FakeHypervisor {
         self.lock().configs.clone()
     }
 
-    /// Options passed to `launch_with_options`, in order.
+    /// Options passed to `launch`, in order.
     pub fn options(&self) -> Vec<crate::VmOptions> {
         self.lock().options.clone()
     }
@@ -86,18 +86,10 @@ impl FakeHypervisor {
 
 #[async_trait]
 impl Hypervisor for FakeHypervisor {
-    async fn launch_with_options(
-        &self,
-        config: VmConfig,
-        options: crate::VmOptions,
-    ) -> Result<Box<dyn Vm>> {
-        self.lock().options.push(options);
-        self.launch(config).await
-    }
-
-    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
+    async fn launch(&self, config: VmConfig, options: &crate::VmOptions) -> Result<Box<dyn Vm>> {
         let result = {
             let mut s = self.lock();
+            s.options.push(options.clone());
             s.calls.push(Call::Launch {
                 id: config.id.clone(),
             });
@@ -308,8 +300,8 @@ mod tests {
         let hv = FakeHypervisor::default();
         let cfg = crate::config::tests::valid_config(d.path());
         hv.fail_next_launch(Error::InvalidConfig("scripted".into()));
-        assert!(hv.launch(cfg.clone()).await.is_err());
-        let vm = hv.launch(cfg).await.expect("launch");
+        assert!(hv.launch(cfg.clone(), &Default::default()).await.is_err());
+        let vm = hv.launch(cfg, &Default::default()).await.expect("launch");
         assert_eq!(vm.vsock(), VsockEndpoint::Kernel { cid: 3 });
         vm.pause().await.expect("pause");
         assert!(hv.vms()[0].state().paused);

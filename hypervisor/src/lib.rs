@@ -17,7 +17,7 @@
 //! answer, kills the helpers and removes the run directory.
 //!
 //! What [`VmConfig`] does not carry comes from [`VmOptions`] (per [`Qemu`],
-//! [`Qemu::with_options`]): QEMU's seccomp sandbox (on by default), a
+//! [`Hypervisor::launch`]): QEMU's seccomp sandbox (on by default), a
 //! virtio-rng entropy device (`/dev/urandom` by default), CPU features, room
 //! for vCPU and memory hotplug (q35 only), virtio-9p instead of virtiofsd.
 //! QEMU's events (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, DEVICE_DELETED)
@@ -104,8 +104,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("QMP: {0}")]
-    Qmp(String),
+    /// QEMU answered a QMP command with an error (its class and description).
+    #[error("QMP {command}: {class}: {desc}")]
+    Qmp {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    /// QEMU closed its QMP monitor (it is exiting or has exited).
+    #[error("QMP connection closed by QEMU")]
+    QmpClosed,
+    /// QEMU sent something that is not QMP.
+    #[error("QMP protocol: {0}")]
+    QmpProtocol(String),
+    /// An operation on the VM took longer than allowed.
+    #[error("{what} timed out after {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    /// This VM (or hypervisor) does not do the operation.
+    #[error("{0} is not supported by this VM")]
+    Unsupported(&'static str),
+    /// The guest refused a hot-plugged device (ACPI `_OST` status).
+    #[error("the guest did not take {device}: ACPI _OST status {status:#x}")]
+    HotplugRejected { device: String, status: u64 },
+    /// The VM is neither running nor paused.
+    #[error("VM status is {0}")]
+    NotRunning(String),
+    /// A broken invariant of this crate (a bug, not a condition of the host).
+    #[error("internal: {0}")]
+    Internal(&'static str),
     #[error("{what} did not start within {timeout:?}; console tail:\n{console}")]
     StartTimeout {
         what: String,
@@ -293,15 +319,15 @@ pub trait Vm: Send + Sync {
     }
     /// Pauses every vCPU (QMP `stop`): sandbox pause. The agent cannot answer meanwhile.
     async fn pause(&self) -> Result<()> {
-        Err(Error::Qmp("pause not supported".into()))
+        Err(Error::Unsupported("pause"))
     }
     /// Resumes the vCPUs (QMP `cont`).
     async fn resume(&self) -> Result<()> {
-        Err(Error::Qmp("resume not supported".into()))
+        Err(Error::Unsupported("resume"))
     }
     /// Health of the VM process itself: QMP answers and the VM is running or paused.
     async fn check(&self) -> Result<()> {
-        Err(Error::Qmp("check not supported".into()))
+        Err(Error::Unsupported("check"))
     }
     /// QEMU's events from now on (SHUTDOWN, GUEST_PANICKED, STOP, RESUME, ...).
     fn subscribe_events(&self) -> Option<tokio::sync::broadcast::Receiver<VmEvent>> {
@@ -309,37 +335,29 @@ pub trait Vm: Send + Sync {
     }
     /// The vCPUs (`query-cpus-fast`).
     async fn vcpus(&self) -> Result<Vec<VcpuInfo>> {
-        Err(Error::Qmp("vcpus not supported".into()))
+        Err(Error::Unsupported("vcpus"))
     }
     /// Hot-plugs (or unplugs what was hot-plugged) until the VM has `count`
     /// vCPUs; returns the count reached. The guest must online new vCPUs
     /// (agent `OnlineCPUMem`).
     async fn resize_vcpus(&self, count: u32) -> Result<u32> {
         let _ = count;
-        Err(Error::Qmp("vCPU hotplug not supported".into()))
+        Err(Error::Unsupported("vCPU hotplug"))
     }
     /// Hot-plugs `size_mib` of RAM as a DIMM (a multiple of 128 MiB, the
     /// guest's memory block); the guest must online it (`OnlineCPUMem`).
     async fn add_memory(&self, size_mib: u32) -> Result<()> {
         let _ = size_mib;
-        Err(Error::Qmp("memory hotplug not supported".into()))
+        Err(Error::Unsupported("memory hotplug"))
     }
 }
 
 /// The seam the shim launches VMs through.
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
-    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>>;
-    /// Launches with these options instead of the hypervisor's own (they
-    /// come from the configuration file, per sandbox).
-    async fn launch_with_options(
-        &self,
-        config: VmConfig,
-        options: VmOptions,
-    ) -> Result<Box<dyn Vm>> {
-        let _ = options;
-        self.launch(config).await
-    }
+    /// Launches a VM: what it is (`config`) and how the hypervisor runs it
+    /// (`options`, from the configuration file, per sandbox).
+    async fn launch(&self, config: VmConfig, options: &VmOptions) -> Result<Box<dyn Vm>>;
 }
 
 /// Cleans up after a VM whose owner died: kills the processes recorded in

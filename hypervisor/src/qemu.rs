@@ -2,9 +2,11 @@
 //! daemons, launches QEMU, connects QMP, supervises, stops.
 
 mod hotplug;
+mod supervise;
+
+use supervise::{connect_qmp, watch_any_exit, watch_events};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -165,7 +167,6 @@ pub use crate::cmdline::{QMP_EVENTS_SOCKET, QMP_SOCKET, SHARED_FS_TAG};
 #[derive(Debug, Clone, Default)]
 pub struct Qemu {
     probe: HostProbe,
-    options: VmOptions,
 }
 
 impl Qemu {
@@ -175,35 +176,17 @@ impl Qemu {
 
     /// With other host paths for the KVM / PVM / vhost-vsock probes.
     pub fn with_probe(probe: HostProbe) -> Self {
-        Self {
-            probe,
-            ..Self::default()
-        }
-    }
-
-    /// Every VM launched gets these options (seccomp, entropy, CPU features,
-    /// hotplug room, shared fs kind).
-    pub fn with_options(mut self, options: VmOptions) -> Self {
-        self.options = options;
-        self
+        Self { probe }
     }
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
-    async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>> {
+    // Over 80 lines on purpose: the launch sequence in order (validate, helpers, CID attempts);
+    // each failure undoes exactly what came before it.
+    async fn launch(&self, config: VmConfig, options: &VmOptions) -> Result<Box<dyn Vm>> {
         Ok(Box::new(
-            QemuVm::launch(config, &self.probe, &self.options).await?,
-        ))
-    }
-
-    async fn launch_with_options(
-        &self,
-        config: VmConfig,
-        options: VmOptions,
-    ) -> Result<Box<dyn Vm>> {
-        Ok(Box::new(
-            QemuVm::launch(config, &self.probe, &options).await?,
+            QemuVm::launch(config, &self.probe, options).await?,
         ))
     }
 }
@@ -368,7 +351,7 @@ impl QemuVm {
                     helpers, qemu, cid, ..
                 } = launching;
                 let Some(qemu) = qemu else {
-                    return Err(Error::Qmp("internal: QEMU missing after launch".into()));
+                    return Err(Error::Internal("QEMU missing after launch"));
                 };
                 let (panicked_tx, panicked) = watch::channel(None);
                 let any_exit = watch_any_exit(
@@ -412,6 +395,8 @@ impl QemuVm {
         }
     }
 
+    // Over 80 lines on purpose: QEMU's start in order (spawn, state file, QMP, vsock gate,
+    // watchers); every step's cleanup needs what the earlier ones started.
     async fn start(
         config: &VmConfig,
         options: &VmOptions,
@@ -540,7 +525,7 @@ impl QemuVm {
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::Qmp("no QEMU attempt made".into())))
+        Err(last_err.unwrap_or(Error::Internal("no QEMU attempt made")))
     }
 
     /// Runs `f` on the QMP session, reconnecting once if it was lost.
@@ -560,12 +545,10 @@ impl QemuVm {
             *guard = Some(Qmp::connect(&self.run_dir.join(QMP_SOCKET), QMP_TIMEOUT).await?);
         }
         let Some(qmp) = guard.as_mut() else {
-            return Err(Error::Qmp("no QMP session".into()));
+            return Err(Error::Internal("no QMP session"));
         };
         let result = f(qmp).await;
-        if matches!(result, Err(Error::Io { .. }))
-            || matches!(&result, Err(Error::Qmp(m)) if m.contains("closed"))
-        {
+        if matches!(result, Err(Error::Io { .. } | Error::QmpClosed)) {
             *guard = None;
         }
         result
@@ -589,158 +572,6 @@ impl QemuVm {
 
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
-    }
-}
-
-/// How long a helper's exit waits for QEMU's before it is reported: when QEMU
-/// dies, virtiofsd exits right after it and may be reaped first.
-const HELPER_EXIT_GRACE: Duration = Duration::from_millis(100);
-
-/// How long QEMU's exit waits for the event monitor to deliver what QEMU
-/// said before dying (it reads to EOF once QEMU is gone).
-const EVENTS_DRAIN_GRACE: Duration = Duration::from_millis(500);
-
-/// A receiver that turns `Some` with the first exit among QEMU and its helpers,
-/// preferring QEMU's when both end together. `panicked` turns `Some(action)`
-/// when QEMU reports GUEST_PANICKED (and closes when the event watcher ends):
-/// QEMU's exit is then described as the guest's panic.
-fn watch_any_exit(
-    qemu: watch::Receiver<Option<String>>,
-    mut panicked: watch::Receiver<Option<String>>,
-    helpers: impl Iterator<Item = watch::Receiver<Option<String>>>,
-) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
-    let tx = Arc::new(tx);
-    let publish = |tx: &watch::Sender<Option<String>>, desc: String| {
-        tx.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(desc);
-                true
-            } else {
-                false
-            }
-        });
-    };
-    {
-        let tx = tx.clone();
-        let mut w = qemu.clone();
-        tokio::spawn(async move {
-            let desc = match w.wait_for(Option::is_some).await {
-                Ok(v) => v.clone().unwrap_or_default(),
-                Err(_) => return,
-            };
-            // Ends early when the watcher ends without a panic (channel closed).
-            let _ =
-                tokio::time::timeout(EVENTS_DRAIN_GRACE, panicked.wait_for(Option::is_some)).await;
-            let action = panicked.borrow().clone();
-            publish(
-                &tx,
-                match action {
-                    Some(action) => {
-                        format!("guest kernel panicked (QEMU action: {action}); {desc}")
-                    }
-                    None => desc,
-                },
-            );
-        });
-    }
-    for mut w in helpers {
-        let tx = tx.clone();
-        let mut q = qemu.clone();
-        tokio::spawn(async move {
-            let desc = match w.wait_for(Option::is_some).await {
-                Ok(v) => v.clone().unwrap_or_default(),
-                Err(_) => return,
-            };
-            if tokio::time::timeout(HELPER_EXIT_GRACE, q.wait_for(Option::is_some))
-                .await
-                .is_ok()
-            {
-                // QEMU ended too: its own watcher reports it.
-                return;
-            }
-            publish(&tx, desc);
-        });
-    }
-    rx
-}
-
-/// Reads the event-only QMP monitor and broadcasts what QEMU reports, until
-/// QEMU goes away. Best effort: a QEMU without the monitor only loses events.
-async fn watch_events(
-    socket: PathBuf,
-    qemu_exit: watch::Receiver<Option<String>>,
-    tx: broadcast::Sender<VmEvent>,
-    panicked: watch::Sender<Option<String>>,
-    sandbox: String,
-) {
-    let deadline = Instant::now() + EVENTS_CONNECT_TIMEOUT;
-    let mut qmp = loop {
-        if qemu_exit.borrow().is_some() {
-            return;
-        }
-        match Qmp::connect(&socket, QMP_TIMEOUT).await {
-            Ok(q) => break q,
-            Err(e) if Instant::now() >= deadline => {
-                tracing::warn!(sandbox, "QMP event monitor unreachable: {e}");
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    loop {
-        match qmp.next_event().await {
-            Ok((name, data)) => {
-                let event = VmEvent::from_qmp(&name, &data);
-                match &event {
-                    VmEvent::GuestPanicked { action } => {
-                        tracing::error!(sandbox, ?event, "guest kernel panicked");
-                        panicked.send_replace(Some(action.clone()));
-                    }
-                    _ => tracing::info!(sandbox, ?event, "QEMU event"),
-                }
-                // No subscriber is fine.
-                let _ = tx.send(event);
-            }
-            Err(e) => {
-                tracing::debug!(sandbox, "QMP event monitor closed: {e}");
-                return;
-            }
-        }
-    }
-}
-
-async fn connect_qmp(
-    socket: &Path,
-    qemu: &Supervised,
-    deadline: Instant,
-    timeout: Duration,
-    ring: &Ring,
-) -> Result<Qmp> {
-    let mut last_err = String::from("socket not created");
-    loop {
-        if qemu.has_exited() {
-            // Let the output readers catch up before reporting.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Err(Error::ProcessExited {
-                what: qemu.wait().await,
-                output: ring.tail(),
-            });
-        }
-        if tokio::fs::try_exists(socket).await.unwrap_or(false) {
-            match Qmp::connect(socket, QMP_TIMEOUT.min(timeout)).await {
-                Ok(q) => return Ok(q),
-                Err(e) => last_err = e.to_string(),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::StartTimeout {
-                what: format!("QEMU QMP ({last_err})"),
-                timeout,
-                console: ring.tail(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -812,7 +643,7 @@ impl Vm for QemuVm {
         let status = self.with_qmp(|q| Box::pin(q.query_status())).await?;
         match status.status.as_str() {
             "running" | "paused" => Ok(()),
-            other => Err(Error::Qmp(format!("VM status is {other}"))),
+            other => Err(Error::NotRunning(other.to_string())),
         }
     }
 
@@ -854,7 +685,7 @@ impl Vm for QemuVm {
                 }
                 match guard.as_mut() {
                     Some(q) => q.quit().await,
-                    None => Err(Error::Qmp("no QMP session".into())),
+                    None => Err(Error::Internal("no QMP session")),
                 }
             };
             match tokio::time::timeout(QUIT_TIMEOUT, quit).await {
@@ -905,82 +736,4 @@ impl Drop for QemuVm {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// QEMU's exit after GUEST_PANICKED names the panic; without one (the
-    /// event watcher ends) it is the plain exit, without waiting out the grace.
-    #[tokio::test]
-    async fn exit_after_a_panic_names_it() {
-        for panicked in [true, false] {
-            let (qemu_tx, qemu_rx) = watch::channel(None);
-            let (panic_tx, panic_rx) = watch::channel(None);
-            let mut any = watch_any_exit(qemu_rx, panic_rx, std::iter::empty());
-            if panicked {
-                panic_tx.send_replace(Some("poweroff".to_string()));
-            }
-            drop(panic_tx);
-            qemu_tx.send_replace(Some("qemu (pid 1) exited: exit status: 1".to_string()));
-            let t = Instant::now();
-            let desc = tokio::time::timeout(Duration::from_secs(2), any.wait_for(Option::is_some))
-                .await
-                .expect("published")
-                .expect("open")
-                .clone()
-                .unwrap_or_default();
-            assert!(t.elapsed() < EVENTS_DRAIN_GRACE, "{:?}", t.elapsed());
-            assert_eq!(
-                desc.starts_with("guest kernel panicked (QEMU action: poweroff); qemu"),
-                panicked,
-                "{desc}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn invalid_config_spawns_nothing() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let mut c = crate::config::tests::valid_config(d.path());
-        c.memory_mib = 64;
-        let e = Qemu::new()
-            .launch(c.clone())
-            .await
-            .map(|_| ())
-            .expect_err("invalid");
-        assert!(
-            matches!(e, Error::InvalidConfig(ref m) if m.contains("memory_mib")),
-            "{e}"
-        );
-        assert!(!c.run_dir.exists(), "run dir must not be created");
-    }
-
-    /// A "QEMU" that exits at once: launch fails with its output and leaves nothing.
-    #[tokio::test]
-    async fn qemu_exiting_early_is_reported_and_cleaned_up() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let mut c = crate::config::tests::valid_config(d.path());
-        let script = |name: &str, body: &str| {
-            let p = d.path().join(name);
-            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("script");
-            std::fs::set_permissions(
-                &p,
-                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-            )
-            .expect("chmod");
-            p
-        };
-        // Helpers: create the socket path they are told about, then stay up.
-        c.virtiofsd_path = script("virtiofsd", "touch \"$2\"; exec sleep 30");
-        c.vhost_device_vsock_path = script("vdv", "touch \"$4\"; exec sleep 30");
-        c.qemu_path = script("qemu", "echo 'qemu: bad option' >&2; exit 1");
-        let e = Qemu::new()
-            .launch(c.clone())
-            .await
-            .map(|_| ())
-            .expect_err("qemu fails");
-        let msg = e.to_string();
-        assert!(matches!(e, Error::ProcessExited { .. }), "{msg}");
-        assert!(msg.contains("bad option"), "{msg}");
-        assert!(!c.run_dir.exists(), "run dir removed");
-    }
-}
+mod tests;

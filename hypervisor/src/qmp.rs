@@ -36,13 +36,17 @@ pub enum Message {
     },
 }
 
+fn unexpected(got: &str) -> Error {
+    Error::QmpProtocol(format!("expected QMP greeting, got {got}"))
+}
+
 /// Parses one QMP line.
 pub fn parse_message(line: &str) -> Result<Message> {
     let v: Value = serde_json::from_str(line)
-        .map_err(|e| Error::Qmp(format!("invalid JSON from QEMU ({e}): {line:.200}")))?;
+        .map_err(|e| Error::QmpProtocol(format!("invalid JSON from QEMU ({e}): {line:.200}")))?;
     let obj = v
         .as_object()
-        .ok_or_else(|| Error::Qmp(format!("QMP message is not an object: {line:.200}")))?;
+        .ok_or_else(|| Error::QmpProtocol(format!("QMP message is not an object: {line:.200}")))?;
     let id = obj.get("id").cloned();
     if obj.contains_key("QMP") {
         Ok(Message::Greeting)
@@ -64,7 +68,9 @@ pub fn parse_message(line: &str) -> Result<Message> {
             data: obj.get("data").cloned().unwrap_or(Value::Null),
         })
     } else {
-        Err(Error::Qmp(format!("unknown QMP message: {line:.200}")))
+        Err(Error::QmpProtocol(format!(
+            "unknown QMP message: {line:.200}"
+        )))
     }
 }
 
@@ -94,7 +100,10 @@ impl Qmp {
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self> {
         let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
             .await
-            .map_err(|_| Error::Qmp(format!("connecting {} timed out", path.display())))?
+            .map_err(|_| Error::Timeout {
+                what: format!("connecting QMP socket {}", path.display()),
+                timeout,
+            })?
             .map_err(|e| Error::Io {
                 what: format!("connecting QMP socket {}", path.display()),
                 source: e,
@@ -115,7 +124,9 @@ impl Qmp {
         };
         match qmp.read_message().await? {
             Message::Greeting => {}
-            other => return Err(Error::Qmp(format!("expected QMP greeting, got {other:?}"))),
+            Message::Return { .. } => return Err(unexpected("a return value")),
+            Message::Error { class, .. } => return Err(unexpected(&format!("error {class}"))),
+            Message::Event { name, .. } => return Err(unexpected(&format!("event {name}"))),
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
@@ -125,7 +136,10 @@ impl Qmp {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.read_message_untimed())
             .await
-            .map_err(|_| Error::Qmp(format!("no answer from QEMU within {timeout:?}")))?
+            .map_err(|_| Error::Timeout {
+                what: "waiting for QEMU's QMP answer".into(),
+                timeout,
+            })?
     }
 
     async fn read_message_untimed(&mut self) -> Result<Message> {
@@ -139,7 +153,7 @@ impl Qmp {
                 source: e,
             })?;
         if n == 0 {
-            return Err(Error::Qmp("QMP connection closed by QEMU".into()));
+            return Err(Error::QmpClosed);
         }
         parse_message(line.trim_end())
     }
@@ -152,11 +166,15 @@ impl Qmp {
         if let Some(args) = arguments {
             req["arguments"] = args;
         }
-        let mut bytes = serde_json::to_vec(&req).map_err(|e| Error::Qmp(e.to_string()))?;
+        let mut bytes = serde_json::to_vec(&req)
+            .map_err(|e| Error::QmpProtocol(format!("encoding {command}: {e}")))?;
         bytes.push(b'\n');
         tokio::time::timeout(self.timeout, self.writer.write_all(&bytes))
             .await
-            .map_err(|_| Error::Qmp(format!("sending {command} timed out")))?
+            .map_err(|_| Error::Timeout {
+                what: format!("sending QMP {command}"),
+                timeout: self.timeout,
+            })?
             .map_err(|e| Error::Io {
                 what: format!("sending QMP {command}"),
                 source: e,
@@ -180,7 +198,11 @@ impl Qmp {
                     class,
                     desc,
                 } if matches_id(&rid, id) => {
-                    return Err(Error::Qmp(format!("{command}: {class}: {desc}")))
+                    return Err(Error::Qmp {
+                        command: command.to_string(),
+                        class,
+                        desc,
+                    })
                 }
                 other => tracing::debug!(?other, "QMP: skipping unrelated message"),
             }
@@ -213,7 +235,7 @@ impl Qmp {
     pub async fn quit(&mut self) -> Result<()> {
         match self.execute("quit", None).await {
             Ok(_) => Ok(()),
-            Err(Error::Qmp(m)) if m.contains("closed by QEMU") => Ok(()),
+            Err(Error::QmpClosed) => Ok(()),
             Err(Error::Io { source, .. })
                 if matches!(
                     source.kind(),
@@ -404,9 +426,10 @@ mod tests {
                 data: json!({"guest": true, "reason": "guest-shutdown"})
             }
         );
-        assert!(parse_message("not json").is_err());
-        assert!(parse_message("[1,2]").is_err());
-        assert!(parse_message(r#"{"foo": 1}"#).is_err());
+        for bad in ["not json", "[1,2]", r#"{"foo": 1}"#] {
+            let e = parse_message(bad).expect_err(bad);
+            assert!(matches!(e, Error::QmpProtocol(_)), "{bad}: {e:?}");
+        }
     }
 
     /// Arbitrary input (random bytes, mutated valid messages) never panics the parser.
@@ -524,7 +547,14 @@ mod tests {
             json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "dimm-mem0"})
         );
         let e = qmp.execute("bogus", None).await.expect_err("bogus fails");
-        assert!(e.to_string().contains("CommandNotFound"), "{e}");
+        assert!(
+            matches!(&e, Error::Qmp { command, class, .. } if command == "bogus" && class == "CommandNotFound"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("QMP bogus: CommandNotFound: "),
+            "{e}"
+        );
         qmp.quit().await.expect("quit tolerates close");
         srv.await.expect("server");
     }
@@ -535,6 +565,10 @@ mod tests {
         let e = Qmp::handshake(client, Duration::from_millis(100))
             .await
             .expect_err("timeout");
-        assert!(e.to_string().contains("no answer"), "{e}");
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "waiting for QEMU's QMP answer timed out after 100ms"
+        );
     }
 }

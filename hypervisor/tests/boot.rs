@@ -6,16 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_client::testing::which;
-use hypervisor::{Accel, Error, Hypervisor, MachineType, Qemu, VmConfig, VsockEndpoint, VsockKind};
+use hypervisor::{
+    Accel, Error, Hypervisor, MachineType, Qemu, VmConfig, VmOptions, VsockEndpoint, VsockKind,
+};
 
+/// The guest image, or skip (a failure under `KATA_REQUIRE_VM=1`).
 fn image_dir() -> Option<PathBuf> {
-    match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-            None
-        }
-    }
+    agent_client::testing::guest_image_dir()
 }
 
 fn config(images: &Path, work: &Path, id: &str) -> VmConfig {
@@ -69,7 +66,10 @@ async fn boot_query_and_stop() {
     let cfg = config(&images, work.path(), "boot1");
     let run_dir = cfg.run_dir.clone();
     let t0 = Instant::now();
-    let vm = Qemu::new().launch(cfg).await.expect("launch");
+    let vm = Qemu::new()
+        .launch(cfg, &VmOptions::default())
+        .await
+        .expect("launch");
     eprintln!("launched in {:?}", t0.elapsed());
     let pids = vm.pids();
     assert!(pids.len() >= 2, "qemu + helpers: {pids:?}");
@@ -107,7 +107,10 @@ async fn qemu_killed_is_detected() {
     let work = tempfile::tempdir().expect("tempdir");
     let cfg = config(&images, work.path(), "kill1");
     let run_dir = cfg.run_dir.clone();
-    let vm = Qemu::new().launch(cfg).await.expect("launch");
+    let vm = Qemu::new()
+        .launch(cfg, &VmOptions::default())
+        .await
+        .expect("launch");
     let pids = vm.pids();
     let qemu = i32::try_from(pids[0]).expect("pid");
     nix::sys::signal::kill(
@@ -135,7 +138,10 @@ async fn cleanup_run_dir_after_owner_lost() {
     let work = tempfile::tempdir().expect("tempdir");
     let cfg = config(&images, work.path(), "orphan1");
     let run_dir = cfg.run_dir.clone();
-    let vm = Qemu::new().launch(cfg).await.expect("launch");
+    let vm = Qemu::new()
+        .launch(cfg, &VmOptions::default())
+        .await
+        .expect("launch");
     let pids = vm.pids();
     // As the shim's `delete` after a daemon crash: only the run dir is known.
     hypervisor::cleanup_run_dir(&run_dir)
@@ -153,7 +159,8 @@ async fn cleanup_run_dir_after_owner_lost() {
 async fn bad_input_spawns_nothing() {
     // Runs without an image too: validation happens before anything starts.
     let work = tempfile::tempdir().expect("tempdir");
-    let images = image_dir().unwrap_or_else(|| work.path().to_path_buf());
+    let images = std::env::var_os("KATA_GUEST_IMAGE_DIR")
+        .map_or_else(|| work.path().to_path_buf(), PathBuf::from);
     let base = config(&images, work.path(), "bad1");
     type Mutation = fn(&mut VmConfig);
     let cases: [(&str, Mutation); 3] = [
@@ -166,7 +173,7 @@ async fn bad_input_spawns_nothing() {
     for (field, mutate) in cases {
         let mut c = base.clone();
         mutate(&mut c);
-        match Qemu::new().launch(c.clone()).await {
+        match Qemu::new().launch(c.clone(), &VmOptions::default()).await {
             Err(Error::InvalidConfig(m)) => {
                 // Without an image the kernel check may fire first; with one it must name the field.
                 if std::env::var_os("KATA_GUEST_IMAGE_DIR").is_some() {
@@ -193,7 +200,10 @@ async fn helper_killed_is_detected() {
         let work = tempfile::tempdir().expect("tempdir");
         let cfg = config(&images, work.path(), &format!("hk{index}"));
         let run_dir = cfg.run_dir.clone();
-        let vm = Qemu::new().launch(cfg).await.expect("launch");
+        let vm = Qemu::new()
+            .launch(cfg, &VmOptions::default())
+            .await
+            .expect("launch");
         let pids = vm.pids();
         let Some(&helper) = pids.get(index) else {
             eprintln!("no {name} here (kernel vhost-vsock?): {pids:?}");

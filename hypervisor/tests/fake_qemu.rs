@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hypervisor::{
-    Accel, HostProbe, Hypervisor, MachineType, Qemu, VmConfig, VsockEndpoint, VsockKind,
+    Accel, HostProbe, Hypervisor, MachineType, Qemu, VmConfig, VmOptions, VsockEndpoint, VsockKind,
 };
 
 const FAKE_QEMU: &str = r#"
@@ -50,7 +50,7 @@ fn python3() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        eprintln!("skipping: python3 not found");
+        agent_client::testing::skip_unless_required("python3 not found");
     }
     found
 }
@@ -135,7 +135,7 @@ async fn kernel_vsock_retries_busy_cids() {
     let Some(py) = python3() else { return };
     let f = fixture(&py, 2, true, false);
     let vm = Qemu::with_probe(f.probe.clone())
-        .launch(f.config.clone())
+        .launch(f.config.clone(), &VmOptions::default())
         .await
         .expect("launch after CID retries");
     let VsockEndpoint::Kernel { cid } = vm.vsock() else {
@@ -168,7 +168,7 @@ async fn vhost_user_launch_and_helper_death() {
     let Some(py) = python3() else { return };
     let f = fixture(&py, 0, false, false);
     let vm = Qemu::with_probe(f.probe.clone())
-        .launch(f.config.clone())
+        .launch(f.config.clone(), &VmOptions::default())
         .await
         .expect("launch");
     assert_eq!(
@@ -219,7 +219,7 @@ async fn stop_kills_qemu_that_ignores_quit() {
     let Some(py) = python3() else { return };
     let f = fixture(&py, 0, false, true);
     let vm = Qemu::with_probe(f.probe.clone())
-        .launch(f.config.clone())
+        .launch(f.config.clone(), &VmOptions::default())
         .await
         .expect("launch");
     let pids = vm.pids();

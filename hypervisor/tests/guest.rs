@@ -30,14 +30,9 @@ use tokio::sync::broadcast;
 #[path = "support/container.rs"]
 mod container;
 
+/// The guest image, or skip (a failure under `KATA_REQUIRE_VM=1`).
 fn image_dir() -> Option<PathBuf> {
-    match std::env::var_os("KATA_GUEST_IMAGE_DIR") {
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            eprintln!("skipping: KATA_GUEST_IMAGE_DIR is not set");
-            None
-        }
-    }
+    agent_client::testing::guest_image_dir()
 }
 
 fn config(images: &Path, work: &Path, id: &str, machine: MachineType) -> VmConfig {

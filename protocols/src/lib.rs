@@ -35,3 +35,25 @@ pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
 /// What the project's guest agent prints on the console (its log at info
 /// level) once it listens on vsock; the shim opens the vsock to clients on it.
 pub const AGENT_READY_LINE: &str = "kata_agent: agent ready";
+
+/// The parts of the shim/guest-agent contract that are not messages: where
+/// the host's shared directory appears in the guest, its mount tag, and the
+/// storage driver names (upstream kata's). Both sides read them from here.
+pub mod share {
+    /// Where the guest mounts the shared directory; a container's rootfs is
+    /// `<GUEST_SHARED_DIR>/<container id>/rootfs`.
+    pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+    /// The virtio-fs (or 9p) tag of the shared directory.
+    pub const SHARED_FS_TAG: &str = "kataShared";
+
+    /// `Storage.driver` values.
+    pub mod driver {
+        pub const VIRTIO_FS: &str = "virtio-fs";
+        pub const NINE_P: &str = "9p";
+        pub const EPHEMERAL: &str = "ephemeral";
+        pub const LOCAL: &str = "local";
+        pub const OVERLAYFS: &str = "overlayfs";
+        /// Every driver the project's guest agent mounts (its `storage_handlers`).
+        pub const ALL: [&str; 5] = [VIRTIO_FS, NINE_P, EPHEMERAL, LOCAL, OVERLAYFS];
+    }
+}

@@ -21,6 +21,23 @@ use regex::Regex;
 
 use crate::error::{Error, Result};
 
+/// The annotations containerd's CRI plugin puts on every container it
+/// creates: how the shim learns which pod a container belongs to and the
+/// pod's size. One place for the keys, whoever reads them.
+pub mod cri {
+    /// The pod (sandbox container) a container belongs to.
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    /// [`SANDBOX`] for the pod's sandbox (pause) container, [`CONTAINER`] for the others.
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const SANDBOX: &str = "sandbox";
+    pub const CONTAINER: &str = "container";
+    /// The pod's CPU period and quota (sum of its containers' limits).
+    pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+    pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+    /// The pod's memory limit in bytes.
+    pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+}
+
 pub const KATA_PREFIX: &str = "io.katacontainers.";
 pub const HYPERVISOR_PREFIX: &str = "io.katacontainers.config.hypervisor.";
 /// Upstream's `MinHypervisorMemory`: the least `default_memory` (MiB) accepted.

@@ -9,18 +9,84 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use protocols::containerd::events::task;
 use protocols::containerd::protobuf::well_known_types::any::Any;
 use protocols::containerd::protobuf::well_known_types::timestamp::Timestamp;
 use protocols::containerd::protobuf::{MessageDyn, MessageField};
 use protocols::containerd::shim::event::Envelope;
 use protocols::containerd::shim::events::ForwardRequest;
 use protocols::containerd::shim_async::EventsClient;
+use protocols::containerd::topics;
 use protocols::containerd::ttrpc;
 use tokio::sync::mpsc;
 
+/// The events the shim publishes, each knowing its topic and protobuf name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    Create(task::TaskCreate),
+    Start(task::TaskStart),
+    Delete(task::TaskDelete),
+    Exit(task::TaskExit),
+    Oom(task::TaskOOM),
+    ExecAdded(task::TaskExecAdded),
+    ExecStarted(task::TaskExecStarted),
+    Paused(task::TaskPaused),
+    Resumed(task::TaskResumed),
+}
+
+impl TaskEvent {
+    /// containerd's topic (`/tasks/...`).
+    pub fn topic(&self) -> &'static str {
+        match self {
+            TaskEvent::Create(_) => topics::TASK_CREATE_EVENT_TOPIC,
+            TaskEvent::Start(_) => topics::TASK_START_EVENT_TOPIC,
+            TaskEvent::Delete(_) => topics::TASK_DELETE_EVENT_TOPIC,
+            TaskEvent::Exit(_) => topics::TASK_EXIT_EVENT_TOPIC,
+            TaskEvent::Oom(_) => topics::TASK_OOM_EVENT_TOPIC,
+            TaskEvent::ExecAdded(_) => topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskEvent::ExecStarted(_) => topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            TaskEvent::Paused(_) => topics::TASK_PAUSED_EVENT_TOPIC,
+            TaskEvent::Resumed(_) => topics::TASK_RESUMED_EVENT_TOPIC,
+        }
+    }
+
+    /// The message itself (for text dumps in tests and logs).
+    pub fn message(&self) -> &dyn MessageDyn {
+        match self {
+            TaskEvent::Create(m) => m,
+            TaskEvent::Start(m) => m,
+            TaskEvent::Delete(m) => m,
+            TaskEvent::Exit(m) => m,
+            TaskEvent::Oom(m) => m,
+            TaskEvent::ExecAdded(m) => m,
+            TaskEvent::ExecStarted(m) => m,
+            TaskEvent::Paused(m) => m,
+            TaskEvent::Resumed(m) => m,
+        }
+    }
+
+    /// The `Any` payload: type URL (the protobuf full name, written out so
+    /// no reflection tables are built: they cost every shim hundreds of KiB
+    /// of heap) and bytes.
+    fn encode(&self) -> protocols::containerd::protobuf::Result<(&'static str, Vec<u8>)> {
+        use protocols::containerd::protobuf::Message;
+        Ok(match self {
+            TaskEvent::Create(m) => ("containerd.events.TaskCreate", m.write_to_bytes()?),
+            TaskEvent::Start(m) => ("containerd.events.TaskStart", m.write_to_bytes()?),
+            TaskEvent::Delete(m) => ("containerd.events.TaskDelete", m.write_to_bytes()?),
+            TaskEvent::Exit(m) => ("containerd.events.TaskExit", m.write_to_bytes()?),
+            TaskEvent::Oom(m) => ("containerd.events.TaskOOM", m.write_to_bytes()?),
+            TaskEvent::ExecAdded(m) => ("containerd.events.TaskExecAdded", m.write_to_bytes()?),
+            TaskEvent::ExecStarted(m) => ("containerd.events.TaskExecStarted", m.write_to_bytes()?),
+            TaskEvent::Paused(m) => ("containerd.events.TaskPaused", m.write_to_bytes()?),
+            TaskEvent::Resumed(m) => ("containerd.events.TaskResumed", m.write_to_bytes()?),
+        })
+    }
+}
+
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>);
+    async fn publish(&self, event: TaskEvent);
 }
 
 /// Events waiting for containerd; beyond this, publishing waits.
@@ -62,18 +128,10 @@ fn url_of(address: &str) -> String {
 /// The envelope containerd expects: the event as an `Any` named by its
 /// protobuf full name, with topic, namespace and time.
 pub fn envelope(
-    topic: &str,
+    event: &TaskEvent,
     namespace: &str,
-    event: &dyn MessageDyn,
 ) -> protocols::containerd::protobuf::Result<Envelope> {
-    let (type_url, value) = match encode_known(event) {
-        Some((name, value)) => (name.to_owned(), value),
-        None => {
-            let mut value = Vec::new();
-            event.write_to_vec_dyn(&mut value)?;
-            (event.descriptor_dyn().full_name().to_owned(), value)
-        }
-    };
+    let (type_url, value) = event.encode()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -84,45 +142,14 @@ pub fn envelope(
             ..Default::default()
         }),
         namespace: namespace.to_owned(),
-        topic: topic.to_owned(),
+        topic: event.topic().to_owned(),
         event: MessageField::some(Any {
-            type_url,
+            type_url: type_url.to_owned(),
             value,
             ..Default::default()
         }),
         ..Default::default()
     })
-}
-
-/// Encodes the task events the shim publishes by their concrete type, with
-/// their protobuf full names written out: the `dyn` path goes through
-/// protobuf's reflection tables, which cost every shim hundreds of KiB of
-/// heap once built. Other messages fall back to it.
-fn encode_known(event: &dyn MessageDyn) -> Option<(&'static str, Vec<u8>)> {
-    use protocols::containerd::events::task::*;
-    use protocols::containerd::protobuf::Message;
-    macro_rules! known {
-        ($($t:ident),*) => {$(
-            if let Some(m) = event.downcast_ref::<$t>() {
-                return m
-                    .write_to_bytes()
-                    .ok()
-                    .map(|v| (concat!("containerd.events.", stringify!($t)), v));
-            }
-        )*};
-    }
-    known!(
-        TaskCreate,
-        TaskStart,
-        TaskDelete,
-        TaskExit,
-        TaskOOM,
-        TaskExecAdded,
-        TaskExecStarted,
-        TaskPaused,
-        TaskResumed
-    );
-    None
 }
 
 async fn send_loop(url: String, mut rx: mpsc::Receiver<Envelope>) {
@@ -170,8 +197,9 @@ fn topic_of(req: &ForwardRequest) -> String {
 
 #[async_trait]
 impl EventSink for Containerd {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        match envelope(topic, &self.namespace, event.as_ref()) {
+    async fn publish(&self, event: TaskEvent) {
+        let topic = event.topic();
+        match envelope(&event, &self.namespace) {
             Ok(env) => {
                 if self.queue.send(env).await.is_err() {
                     tracing::warn!(topic, "event sender gone");
@@ -240,27 +268,28 @@ mod tests {
             exit_status: 7,
             ..Default::default()
         };
-        let events: Vec<Box<dyn MessageDyn>> = vec![
-            Box::new(TaskCreate::new()),
-            Box::new(TaskStart::new()),
-            Box::new(TaskDelete::new()),
-            Box::new(exit.clone()),
-            Box::new(TaskOOM::new()),
-            Box::new(TaskExecAdded::new()),
-            Box::new(TaskExecStarted::new()),
-            Box::new(TaskPaused::new()),
-            Box::new(TaskResumed::new()),
-            // Not in the table: the reflective path.
-            Box::new(TaskCheckpointed::new()),
+        let events = vec![
+            TaskEvent::Create(TaskCreate::new()),
+            TaskEvent::Start(TaskStart::new()),
+            TaskEvent::Delete(TaskDelete::new()),
+            TaskEvent::Exit(exit.clone()),
+            TaskEvent::Oom(TaskOOM::new()),
+            TaskEvent::ExecAdded(TaskExecAdded::new()),
+            TaskEvent::ExecStarted(TaskExecStarted::new()),
+            TaskEvent::Paused(TaskPaused::new()),
+            TaskEvent::Resumed(TaskResumed::new()),
         ];
         for e in events {
-            let env = envelope("/t", "ns", e.as_ref()).expect("envelope");
-            assert_eq!(env.event.type_url, e.descriptor_dyn().full_name());
+            let env = envelope(&e, "ns").expect("envelope");
+            let m = e.message();
+            assert_eq!(env.event.type_url, m.descriptor_dyn().full_name());
+            assert_eq!(env.topic, e.topic());
+            assert!(env.topic.starts_with("/tasks/"), "{}", env.topic);
             let mut want = Vec::new();
-            e.write_to_vec_dyn(&mut want).expect("encode");
+            m.write_to_vec_dyn(&mut want).expect("encode");
             assert_eq!(env.event.value, want, "{}", env.event.type_url);
         }
-        let env = envelope("/tasks/exit", "ns", &exit).expect("envelope");
+        let env = envelope(&TaskEvent::Exit(exit.clone()), "ns").expect("envelope");
         assert_eq!(
             TaskExit::parse_from_bytes(&env.event.value).expect("decode"),
             exit
@@ -278,10 +307,10 @@ mod tests {
         let publisher = Containerd::connect(&path.to_string_lossy(), "k8s.io");
         // containerd is not listening yet: the events wait and keep their order.
         publisher
-            .publish("/tasks/start", Box::new(TaskStart::default()))
+            .publish(TaskEvent::Start(TaskStart::default()))
             .await;
         publisher
-            .publish("/tasks/exit", Box::new(TaskExit::default()))
+            .publish(TaskEvent::Exit(TaskExit::default()))
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let sink = Sink::default();

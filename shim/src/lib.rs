@@ -2,8 +2,10 @@
 //! binary, benchmarks and tests share one implementation.
 
 pub mod annotations;
+pub mod blocking;
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod drain;
 pub mod error;
 pub mod events;
@@ -12,10 +14,10 @@ pub mod hooks;
 pub mod io;
 pub mod metrics;
 pub mod network;
+pub mod oci_resources;
 pub mod persist;
 pub mod podsize;
 pub mod process;
-pub mod resources;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;
@@ -23,3 +25,4 @@ pub mod share;
 pub mod spec;
 pub mod stats;
 pub mod testing;
+pub mod vmsize;

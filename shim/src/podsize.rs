@@ -14,9 +14,7 @@ use std::collections::HashMap;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-pub const CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
-pub const CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
-pub const MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+use crate::annotations::cri::{SANDBOX_CPU_PERIOD, SANDBOX_CPU_QUOTA, SANDBOX_MEMORY};
 
 const MIB: u64 = 1 << 20;
 
@@ -38,14 +36,17 @@ fn number(a: &HashMap<String, String>, key: &str) -> Result<i64> {
 
 /// The pod's size from CRI's sandbox annotations.
 pub fn from_annotations(a: &HashMap<String, String>) -> Result<PodSize> {
-    let (period, quota) = (number(a, CPU_PERIOD)?, number(a, CPU_QUOTA)?);
+    let (period, quota) = (
+        number(a, SANDBOX_CPU_PERIOD)?,
+        number(a, SANDBOX_CPU_QUOTA)?,
+    );
     let vcpus = if period > 0 && quota > 0 {
         // A quota of 1.5 CPUs needs 2 vCPUs to be usable.
         u32::try_from((quota + period - 1) / period).unwrap_or(u32::MAX)
     } else {
         0
     };
-    let bytes = u64::try_from(number(a, MEMORY)?).unwrap_or(0);
+    let bytes = u64::try_from(number(a, SANDBOX_MEMORY)?).unwrap_or(0);
     let memory_mib = u32::try_from(bytes.div_ceil(MIB)).unwrap_or(u32::MAX);
     Ok(PodSize { vcpus, memory_mib })
 }
@@ -100,9 +101,9 @@ mod tests {
     #[test]
     fn limits_become_vcpus_and_memory() {
         let a = ann(&[
-            (CPU_PERIOD, "100000"),
-            (CPU_QUOTA, "150000"),
-            (MEMORY, "2147483648"),
+            (SANDBOX_CPU_PERIOD, "100000"),
+            (SANDBOX_CPU_QUOTA, "150000"),
+            (SANDBOX_MEMORY, "2147483648"),
         ]);
         assert_eq!(
             from_annotations(&a).expect("parsed"),
@@ -112,13 +113,17 @@ mod tests {
             }
         );
         // No quota (-1 or absent), no memory limit: nothing to add.
-        let a = ann(&[(CPU_PERIOD, "100000"), (CPU_QUOTA, "-1"), (MEMORY, "0")]);
+        let a = ann(&[
+            (SANDBOX_CPU_PERIOD, "100000"),
+            (SANDBOX_CPU_QUOTA, "-1"),
+            (SANDBOX_MEMORY, "0"),
+        ]);
         assert_eq!(from_annotations(&a).expect("parsed"), PodSize::default());
         assert_eq!(
             from_annotations(&ann(&[])).expect("none"),
             PodSize::default()
         );
-        let e = from_annotations(&ann(&[(MEMORY, "2Gi")])).expect_err("not bytes");
+        let e = from_annotations(&ann(&[(SANDBOX_MEMORY, "2Gi")])).expect_err("not bytes");
         assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     }
 

@@ -15,7 +15,7 @@ use crate::failpoint;
 use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
 use crate::share::Mounter;
-use crate::spec::GUEST_SHARED_DIR;
+use protocols::share::{driver, GUEST_SHARED_DIR, SHARED_FS_TAG};
 
 /// Dials the guest agent; a seam so the service can run on fakes.
 #[async_trait]
@@ -51,7 +51,7 @@ pub struct Sandbox {
     /// The pod NIC's tap, removed at shutdown.
     pub network: Option<PodNic>,
     /// The VM's size and hotplug room (Update grows it).
-    pub size: tokio::sync::Mutex<crate::service::resources::VmSize>,
+    pub size: tokio::sync::Mutex<crate::vmsize::VmSize>,
     /// Owns the share's mounts and directories.
     pub mounter: Arc<dyn Mounter>,
 }
@@ -138,6 +138,8 @@ impl Sandbox {
         result
     }
 
+    // Over 80 lines on purpose: the pod's boot in order (share, VM, agent, CreateSandbox, network);
+    // each failure stops what was started.
     async fn boot_in(
         id: &str,
         params: &BootParams<'_>,
@@ -161,7 +163,7 @@ impl Sandbox {
         failpoint::gate(failpoint::Phase::Boot, id).await;
         let t = std::time::Instant::now();
         let vm = hypervisor
-            .launch_with_options(
+            .launch(
                 VmConfig {
                     network: nic.map(|(ns, iface, _)| NetworkConfig {
                         netns: ns.clone(),
@@ -170,7 +172,7 @@ impl Sandbox {
                     }),
                     ..vm_config(id, paths, config)
                 },
-                q.options.clone(),
+                &q.options,
             )
             .await?;
         let addr = match vm.vsock() {
@@ -204,7 +206,7 @@ impl Sandbox {
             hostname: params.hostname.to_owned(),
             storages: vec![Storage {
                 driver: shared_fs_driver(q.options.shared_fs).into(),
-                source: "kataShared".into(),
+                source: SHARED_FS_TAG.into(),
                 fstype: shared_fs_type(q.options.shared_fs).into(),
                 mount_point: format!("{GUEST_SHARED_DIR}/"),
                 ..Default::default()
@@ -242,7 +244,7 @@ impl Sandbox {
                 netns: ns.clone(),
                 interface: iface.name.clone(),
             }),
-            size: tokio::sync::Mutex::new(crate::service::resources::VmSize::of(q)),
+            size: tokio::sync::Mutex::new(crate::vmsize::VmSize::of(q)),
             mounter,
         })
     }
@@ -330,8 +332,8 @@ pub fn phase(sandbox: &str, name: &str, since: std::time::Instant) {
 /// The agent's storage driver for the configured shared fs.
 fn shared_fs_driver(kind: hypervisor::SharedFsKind) -> &'static str {
     match kind {
-        hypervisor::SharedFsKind::VirtioFs => "virtio-fs",
-        hypervisor::SharedFsKind::Virtio9p => "9p",
+        hypervisor::SharedFsKind::VirtioFs => driver::VIRTIO_FS,
+        hypervisor::SharedFsKind::Virtio9p => driver::NINE_P,
     }
 }
 

@@ -97,6 +97,7 @@ fn sorted_hugetlb(cg: &CgroupStats) -> Vec<(&String, &protocols::agent::HugetlbS
     h
 }
 
+// Over 80 lines on purpose: a field-by-field copy into containerd's cgroup v1 metrics message.
 fn to_v1(stats: &StatsContainerResponse) -> v1::Metrics {
     let mut m = v1::Metrics::default();
     for n in &stats.network_stats {
@@ -246,6 +247,7 @@ fn v2_io(b: &protocols::agent::BlkioStats) -> Vec<v2::IOEntry> {
     dev.into_values().collect()
 }
 
+// Over 80 lines on purpose: a field-by-field copy into containerd's cgroup v2 metrics message.
 fn to_v2(stats: &StatsContainerResponse) -> v2::Metrics {
     let mut m = v2::Metrics::default();
     for n in &stats.network_stats {

@@ -8,11 +8,10 @@ use std::time::Duration;
 use agent_client::fake::FakeAgent;
 use agent_client::{Address, Agent};
 use async_trait::async_trait;
-use protocols::containerd::protobuf::MessageDyn;
 use protocols::containerd::ttrpc::r#async::TtrpcContext;
 
 use crate::error::Result;
-use crate::events::EventSink;
+use crate::events::{EventSink, TaskEvent};
 use crate::persist::SandboxPaths;
 use crate::sandbox::AgentDialer;
 use crate::share::{ContainerMounts, Mounter};
@@ -23,9 +22,9 @@ pub struct RecordingEvents(Mutex<Vec<(String, String)>>);
 
 #[async_trait]
 impl EventSink for RecordingEvents {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let text = protocols::protobuf::text_format::print_to_string(event.as_ref());
-        self.lock().push((topic.to_owned(), text));
+    async fn publish(&self, event: TaskEvent) {
+        let text = protocols::protobuf::text_format::print_to_string(event.message());
+        self.lock().push((event.topic().to_owned(), text));
     }
 }
 

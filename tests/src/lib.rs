@@ -61,6 +61,45 @@ pub fn vm_tests_ready() -> Result<()> {
     Ok(())
 }
 
+/// Bytes a test printed, as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Whether a VM test can run; prints why not and returns false (skip), or
+/// panics when `KATA_REQUIRE_VM=1` (CI, `make test`): a missing image or
+/// shim must fail there, not pass as skipped. Use [`require_vm!`].
+pub fn vm_test_can_run() -> bool {
+    match vm_tests_ready() {
+        Ok(()) => true,
+        Err(e) => {
+            agent_client::testing::skip_unless_required(&format!("{e:#}"));
+            false
+        }
+    }
+}
+
+/// First line of a VM test returning `Result`: returns `Ok(())` (skipped)
+/// when the test cannot run here, fails under `KATA_REQUIRE_VM=1`.
+#[macro_export]
+macro_rules! require_vm {
+    () => {
+        if !$crate::vm_test_can_run() {
+            return Ok(());
+        }
+    };
+}
+
+/// Stops containerd, then checks that the test left no VM, helper daemon,
+/// mount or directory behind (Task API tests, processes found by `ctd`'s
+/// directory).
+pub fn assert_no_leftovers(ctd: Containerd) {
+    let scope = ctd.dir.clone();
+    drop(ctd);
+    let left = leaks::settle_and_check(&scope);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
 /// Writes a shim configuration (Kata format) for the built guest assets;
 /// `edit` may change the text (e.g. break the kernel path).
 pub fn write_config(path: &Path, edit: impl Fn(String) -> String) -> Result<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use integration_tests::cri::client::{CONTAINER_EXITED, CONTAINER_RUNNING};
 use integration_tests::cri::{vms, Cri};
-use integration_tests::{on_both_containerds, vm_tests_ready, Containerd, Dist, IMAGE};
+use integration_tests::{on_both_containerds, Containerd, Dist, IMAGE};
 
 fn log_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
@@ -18,10 +18,7 @@ fn log_lines(path: &std::path::Path) -> usize {
 
 on_both_containerds!(pods_survive_a_containerd_restart);
 async fn pods_survive_a_containerd_restart(dist: Dist) -> Result<()> {
-    if let Err(e) = vm_tests_ready() {
-        eprintln!("skipping: {e:#}");
-        return Ok(());
-    }
+    integration_tests::require_vm!();
     let d = dist.clone();
     let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_on(&d)).await??;
     let logs = ctd.dir.join("pod-logs");

@@ -8,53 +8,13 @@ use integration_tests::cri::client::{
     CONTAINER_EXITED, CONTAINER_RUNNING, SANDBOX_NOTREADY, SANDBOX_READY,
 };
 use integration_tests::cri::{self, vms, Cri};
-use integration_tests::{on_both_containerds, vm_tests_ready, Containerd, Dist, IMAGE};
+use integration_tests::cri::{assert_no_leftovers, pod_with_sleeper, setup, setup_on};
+use integration_tests::{on_both_containerds, require_vm, text, Dist, IMAGE};
 use k8s_cri::v1 as api;
-
-/// Skips (passing, with a message) where the VM tests cannot run.
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-/// A private containerd with CRI, and a client connected to it.
-async fn setup() -> Result<(Containerd, Cri)> {
-    setup_on(&Dist::system()).await
-}
-
-/// As [`setup`] on the containerd of `dist`.
-async fn setup_on(dist: &Dist) -> Result<(Containerd, Cri)> {
-    let dist = dist.clone();
-    let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_on(&dist)).await??;
-    let cri = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
-    Ok((ctd, cri))
-}
-
-/// Stops containerd, then checks that none of the test's pods left a VM,
-/// helper, mount or directory, and no process mentions its containerd.
-async fn assert_no_leftovers(ctd: Containerd, c: &Cri) {
-    let scope = ctd.dir.clone();
-    let pods = c.pods.clone();
-    let left = tokio::task::spawn_blocking(move || {
-        drop(ctd);
-        pods.settle_and_check(&scope)
-    })
-    .await
-    .expect("join");
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 /// The QEMU pid of `pod`'s VM.
 fn vm_pid(pod: &str) -> Option<u32> {
     vms::vm_of(pod).map(|v| v.pid)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,18 +191,6 @@ async fn pods_reach_each_other_over_the_pod_network() -> Result<()> {
     c.remove_pod(&server).await?;
     assert_no_leftovers(ctd, &c).await;
     Ok(())
-}
-
-/// A pod with one long-running container; returns (pod config, pod, container).
-async fn pod_with_sleeper(
-    c: &mut Cri,
-    name: &str,
-) -> Result<(api::PodSandboxConfig, String, String)> {
-    let pod_cfg = c.pod_config(name);
-    let pod = c.run_pod(&pod_cfg).await?;
-    let cfg = Cri::container_config("sleeper", IMAGE, &["sleep", "3600"]);
-    let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
-    Ok((pod_cfg, pod, id))
 }
 
 on_both_containerds!(stop_container_sends_sigterm_then_sigkill_after_the_grace_period);
@@ -754,155 +702,6 @@ async fn pull_image_from_the_local_registry_and_run_it() -> Result<()> {
     c.wait_exited(&id, Duration::from_secs(30)).await?;
     c.remove_pod(&pod).await?;
     drop(registry);
-    assert_no_leftovers(ctd, &c).await;
-    Ok(())
-}
-
-fn exec_request(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> api::ExecRequest {
-    api::ExecRequest {
-        container_id: id.to_owned(),
-        cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-        tty,
-        stdin,
-        stdout: true,
-        stderr: !tty,
-    }
-}
-
-on_both_containerds!(exec_streaming_with_and_without_tty);
-async fn exec_streaming_with_and_without_tty(dist: Dist) -> Result<()> {
-    require_vm!();
-    let (ctd, mut c) = setup_on(&dist).await?;
-    let (_, pod, id) = pod_with_sleeper(&mut c, "exec")
-        .await
-        .with_context(|| ctd.log())?;
-    let t = Duration::from_secs(60);
-
-    // No tty: separate streams and the exit code on the error channel.
-    let req = exec_request(
-        &id,
-        &["sh", "-c", "echo out; echo err >&2; exit 3"],
-        false,
-        false,
-    );
-    let url =
-        c.rt.exec(req)
-            .await
-            .with_context(|| ctd.log())?
-            .into_inner()
-            .url;
-    let o = cri::stream::run(&url, None, b"", t).await?;
-    assert_eq!(
-        (o.stdout_text().as_str(), text(&o.stderr).as_str()),
-        ("out\n", "err\n")
-    );
-    assert_eq!(o.exit_code(), Some(3), "{o:?}");
-
-    // stdin reaches the process.
-    let req = exec_request(&id, &["head", "-n", "1"], false, true);
-    let url = c.rt.exec(req).await?.into_inner().url;
-    let o = cri::stream::run(&url, None, b"typed line\n", t).await?;
-    assert_eq!(o.stdout_text(), "typed line\n");
-    assert_eq!(o.exit_code(), Some(0), "{o:?}");
-
-    // tty (what `crictl exec -it` does): a pty, CRLF output, window size.
-    let req = exec_request(&id, &["sh", "-c", "tty; sleep 1; stty size"], true, true);
-    let url = c.rt.exec(req).await?.into_inner().url;
-    let o = cri::stream::run(&url, Some((100, 30)), b"", t).await?;
-    let out = o.stdout_text();
-    assert!(out.starts_with("/dev/pts/"), "{out:?}");
-    assert!(out.contains("\r\n"), "tty output has CRLF: {out:?}");
-    assert!(out.contains("30 100"), "window size: {out:?}");
-    assert_eq!(o.exit_code(), Some(0), "{o:?}");
-    c.remove_pod(&pod).await?;
-    assert_no_leftovers(ctd, &c).await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attach_streaming_with_tty() -> Result<()> {
-    require_vm!();
-    let (ctd, mut c) = setup().await?;
-    let pod_cfg = c.pod_config("attach-tty");
-    let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
-    let t = Duration::from_secs(60);
-
-    // tty: an interactive shell on the container's pty.
-    let mut cfg = Cri::container_config("shell", IMAGE, &["sh"]);
-    cfg.stdin = true;
-    cfg.tty = true;
-    let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
-    let url =
-        c.rt.attach(api::AttachRequest {
-            container_id: id.clone(),
-            stdin: true,
-            tty: true,
-            stdout: true,
-            stderr: false,
-        })
-        .await?
-        .into_inner()
-        .url;
-    let o = cri::stream::run(
-        &url,
-        Some((80, 24)),
-        b"echo attached-$((40+2))\nexit 5\n",
-        t,
-    )
-    .await?;
-    assert!(o.stdout_text().contains("attached-42"), "{o:?}");
-    assert_eq!(c.wait_exited(&id, t).await?.exit_code, 5);
-    c.remove_pod(&pod).await?;
-    assert_no_leftovers(ctd, &c).await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attach_streaming_without_tty() -> Result<()> {
-    require_vm!();
-    let (ctd, mut c) = setup().await?;
-    let pod_cfg = c.pod_config("attach");
-    let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
-    let t = Duration::from_secs(60);
-
-    // No tty: stdin lines in, echoed lines out on the attached stream. The
-    // container keeps running: when it exits right after answering,
-    // containerd may end the attach before the answer reaches the stream
-    // (seen: the lines only in the CRI log) — a race of the exit, not of IO.
-    let mut cfg = Cri::container_config(
-        "echoer",
-        IMAGE,
-        &["sh", "-c", "echo ready; while read l; do echo got $l; done"],
-    );
-    cfg.stdin = true;
-    let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
-    Cri::wait_log_line(&Cri::log_file(&pod_cfg, &cfg), "ready", t).await?;
-    let url =
-        c.rt.attach(api::AttachRequest {
-            container_id: id.clone(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .with_context(|| ctd.log())?
-        .into_inner()
-        .url;
-    let o = cri::stream::run_until(&url, b"hello\nthere\n", "got there\n", t).await?;
-    let log = std::fs::read_to_string(Cri::log_file(&pod_cfg, &cfg)).unwrap_or_default();
-    assert_eq!(
-        o.stdout_text(),
-        "got hello\ngot there\n",
-        "{o:?}\nlog:\n{log}"
-    );
-    assert_eq!(
-        c.container_status(&id).await?.state,
-        CONTAINER_RUNNING,
-        "stdin stays open after the attach ends"
-    );
-
-    c.remove_pod(&pod).await?;
     assert_no_leftovers(ctd, &c).await;
     Ok(())
 }

@@ -6,18 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use integration_tests::cri::assert_no_leftovers;
 use integration_tests::cri::{self, Cri};
-use integration_tests::{vm_tests_ready, Containerd};
+use integration_tests::{require_vm, Containerd};
 use k8s_cri::v1 as api;
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
 
 const NETADMIN_IMAGE: &str = "docker.io/library/kata-netadmin:latest";
 
@@ -30,20 +22,7 @@ async fn setup() -> Result<(Containerd, Cri)> {
         Ok(ctd)
     })
     .await??;
-    let c = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
-    Ok((ctd, c))
-}
-
-async fn assert_no_leftovers(ctd: Containerd, c: &Cri) {
-    let scope = ctd.dir.clone();
-    let pods = c.pods.clone();
-    let left = tokio::task::spawn_blocking(move || {
-        drop(ctd);
-        pods.settle_and_check(&scope)
-    })
-    .await
-    .expect("join");
-    assert!(left.is_empty(), "left behind: {left:#?}");
+    cri::connect(ctd).await
 }
 
 /// ExecSync that returns (exit code, stdout + stderr).

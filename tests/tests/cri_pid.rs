@@ -7,40 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use integration_tests::cri::Cri;
-use integration_tests::{vm_tests_ready, Containerd, IMAGE};
+use integration_tests::cri::{assert_no_leftovers, setup};
+use integration_tests::{require_vm, IMAGE};
 use k8s_cri::v1 as api;
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
 
 /// CRI's NamespaceMode: POD shares with the pod (shareProcessNamespace),
 /// CONTAINER gives the container its own.
 const POD: i32 = api::NamespaceMode::Pod as i32;
 const CONTAINER: i32 = api::NamespaceMode::Container as i32;
-
-async fn setup() -> Result<(Containerd, Cri)> {
-    let ctd = tokio::task::spawn_blocking(Containerd::start_cri).await??;
-    let cri = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
-    Ok((ctd, cri))
-}
-
-async fn assert_no_leftovers(ctd: Containerd, c: &Cri) {
-    let scope = ctd.dir.clone();
-    let pods = c.pods.clone();
-    let left = tokio::task::spawn_blocking(move || {
-        drop(ctd);
-        pods.settle_and_check(&scope)
-    })
-    .await
-    .expect("join");
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 fn with_pid_mode(pod: &mut api::PodSandboxConfig, mode: i32) {
     let linux = pod.linux.get_or_insert_with(Default::default);

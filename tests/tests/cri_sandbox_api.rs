@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use integration_tests::cri::client::{CONTAINER_EXITED, SANDBOX_NOTREADY, SANDBOX_READY};
 use integration_tests::cri::{self, vms, Cri};
-use integration_tests::{on_containerd, vm_tests_ready, Containerd, Dist, IMAGE};
+use integration_tests::{on_containerd, Containerd, Dist, IMAGE};
 use k8s_cri::v1 as api;
 
 on_containerd!(
@@ -16,10 +16,7 @@ on_containerd!(
     pod_without_pause_container
 );
 async fn pod_without_pause_container(dist: Dist) -> Result<()> {
-    if let Err(e) = vm_tests_ready() {
-        eprintln!("skipping: {e:#}");
-        return Ok(());
-    }
+    integration_tests::require_vm!();
     let d = dist.clone();
     let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_sandbox_api(&d)).await??;
     let mut c = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;

@@ -12,19 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_kata_v2::persist::SandboxPaths;
-use integration_tests::{leaks, vm_tests_ready, wait_until, Containerd, IMAGE, NAMESPACE, RUNTIME};
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            if std::env::var_os("CI").is_some() {
-                panic!("VM tests must run under CI: {e:#}");
-            }
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
+use integration_tests::{leaks, require_vm, wait_until, Containerd, IMAGE, NAMESPACE, RUNTIME};
 
 /// How long a failed pod start may take to come back to the caller.
 const BOUND: Duration = Duration::from_secs(45);

@@ -9,23 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use integration_tests::{leaks, vm_tests_ready, Containerd, RUNTIME};
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-fn assert_no_leftovers(ctd: Containerd) {
-    let scope = ctd.dir.clone();
-    drop(ctd);
-    let left = leaks::settle_and_check(&scope);
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
+use integration_tests::{assert_no_leftovers, require_vm, Containerd, RUNTIME};
 
 /// A minimal busybox root on the host.
 fn busybox_root(dir: &Path) -> Result<PathBuf> {

@@ -11,31 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_kata_v2::persist::SandboxPaths;
-use integration_tests::{leaks, vm_tests_ready, wait_until, write_config, Containerd, NAMESPACE};
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            if std::env::var_os("CI").is_some() {
-                panic!("VM tests must run under CI: {e:#}");
-            }
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
+use integration_tests::{
+    assert_no_leftovers, leaks, require_vm, wait_until, write_config, Containerd, NAMESPACE,
+};
 
 const PODS: usize = 20;
 const EXECS: usize = 500;
 /// Execs in flight at once (each is a `ctr` process on the host).
 const WAVE: usize = 50;
-
-fn assert_no_leftovers(ctd: Containerd) {
-    let scope = ctd.dir.clone();
-    drop(ctd);
-    let left = leaks::settle_and_check(&scope);
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 /// The exit status of `id` as its `/tasks/exit` event carries it.
 fn exit_status(events: &str, id: &str) -> Option<u32> {

@@ -11,30 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_kata_v2::persist::SandboxPaths;
-use integration_tests::{leaks, vm_tests_ready, wait_until, Containerd};
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            if std::env::var_os("CI").is_some() {
-                panic!("VM tests must run under CI: {e:#}");
-            }
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_no_leftovers(ctd: Containerd) {
-    let scope = ctd.dir.clone();
-    drop(ctd);
-    let left = leaks::settle_and_check(&scope);
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
+use integration_tests::{assert_no_leftovers, leaks, require_vm, text, wait_until, Containerd};
 
 fn sandbox_paths(id: &str) -> SandboxPaths {
     SandboxPaths::new(Path::new(leaks::RUN_ROOT), id)

@@ -6,27 +6,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use integration_tests::{leaks, on_both_containerds, vm_tests_ready, wait_until, Containerd, Dist};
+use integration_tests::{
+    assert_no_leftovers, leaks, on_both_containerds, require_vm, wait_until, Containerd, Dist,
+};
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
 use protocols::containerd::ttrpc::{self, context, Code};
 use protocols::protobuf::well_known_types::any::Any;
-
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-fn assert_no_leftovers(ctd: Containerd) {
-    let scope = ctd.dir.clone();
-    drop(ctd);
-    let left = leaks::settle_and_check(&scope);
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 fn qemu_pids(scope: &str) -> Vec<u32> {
     let _ = scope;

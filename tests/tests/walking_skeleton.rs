@@ -6,34 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use integration_tests::{
-    leaks, on_both_containerds, shim_dir, vm_tests_ready, wait_until, write_config, Containerd,
-    Dist, NAMESPACE,
+    assert_no_leftovers, on_both_containerds, require_vm, shim_dir, text, wait_until, write_config,
+    Containerd, Dist, NAMESPACE,
 };
 use protocols::containerd::api;
 use protocols::containerd::shim_async::TaskClient;
 use protocols::containerd::ttrpc::{self, context, Code};
-
-/// Skips (passing, with a message) where the VM tests cannot run.
-macro_rules! require_vm {
-    () => {
-        if let Err(e) = vm_tests_ready() {
-            eprintln!("skipping: {e:#}");
-            return Ok(());
-        }
-    };
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Checks after the test's containerd is gone (its Drop waits for it).
-fn assert_no_leftovers(ctd: Containerd) {
-    let scope = ctd.dir.clone();
-    drop(ctd);
-    let left = leaks::settle_and_check(&scope);
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
 
 on_both_containerds!(sync uname_shows_the_guest_kernel);
 fn uname_shows_the_guest_kernel(dist: Dist) -> Result<()> {

@@ -115,13 +115,15 @@ impl Cgroup {
 
     /// Freezes or thaws every process of the cgroup, waiting (briefly) until done.
     pub async fn freeze(&self, frozen: bool) -> Result<()> {
-        write(
-            &self.path.join("cgroup.freeze"),
-            if frozen { "1" } else { "0" },
-        )?;
+        let freeze = self.path.join("cgroup.freeze");
+        crate::blocking::run(move || write(&freeze, if frozen { "1" } else { "0" })).await?;
         let want = if frozen { "frozen 1" } else { "frozen 0" };
         for _ in 0..100 {
-            let events = fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            let events_file = self.path.join("cgroup.events");
+            let events = crate::blocking::run(move || {
+                Ok(fs::read_to_string(events_file).unwrap_or_default())
+            })
+            .await?;
             if events.lines().any(|l| l == want) {
                 return Ok(());
             }
@@ -219,7 +221,10 @@ impl Cgroup {
     /// Removes the directory; its processes must be gone (retried briefly).
     pub async fn remove(&self) {
         for _ in 0..50 {
-            match fs::remove_dir(&self.path) {
+            let dir = self.path.clone();
+            let removed = crate::blocking::run(move || Ok(fs::remove_dir(dir))).await;
+            let Ok(removed) = removed else { break };
+            match removed {
                 Ok(()) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -117,7 +117,9 @@ impl Container {
             linux.map(|l| l.CgroupsPath.as_str()).unwrap_or_default(),
             id,
         );
-        let cgroup = match Cgroup::create(path, linux.and_then(|l| l.Resources.as_ref())) {
+        let resources = linux.and_then(|l| l.Resources.clone().into_option());
+        let created = crate::blocking::run(move || Cgroup::create(path, resources.as_ref())).await;
+        let cgroup = match created {
             Ok(cg) => Some(cg),
             Err(e) => {
                 for m in &storages {
@@ -306,16 +308,19 @@ impl Container {
         self.cgroup()?.freeze(frozen).await
     }
 
-    pub fn update(&self, resources: &protocols::oci::LinuxResources) -> Result<()> {
-        self.cgroup()?.apply(resources)
+    pub async fn update(&self, resources: protocols::oci::LinuxResources) -> Result<()> {
+        let cgroup = self.cgroup()?.clone();
+        crate::blocking::run(move || cgroup.apply(&resources)).await
     }
 
-    pub fn stats(&self) -> Result<protocols::agent::CgroupStats> {
-        Ok(self.cgroup()?.stats())
+    pub async fn stats(&self) -> Result<protocols::agent::CgroupStats> {
+        let cgroup = self.cgroup()?.clone();
+        crate::blocking::run(move || Ok(cgroup.stats())).await
     }
 
-    pub fn pids(&self) -> Result<Vec<i32>> {
-        Ok(self.cgroup()?.pids())
+    pub async fn pids(&self) -> Result<Vec<i32>> {
+        let cgroup = self.cgroup()?.clone();
+        crate::blocking::run(move || Ok(cgroup.pids())).await
     }
 
     pub fn oom_kills(&self) -> u64 {

@@ -107,7 +107,7 @@ pub fn early_setup() -> Vec<String> {
         }
         Err(e) => problems.push(format!("open /dev/console: {e}")),
     }
-    let _ = fs::create_dir_all("/run/kata-containers/shared/containers");
+    let _ = fs::create_dir_all(protocols::share::GUEST_SHARED_DIR);
     // The OOM killer must pick container processes, never the agent.
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
         problems.push(format!("oom_score_adj: {e}"));
@@ -115,12 +115,14 @@ pub fn early_setup() -> Vec<String> {
     problems
 }
 
-fn load_module_file(path: &str, params: &str) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let params = CString::new(params).map_err(|e| e.to_string())?;
+fn load_module_file(path: &str, params: &str) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let params = CString::new(params)
+        .map_err(|_| Error::InvalidArgument(format!("{path}: NUL in module parameters")))?;
     match finit_module(&file, &params, ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
-        Err(e) => Err(format!("{path}: {e}")),
+        Err(e) => Err(Error::sys(path, e)),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Also runs outside a VM for development: not being PID 1, it skips the
 //! system setup and power-off, and `KATA_AGENT_SERVER_ADDR` may name another
 //! address (e.g. `unix:///tmp/agent.sock`).
+mod blocking;
 mod cgroups;
 mod container;
 mod debug_console;

@@ -5,6 +5,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
 use protocols::agent::Storage;
+use protocols::share::driver;
 
 /// Longest a storage mount waits for the background module loading.
 const MODULES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -76,8 +77,8 @@ fn is_mount_point(path: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Storage drivers [`mount_storage`] handles (upstream kata's names first).
-pub const STORAGE_DRIVERS: [&str; 5] = ["virtio-fs", "9p", "ephemeral", "local", "overlayfs"];
+/// Storage drivers [`mount_storage`] handles (upstream kata's names).
+pub const STORAGE_DRIVERS: [&str; 5] = driver::ALL;
 /// 9p mount options when the storage brings none (virtio transport, Linux dialect).
 const DEFAULT_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000";
 
@@ -93,11 +94,11 @@ pub fn mount_storage(s: &Storage) -> Result<Option<Mounted>> {
     std::fs::create_dir_all(&s.mount_point)
         .map_err(|e| Error::io(format!("mkdir {}", s.mount_point), e))?;
     let (fstype, source) = match s.driver.as_str() {
-        "virtio-fs" | "virtiofs" => ("virtiofs", s.source.as_str()),
-        "ephemeral" | "tmpfs" => ("tmpfs", "tmpfs"),
-        "9p" => ("9p", s.source.as_str()),
-        "local" => return Ok(None),
-        "overlayfs" | "overlay" => ("overlay", "overlay"),
+        driver::VIRTIO_FS | "virtiofs" => ("virtiofs", s.source.as_str()),
+        driver::EPHEMERAL | "tmpfs" => ("tmpfs", "tmpfs"),
+        driver::NINE_P => ("9p", s.source.as_str()),
+        driver::LOCAL => return Ok(None),
+        driver::OVERLAYFS | "overlay" => ("overlay", "overlay"),
         other => {
             return Err(Error::InvalidArgument(format!(
                 "unsupported storage driver {other:?}"

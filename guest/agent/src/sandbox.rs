@@ -43,19 +43,25 @@ fn unmount_all(mounts: &[Mounted]) {
     }
 }
 
-fn mount_all(storages: &[protocols::agent::Storage]) -> Result<Vec<Mounted>> {
-    let mut done = Vec::new();
-    for s in storages {
-        match mount_storage(s) {
-            Ok(Some(m)) => done.push(m),
-            Ok(None) => {}
-            Err(e) => {
-                unmount_all(&done);
-                return Err(e);
+/// Mounts `storages` in order (off the async runtime: a mount can wait on
+/// the host's share or on kernel modules); none stays mounted on error.
+async fn mount_all(storages: &[protocols::agent::Storage]) -> Result<Vec<Mounted>> {
+    let storages = storages.to_vec();
+    crate::blocking::run(move || {
+        let mut done = Vec::new();
+        for s in &storages {
+            match mount_storage(s) {
+                Ok(Some(m)) => done.push(m),
+                Ok(None) => {}
+                Err(e) => {
+                    unmount_all(&done);
+                    return Err(e);
+                }
             }
         }
-    }
-    Ok(done)
+        Ok(done)
+    })
+    .await
 }
 
 impl Sandbox {
@@ -94,10 +100,15 @@ impl Sandbox {
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
         }
-        for m in &req.kernel_modules {
-            crate::init::load_module_by_name(&m.name, &m.parameters.join(" "));
-        }
-        let mounted = mount_all(&req.storages)?;
+        let modules = req.kernel_modules.clone();
+        crate::blocking::run(move || {
+            for m in &modules {
+                crate::init::load_module_by_name(&m.name, &m.parameters.join(" "));
+            }
+            Ok(())
+        })
+        .await?;
+        let mounted = mount_all(&req.storages).await?;
         let mut st = self.lock();
         st.storages.extend(mounted);
         st.created = true;
@@ -144,7 +155,7 @@ impl Sandbox {
         tracing::info!(container = %id, sandbox_pidns = req.sandbox_pidns, "pid namespace assigned");
         let result = async {
             // Storages first: the rootfs may live on one of them.
-            let mounted = mount_all(&req.storages)?;
+            let mounted = mount_all(&req.storages).await?;
             if let Err(e) = validate_spec(&spec) {
                 unmount_all(&mounted);
                 return Err(e);

@@ -202,12 +202,14 @@ impl AgentService for Agent {
 
     async fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> R<Empty> {
         tracing::info!(container = %req.container_id, "UpdateContainer");
-        let r = self.sandbox.container(&req.container_id).and_then(|c| {
-            req.resources
-                .as_ref()
-                .map(|res| c.update(res))
-                .unwrap_or(Ok(()))
-        });
+        let r = async {
+            let c = self.sandbox.container(&req.container_id)?;
+            match req.resources.into_option() {
+                Some(res) => c.update(res).await,
+                None => Ok(()),
+            }
+        }
+        .await;
         log_err("UpdateContainer", r.map(|_| Empty::new()))
     }
 
@@ -216,15 +218,18 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: StatsContainerRequest,
     ) -> R<StatsContainerResponse> {
-        let r = self
-            .sandbox
-            .container(&req.container_id)
-            .and_then(|c| c.stats());
-        let cgroup_stats = log_err("StatsContainer", r)?;
+        let r = async {
+            let c = self.sandbox.container(&req.container_id)?;
+            let cgroup = c.stats().await?;
+            // Containers share the VM's network namespace: the VM's interfaces.
+            let network = crate::blocking::run(|| Ok(crate::system::network_stats())).await?;
+            Ok((cgroup, network))
+        }
+        .await;
+        let (cgroup_stats, network_stats) = log_err("StatsContainer", r)?;
         Ok(StatsContainerResponse {
             cgroup_stats: Some(cgroup_stats).into(),
-            // Containers share the VM's network namespace: the VM's interfaces.
-            network_stats: crate::system::network_stats(),
+            network_stats,
             ..Default::default()
         })
     }
@@ -235,12 +240,8 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: ListProcessesRequest,
     ) -> R<ListProcessesResponse> {
-        let pids = log_err(
-            "ListProcesses",
-            self.sandbox
-                .container(&req.container_id)
-                .and_then(|c| c.pids()),
-        )?;
+        let r = async { self.sandbox.container(&req.container_id)?.pids().await }.await;
+        let pids = log_err("ListProcesses", r)?;
         let list: Vec<String> = pids.iter().map(i32::to_string).collect();
         let process_list = format!("[{}]", list.join(",")).into_bytes();
         Ok(ListProcessesResponse {
@@ -316,15 +317,17 @@ impl AgentService for Agent {
         );
         let r = async {
             let cpus = std::path::Path::new(crate::system::CPU_DIR);
+            let nb = req.nb_cpus;
             let onlined = if req.wait {
-                crate::system::online_cpus(cpus, req.nb_cpus).await?
+                crate::system::online_cpus(cpus, nb).await?
             } else {
-                crate::system::online_cpus_once(cpus, req.nb_cpus)?
+                crate::blocking::run(move || crate::system::online_cpus_once(cpus, nb)).await?
             };
             let blocks = if req.cpu_only {
                 0
             } else {
-                crate::system::online_memory(std::path::Path::new(crate::system::MEMORY_DIR))?
+                let memory = std::path::Path::new(crate::system::MEMORY_DIR);
+                crate::blocking::run(move || crate::system::online_memory(memory)).await?
             };
             tracing::info!(cpus = onlined, memory_blocks = blocks, "onlined");
             Ok(Empty::new())

@@ -59,7 +59,8 @@ pub async fn online_cpus(dir: &Path, nb: u32) -> Result<u32> {
     let mut total = 0;
     loop {
         let want = if nb == 0 { 0 } else { nb - total };
-        total += online_cpus_once(dir, want)?;
+        let cpus = dir.to_path_buf();
+        total += crate::blocking::run(move || online_cpus_once(&cpus, want)).await?;
         if nb == 0 || total >= nb {
             return Ok(total);
         }

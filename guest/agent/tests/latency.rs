@@ -11,7 +11,6 @@ mod pod;
 #[allow(dead_code)]
 mod resources;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent_client::Address;
@@ -114,8 +113,7 @@ async fn measure(vm: &Vm) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored"]
 async fn exec_latency_in_vm() -> Result<()> {
-    let Some(image) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("KATA_GUEST_IMAGE_DIR not set: skipping");
+    let Some(image) = agent_client::testing::guest_image_dir() else {
         return Ok(());
     };
     // The agent's phase timings are debug events: `agent.log` (upstream's

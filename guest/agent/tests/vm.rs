@@ -3,12 +3,12 @@
 //!
 //! Needs root, QEMU, vhost-device-vsock, virtiofsd, busybox and the image:
 //! `make image && KATA_GUEST_IMAGE_DIR=build/guest cargo test -p kata-agent --test vm`.
-//! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays green).
+//! Without KATA_GUEST_IMAGE_DIR the test does nothing (so `cargo test` stays
+//! green), unless `KATA_REQUIRE_VM=1` (CI): then it fails.
 mod common;
 mod pod;
 mod resources;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -473,8 +473,7 @@ async fn scenario(vm: &Vm, t0: Instant) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_lifecycle_in_vm() -> Result<()> {
-    let Some(image) = std::env::var_os("KATA_GUEST_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("KATA_GUEST_IMAGE_DIR not set: skipping the VM test");
+    let Some(image) = agent_client::testing::guest_image_dir() else {
         return Ok(());
     };
     let mut vm = Vm::boot(&image)?;

@@ -21,7 +21,7 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 /// A second QMP monitor that only carries events to the event watcher.
 pub const QMP_EVENTS_SOCKET: &str = "qmp-events.sock";
 /// virtio-fs tag the guest mounts.
-pub const SHARED_FS_TAG: &str = "kataShared";
+pub use protocols::share::SHARED_FS_TAG;
 
 /// One piece of the command line.
 pub trait QemuArgs {
@@ -223,7 +223,7 @@ mod tests {
             vsock: vsock.with_transport(transport),
             fs: fs::SharedFs::VirtioFs {
                 socket: PathBuf::from("/run/x/virtiofsd.sock"),
-                tag: "kataShared".into(),
+                tag: SHARED_FS_TAG.into(),
                 transport,
             },
             net: None,
@@ -367,7 +367,7 @@ mod tests {
             );
             c.fs = fs::SharedFs::Virtio9p {
                 path: PathBuf::from("/run/sb,1/shared"),
-                tag: "kataShared".into(),
+                tag: SHARED_FS_TAG.into(),
                 transport: machine::Machine::transport_of(kind),
             };
             let s = joined(&c);
@@ -472,7 +472,7 @@ mod tests {
         );
         c.fs = fs::SharedFs::VirtioFs {
             socket: PathBuf::from("/run/a,b/virtiofsd.sock"),
-            tag: "kataShared".into(),
+            tag: SHARED_FS_TAG.into(),
             transport: Transport::Pci,
         };
         assert!(joined(&c).contains("path=/run/a,,b/virtiofsd.sock"));

@@ -173,9 +173,10 @@ impl QemuVm {
         .await;
         match acked {
             Ok(Some(0)) => Ok(()),
-            Ok(Some(status)) => Err(Error::Qmp(format!(
-                "the guest did not take {device}: ACPI _OST status {status:#x}"
-            ))),
+            Ok(Some(status)) => Err(Error::HotplugRejected {
+                device: device.to_string(),
+                status,
+            }),
             Ok(None) | Err(_) => {
                 tracing::warn!(
                     sandbox = %self.id,

@@ -18,7 +18,7 @@ pub mod start;
 
 use std::path::Path;
 
-use crate::service::create::{CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
+use crate::annotations::cri;
 
 /// The sandbox a container belongs to: its CRI sandbox id when it is an app
 /// container of a pod, else its own id (it is the sandbox). Read leniently:
@@ -33,10 +33,10 @@ pub fn sandbox_id_of(bundle: &Path, id: &str) -> String {
     };
     let ann = &json["annotations"];
     match (
-        ann[CONTAINER_TYPE_ANNOTATION].as_str(),
-        ann[SANDBOX_ID_ANNOTATION].as_str(),
+        ann[cri::CONTAINER_TYPE].as_str(),
+        ann[cri::SANDBOX_ID].as_str(),
     ) {
-        (Some("container"), Some(sid)) if !sid.is_empty() => sid.to_owned(),
+        (Some(cri::CONTAINER), Some(sid)) if !sid.is_empty() => sid.to_owned(),
         _ => id.to_owned(),
     }
 }

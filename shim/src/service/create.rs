@@ -12,15 +12,12 @@ use protocols::protobuf::{CodedInputStream, MessageField};
 use tracing::Instrument;
 
 use super::{Container, TaskService};
+use crate::annotations::cri;
 use crate::error::{Error, Result};
 use crate::process::{Process, Stdio};
 use crate::sandbox::{BootParams, Sandbox, Seams};
 use crate::share::{self, ContainerMounts, RootfsMount};
 use crate::{config, hooks, podsize, spec};
-
-/// CRI annotations that tie a container to its pod.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
 /// `config_path` (field 2) of containerd's `runtimeoptions.v1.Options`, the
 /// runtime option Kata's users set `ConfigPath` with.
@@ -49,109 +46,87 @@ pub fn config_path_option(options: Option<&Any>) -> Option<String> {
     found
 }
 
+/// Finds and reads the configuration file (`explicit` first, then
+/// `KATA_CONF_FILE` and the default paths), off the async runtime.
+pub(super) async fn read_config(explicit: Option<String>) -> Result<config::Config> {
+    crate::blocking::run(move || config::load(&config::locate(explicit.as_deref())?)).await
+}
+
+/// Runs the spec's create-time hooks, before anything is created: a failing
+/// hook leaves nothing, and one that fills the pod's network namespace does
+/// so before the VM takes its interfaces. Answers whether poststart or
+/// poststop hooks remain for later.
+async fn create_hooks(spec: &oci_spec::runtime::Spec, cid: &str, bundle: &str) -> Result<bool> {
+    let t = std::time::Instant::now();
+    let hook_ctx = hooks::Context {
+        spec,
+        id: cid,
+        bundle,
+        pid: std::process::id(),
+    };
+    hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
+    if hooks::any(spec, &hooks::Phase::CREATE) {
+        crate::sandbox::phase(cid, "hooks", t);
+    }
+    Ok(hooks::any(
+        spec,
+        &[hooks::Phase::Poststart, hooks::Phase::Poststop],
+    ))
+}
+
+/// The rootfs mounts containerd sent, checked (overlay and bind only).
+fn rootfs_mounts(req: &api::CreateTaskRequest) -> Result<Vec<RootfsMount>> {
+    let mounts: Vec<RootfsMount> = req
+        .rootfs
+        .iter()
+        .map(|m| RootfsMount {
+            typ: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    share::validate(&mounts)?;
+    Ok(mounts)
+}
+
 impl TaskService {
     pub(super) async fn do_create(
         &self,
         req: api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse> {
         let cid = req.id.clone();
-        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
-            return Err(Error::InvalidArgument(format!(
-                "invalid container id {cid:?}"
-            )));
-        }
-        if self.containers().contains_key(&cid) {
-            return Err(Error::AlreadyExists(format!(
-                "container {cid:?} already exists"
-            )));
-        }
+        self.check_new_id(&cid)?;
         let spec = spec::load(Path::new(&req.bundle)).await?;
         let (agent_spec, binds) = spec::to_agent_spec(&spec, &cid)?;
         let memory_limited = agent_spec.Linux.Resources.Memory.Limit > 0;
         let shares_pid_ns = spec::shares_pod_pid_ns(&spec);
-        let mounts: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                typ: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        share::validate(&mounts)?;
+        let mounts = rootfs_mounts(&req)?;
         let readonly = spec
             .root()
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        // Before anything is created: a failing hook leaves nothing, and
-        // one that fills the pod's network namespace does so before the VM
-        // takes its interfaces.
-        let t = std::time::Instant::now();
-        let hook_ctx = hooks::Context {
-            spec: &spec,
-            id: &cid,
-            bundle: &req.bundle,
-            pid: std::process::id(),
-        };
-        hooks::run(&hook_ctx, &hooks::Phase::CREATE).await?;
-        if hooks::any(&spec, &hooks::Phase::CREATE) {
-            crate::sandbox::phase(&cid, "hooks", t);
-        }
-        let later_hooks = hooks::any(&spec, &[hooks::Phase::Poststart, hooks::Phase::Poststop]);
+        let later_hooks = create_hooks(&spec, &cid, &req.bundle).await?;
         let annotations = spec.annotations().clone().unwrap_or_default();
 
-        let mut guard = self.sandbox.lock().await;
-        let (sandbox, booted_here) = match guard.as_ref() {
-            Some(s) => (s.clone(), false),
+        let guard = self.sandbox.lock().await;
+        // The slot stays locked only while this Create boots the sandbox (a
+        // failed first container tears it down again); a container joining a
+        // running sandbox lets go at once, so State, Kill, Pids and Stats of
+        // the others never wait behind its CreateContainer in the guest.
+        let (sandbox, boot_guard) = match guard.as_ref() {
+            Some(s) => {
+                let s = s.clone();
+                drop(guard);
+                (s, None)
+            }
             None => {
-                if annotations
-                    .get(CONTAINER_TYPE_ANNOTATION)
-                    .map(String::as_str)
-                    == Some("container")
-                {
-                    let sid = annotations
-                        .get(SANDBOX_ID_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_default();
-                    return Err(Error::FailedPrecondition(format!(
-                        "sandbox {sid:?} of container {cid:?} is not running in this shim"
-                    )));
-                }
-                let t = std::time::Instant::now();
-                let path = config::locate(config_path_option(req.options.as_ref()).as_deref())?;
-                let pod: std::collections::HashMap<String, String> =
-                    annotations.clone().into_iter().collect();
-                let cfg = config::load(&path)?.with_annotations(&pod)?;
-                let host_cpus = std::thread::available_parallelism()
-                    .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-                    .unwrap_or(1);
-                let cfg = podsize::apply(&cfg, podsize::from_annotations(&pod)?, host_cpus);
-                crate::sandbox::phase(&cid, "config", t);
-                let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
-                let netns = crate::network::netns_path(&spec);
-                let sb = Arc::new(
-                    Sandbox::boot(
-                        &cid,
-                        BootParams {
-                            hostname: spec.hostname().as_deref().unwrap_or_default(),
-                            netns: netns.as_deref(),
-                            pod_pidns: false,
-                        },
-                        &self.run_root,
-                        &cfg,
-                        Seams {
-                            hypervisor: self.hypervisor.as_ref(),
-                            dialer: self.dialer.as_ref(),
-                            mounter: self.mounter.clone(),
-                        },
-                    )
-                    .instrument(span)
-                    .await?,
-                );
+                let sb = self
+                    .boot_for(&cid, &spec, &annotations, req.options.as_ref())
+                    .await?;
                 self.watch_vm(sb.clone());
                 self.watch_oom(sb.clone());
-                (sb, true)
+                (sb, Some(guard))
             }
         };
 
@@ -170,23 +145,97 @@ impl TaskService {
             )
             .await;
         crate::sandbox::phase(&sandbox.id, "create_container", t);
-        match result {
-            Ok(()) => {
-                if booted_here {
-                    *guard = Some(sandbox.clone());
-                }
-            }
-            Err(e) => {
-                if booted_here {
-                    if let Err(se) = sandbox.shutdown().await {
-                        tracing::warn!(sandbox = %cid, error = %se, "tearing down after failed create");
-                    }
+        match (result, boot_guard) {
+            (Ok(()), Some(mut guard)) => *guard = Some(sandbox.clone()),
+            (Ok(()), None) => {}
+            (Err(e), Some(_guard)) => {
+                if let Err(se) = sandbox.shutdown().await {
+                    tracing::warn!(sandbox = %cid, error = %se, "tearing down after failed create");
                 }
                 return Err(e);
             }
+            (Err(e), None) => return Err(e),
         }
-        drop(guard);
 
+        self.register_created(&sandbox, req, (memory_limited, shares_pid_ns, later_hooks))
+            .await
+    }
+
+    /// A container id Create accepts: a plain name not in use.
+    fn check_new_id(&self, cid: &str) -> Result<()> {
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Err(Error::InvalidArgument(format!(
+                "invalid container id {cid:?}"
+            )));
+        }
+        if self.containers().contains_key(cid) {
+            return Err(Error::AlreadyExists(format!(
+                "container {cid:?} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Boots the pod's sandbox (VM, agent, share) for its first container,
+    /// with the configuration file, the pod's annotations and its size. An
+    /// app container whose pod is not here is refused.
+    async fn boot_for(
+        &self,
+        cid: &str,
+        spec: &oci_spec::runtime::Spec,
+        annotations: &std::collections::HashMap<String, String>,
+        options: Option<&Any>,
+    ) -> Result<Arc<Sandbox>> {
+        if annotations.get(cri::CONTAINER_TYPE).map(String::as_str) == Some(cri::CONTAINER) {
+            let sid = annotations
+                .get(cri::SANDBOX_ID)
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {sid:?} of container {cid:?} is not running in this shim"
+            )));
+        }
+        let t = std::time::Instant::now();
+        let cfg = read_config(config_path_option(options))
+            .await?
+            .with_annotations(annotations)?;
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let cfg = podsize::apply(&cfg, podsize::from_annotations(annotations)?, host_cpus);
+        crate::sandbox::phase(cid, "config", t);
+        let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
+        let netns = crate::network::netns_path(spec);
+        let sb = Arc::new(
+            Sandbox::boot(
+                cid,
+                BootParams {
+                    hostname: spec.hostname().as_deref().unwrap_or_default(),
+                    netns: netns.as_deref(),
+                    pod_pidns: false,
+                },
+                &self.run_root,
+                &cfg,
+                Seams {
+                    hypervisor: self.hypervisor.as_ref(),
+                    dialer: self.dialer.as_ref(),
+                    mounter: self.mounter.clone(),
+                },
+            )
+            .instrument(span)
+            .await?,
+        );
+        Ok(sb)
+    }
+
+    /// Lists the created container, publishes TaskCreate and answers.
+    async fn register_created(
+        &self,
+        sandbox: &Sandbox,
+        req: api::CreateTaskRequest,
+        (memory_limited, shares_pid_ns, later_hooks): (bool, bool, bool),
+    ) -> Result<api::CreateTaskResponse> {
+        let cid = req.id.clone();
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -204,26 +253,23 @@ impl TaskService {
             .has_hooks
             .store(later_hooks, std::sync::atomic::Ordering::SeqCst);
         self.containers().insert(cid.clone(), container);
-        let pid = Self::task_pid(&sandbox);
+        let pid = Self::task_pid(sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
         self.events
-            .publish(
-                protocols::containerd::topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
-                    container_id: cid,
-                    bundle: req.bundle,
-                    rootfs: req.rootfs,
-                    io: MessageField::some(TaskIO {
-                        stdin: req.stdin,
-                        stdout: req.stdout,
-                        stderr: req.stderr,
-                        terminal: req.terminal,
-                        ..Default::default()
-                    }),
-                    pid,
+            .publish(crate::events::TaskEvent::Create(TaskCreate {
+                container_id: cid,
+                bundle: req.bundle,
+                rootfs: req.rootfs,
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    terminal: req.terminal,
                     ..Default::default()
                 }),
-            )
+                pid,
+                ..Default::default()
+            }))
             .await;
         Ok(api::CreateTaskResponse {
             pid,

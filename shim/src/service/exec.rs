@@ -5,7 +5,6 @@ use std::sync::Arc;
 use protocols::agent::ExecProcessRequest;
 use protocols::containerd::api;
 use protocols::containerd::events::task::TaskExecAdded;
-use protocols::containerd::topics;
 use protocols::protobuf::MessageField;
 
 use super::{Container, TaskService};
@@ -54,14 +53,11 @@ impl TaskService {
             );
         }
         self.events
-            .publish(
-                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    ..Default::default()
-                }),
-            )
+            .publish(crate::events::TaskEvent::ExecAdded(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }))
             .await;
         Ok(api::Empty::default())
     }

@@ -13,14 +13,12 @@ use super::KillTimeouts;
 
 /// A rig whose Kill gives the guest little time (the defaults are seconds).
 fn impatient_rig() -> Rig {
-    let r = rig();
-    Rig {
-        svc: r.svc.with_kill_timeouts(KillTimeouts {
+    rig().map_svc(|s| {
+        s.with_kill_timeouts(KillTimeouts {
             signal: Duration::from_millis(200),
             pod_exit: Duration::from_millis(300),
-        }),
-        ..r
-    }
+        })
+    })
 }
 
 async fn kill(r: &Rig, id: &str, signal: u32) -> crate::error::Result<api::Empty> {

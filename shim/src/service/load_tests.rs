@@ -126,3 +126,66 @@ async fn fifty_containers_and_five_hundred_execs_with_stdin_lose_nothing() {
         open_fds()
     );
 }
+
+/// A Create stuck in the guest (a slow image, a hung agent call) holds up
+/// no other container: State, Kill, Pids and Stats of a running container
+/// answer meanwhile, and the stuck one is not half-visible.
+#[tokio::test]
+async fn other_containers_answer_while_a_create_is_blocked_in_the_guest() {
+    let r = Arc::new(rig());
+    r.create("pod", serde_json::json!({})).await.expect("pod");
+    r.start("pod", "").await.expect("start pod");
+    r.agent.hang("CreateContainer");
+    let stuck = tokio::spawn({
+        let r = r.clone();
+        async move { r.create("app", app("pod")).await }
+    });
+    // Until the guest has the request, nothing is blocked yet.
+    let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        while !r.agent.calls().iter().any(|c| {
+            matches!(c, agent_client::fake::Call::CreateContainer(req) if req.container_id == "app")
+        }) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "app's CreateContainer never reached the agent"
+    );
+
+    let answers = tokio::time::timeout(Duration::from_secs(2), async {
+        let state = r.status("pod", "").await;
+        let pids = r
+            .svc
+            .do_pids(api::PidsRequest {
+                id: "pod".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("pids");
+        r.svc
+            .do_stats(api::StatsRequest {
+                id: "pod".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("stats");
+        r.svc
+            .do_kill(api::KillRequest {
+                id: "pod".into(),
+                signal: 15,
+                ..Default::default()
+            })
+            .await
+            .expect("kill");
+        (state, pids.processes.len())
+    })
+    .await
+    .expect("State/Pids/Stats/Kill of pod waited behind app's Create");
+    assert_eq!(answers, (api::Status::RUNNING, 1));
+    // The stuck container is not listed before its Create answered.
+    assert!(r.svc.container("app").is_err());
+    assert!(!stuck.is_finished());
+    stuck.abort();
+}

@@ -2,6 +2,7 @@
 //! same messages). One file per RPC family; this file holds the shared
 //! state and the dispatch.
 
+pub mod control;
 pub mod create;
 mod exec;
 #[cfg(test)]
@@ -11,7 +12,6 @@ mod lifecycle;
 #[cfg(test)]
 mod load_tests;
 mod query;
-pub mod resources;
 pub mod sandbox_api;
 #[cfg(test)]
 mod sandbox_api_tests;
@@ -30,6 +30,7 @@ use protocols::containerd::shim_async::Task;
 use protocols::containerd::ttrpc::r#async::TtrpcContext;
 use tokio::sync::Notify;
 
+pub use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::process::Process;
@@ -37,46 +38,6 @@ use crate::sandbox::{AgentDialer, Sandbox};
 use crate::share::Mounter;
 
 type TtrpcResult<T> = protocols::containerd::ttrpc::Result<T>;
-
-/// A container the shim manages: its bundle, init process and execs.
-pub struct Container {
-    pub id: String,
-    pub bundle: String,
-    pub init: Arc<Process>,
-    pub execs: Mutex<HashMap<String, Arc<Process>>>,
-    /// Frozen by Pause (the agent's freezer, or the whole VM for the sandbox).
-    pub paused: std::sync::atomic::AtomicBool,
-    /// Has a memory limit, so a SIGKILL exit may be an OOM kill.
-    pub memory_limited: std::sync::atomic::AtomicBool,
-    /// Joins the pod's PID namespace instead of owning one: what its init
-    /// leaves behind is killed when it exits (runc's KillAll).
-    pub shares_pid_ns: std::sync::atomic::AtomicBool,
-    /// Its spec has poststart/poststop hooks (read again from the bundle then).
-    pub has_hooks: std::sync::atomic::AtomicBool,
-}
-
-impl Container {
-    pub fn new(id: &str, bundle: &str, init: Process) -> Self {
-        Self {
-            id: id.to_owned(),
-            bundle: bundle.to_owned(),
-            init: Arc::new(init),
-            execs: Mutex::new(HashMap::new()),
-            paused: std::sync::atomic::AtomicBool::new(false),
-            memory_limited: std::sync::atomic::AtomicBool::new(false),
-            shares_pid_ns: std::sync::atomic::AtomicBool::new(false),
-            has_hooks: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    pub fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
-        self.execs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
 
 /// Shared state of the daemon: one sandbox, its containers.
 pub struct TaskService {

@@ -213,8 +213,9 @@ impl TaskService {
             ));
         }
         let t = std::time::Instant::now();
-        let path = crate::config::locate(pod.params.config_path.as_deref())?;
-        let cfg = crate::config::load(&path)?.with_annotations(&pod.params.annotations)?;
+        let cfg = super::create::read_config(pod.params.config_path.clone())
+            .await?
+            .with_annotations(&pod.params.annotations)?;
         crate::sandbox::phase(&pod.id, "config", t);
         let span = tracing::info_span!("sandbox_boot", sandbox = %pod.id);
         let sb = Arc::new(

@@ -2,11 +2,9 @@
 //! VM outliving its containers, Wait returning when the VM dies, Shutdown
 //! leaving nothing, and the idle exit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use agent_client::fake::FakeAgent;
-use hypervisor::fake::{Call as VmCall, FakeHypervisor};
+use hypervisor::fake::Call as VmCall;
 use protocols::containerd::api;
 use protocols::containerd::sandbox_api as sapi;
 use protocols::containerd::sandbox_async::Sandbox as SandboxApi;
@@ -14,67 +12,25 @@ use protocols::containerd::ttrpc::Code;
 use protocols::protobuf::well_known_types::any::Any;
 
 use super::sandbox_api::{STATE_NOTREADY, STATE_READY};
-use super::TaskService;
-use crate::error::Error;
-use crate::testing::{ttrpc_context, FakeDialer, RecordingEvents, RecordingMounter};
+use super::tests::code;
+use crate::testing::ttrpc_context;
 
-struct Rig {
-    svc: Arc<TaskService>,
-    hv: FakeHypervisor,
-    agent: FakeAgent,
-    events: Arc<RecordingEvents>,
-    dir: tempfile::TempDir,
+/// The Task service rig of `tests.rs` in CRI's namespace, with the
+/// Sandbox API's calls on top.
+struct Rig(super::tests::Rig);
+
+impl std::ops::Deref for Rig {
+    type Target = super::tests::Rig;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 const POD: &str = "pod1";
 
 fn rig() -> Rig {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hv = FakeHypervisor::default();
-    let agent = FakeAgent::new();
-    let events = Arc::new(RecordingEvents::default());
-    std::fs::write(
-        dir.path().join("kata.toml"),
-        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\n",
-    )
-    .expect("config");
-    let svc = TaskService::new(
-        "k8s.io",
-        dir.path().join("run"),
-        Arc::new(hv.clone()),
-        Arc::new(FakeDialer(agent.clone())),
-        events.clone(),
-        Arc::new(RecordingMounter::default()),
-    );
-    Rig {
-        svc: Arc::new(svc),
-        hv,
-        agent,
-        events,
-        dir,
-    }
-}
-
-/// `runtimeoptions.v1.Options { config_path }` as an Any.
-fn options(path: &std::path::Path) -> Any {
-    let mut value = Vec::new();
-    {
-        let mut os = protocols::protobuf::CodedOutputStream::vec(&mut value);
-        os.write_string(2, &path.to_string_lossy()).expect("write");
-        os.flush().expect("flush");
-    }
-    Any {
-        type_url: "runtimeoptions.v1.Options".into(),
-        value,
-        ..Default::default()
-    }
-}
-
-fn code(e: Error) -> Code {
-    match protocols::ttrpc::Error::from(e) {
-        protocols::ttrpc::Error::RpcStatus(s) => s.code(),
-        other => panic!("not a status: {other:?}"),
-    }
+    Rig(super::tests::rig_in("k8s.io"))
 }
 
 impl Rig {
@@ -82,7 +38,7 @@ impl Rig {
         self.svc
             .do_create_sandbox(sapi::CreateSandboxRequest {
                 sandbox_id: POD.into(),
-                options: Some(options(&self.dir.path().join("kata.toml"))).into(),
+                options: Some(self.options()).into(),
                 ..Default::default()
             })
             .await
@@ -128,22 +84,14 @@ impl Rig {
 
     /// An app container of the pod, as CRI sends it over the Task API.
     async fn create_app(&self, id: &str) -> super::Result<api::CreateTaskResponse> {
-        let b = self.dir.path().join(format!("bundle-{id}"));
-        std::fs::create_dir_all(b.join("rootfs")).expect("bundle");
-        let spec = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["sleep", "1"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "root": {"path": "rootfs"},
-            "annotations": {
-                "io.kubernetes.cri.container-type": "container",
-                "io.kubernetes.cri.sandbox-id": POD,
-            },
+        let annotations = serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": POD,
         });
-        std::fs::write(b.join("config.json"), spec.to_string()).expect("spec");
         self.svc
             .do_create(api::CreateTaskRequest {
                 id: id.into(),
-                bundle: b.to_string_lossy().into_owned(),
+                bundle: self.bundle(id, annotations),
                 ..Default::default()
             })
             .await
@@ -436,7 +384,7 @@ async fn an_idle_daemon_exits() {
         .do_create(api::CreateTaskRequest {
             id: "c1".into(),
             bundle: b.to_string_lossy().into_owned(),
-            options: Some(options(&r.dir.path().join("kata.toml"))).into(),
+            options: Some(r.options()).into(),
             ..Default::default()
         })
         .await;

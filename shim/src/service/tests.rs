@@ -9,6 +9,7 @@ use agent_client::fake::{Call as AgentCall, FakeAgent};
 use hypervisor::fake::{Call as VmCall, FakeHypervisor};
 use protocols::containerd::api;
 use protocols::containerd::shim_async::Task;
+use protocols::containerd::ttrpc::Code;
 use protocols::protobuf::well_known_types::any::Any;
 
 use super::TaskService;
@@ -22,7 +23,7 @@ type Events = RecordingEvents;
 type Mounts = RecordingMounter;
 
 pub(super) struct Rig {
-    pub(super) svc: TaskService,
+    pub(super) svc: Arc<TaskService>,
     pub(super) hv: FakeHypervisor,
     pub(super) agent: FakeAgent,
     pub(super) events: Arc<Events>,
@@ -35,6 +36,11 @@ fn ctx() -> protocols::containerd::ttrpc::r#async::TtrpcContext {
 }
 
 pub(super) fn rig() -> Rig {
+    rig_in("test-ns")
+}
+
+/// The Task service on fakes, serving containerd namespace `namespace`.
+pub(super) fn rig_in(namespace: &str) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let hv = FakeHypervisor::default();
     let agent = FakeAgent::new();
@@ -46,7 +52,7 @@ pub(super) fn rig() -> Rig {
     )
     .expect("config");
     let svc = TaskService::new(
-        "test-ns",
+        namespace,
         dir.path().join("run"),
         Arc::new(hv.clone()),
         Arc::new(FakeDialer(agent.clone())),
@@ -54,7 +60,7 @@ pub(super) fn rig() -> Rig {
         mounts.clone(),
     );
     Rig {
-        svc,
+        svc: Arc::new(svc),
         hv,
         agent,
         events,
@@ -64,6 +70,15 @@ pub(super) fn rig() -> Rig {
 }
 
 impl Rig {
+    /// The rig with its service reconfigured (`with_kill_timeouts`, ...).
+    pub(super) fn map_svc(self, f: impl FnOnce(TaskService) -> TaskService) -> Rig {
+        let svc = Arc::into_inner(self.svc).expect("the rig's service is not shared yet");
+        Rig {
+            svc: Arc::new(f(svc)),
+            ..self
+        }
+    }
+
     pub(super) fn bundle(&self, id: &str, annotations: serde_json::Value) -> String {
         let b = self.dir.path().join(format!("bundle-{id}"));
         std::fs::create_dir_all(b.join("rootfs")).expect("bundle");
@@ -160,10 +175,19 @@ impl Rig {
     }
 }
 
-fn assert_kind(r: Result<impl std::fmt::Debug>, want: &str) {
+/// The status code containerd receives for `e`.
+pub(super) fn code(e: Error) -> Code {
+    match protocols::ttrpc::Error::from(e) {
+        protocols::ttrpc::Error::RpcStatus(s) => s.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// `r` failed with the code containerd acts on (NotFound, ...).
+fn assert_code(r: Result<impl std::fmt::Debug>, want: Code) {
     let e = r.expect_err("should fail");
-    let got = format!("{e:?}");
-    assert!(got.starts_with(want), "want {want}, got {got}");
+    let shown = e.to_string();
+    assert_eq!(code(e), want, "{shown}");
 }
 
 #[tokio::test]
@@ -231,26 +255,35 @@ async fn lifecycle_publishes_events_in_order_and_cleans_up() {
 #[tokio::test]
 async fn refuses_what_the_state_machine_refuses() {
     let r = rig();
-    assert_kind(r.start("ghost", "").await, "NotFound");
-    assert_kind(r.delete("ghost", "").await, "NotFound");
+    assert_code(r.start("ghost", "").await, Code::NOT_FOUND);
+    assert_code(r.delete("ghost", "").await, Code::NOT_FOUND);
     r.create("c1", serde_json::json!({})).await.expect("create");
-    assert_kind(r.create("c1", serde_json::json!({})).await, "AlreadyExists");
+    assert_code(
+        r.create("c1", serde_json::json!({})).await,
+        Code::ALREADY_EXISTS,
+    );
     let pause = api::PauseRequest {
         id: "c1".into(),
         ..Default::default()
     };
-    assert_kind(r.svc.do_pause(pause.clone()).await, "FailedPrecondition");
+    assert_code(
+        r.svc.do_pause(pause.clone()).await,
+        Code::FAILED_PRECONDITION,
+    );
     r.start("c1", "").await.expect("start");
-    assert_kind(r.start("c1", "").await, "FailedPrecondition");
-    assert_kind(r.delete("c1", "").await, "FailedPrecondition");
+    assert_code(r.start("c1", "").await, Code::FAILED_PRECONDITION);
+    assert_code(r.delete("c1", "").await, Code::FAILED_PRECONDITION);
     let resume = api::ResumeRequest {
         id: "c1".into(),
         ..Default::default()
     };
-    assert_kind(r.svc.do_resume(resume.clone()).await, "FailedPrecondition");
+    assert_code(
+        r.svc.do_resume(resume.clone()).await,
+        Code::FAILED_PRECONDITION,
+    );
     r.svc.do_pause(pause.clone()).await.expect("pause");
     assert_eq!(r.status("c1", "").await, api::Status::PAUSED);
-    assert_kind(r.svc.do_pause(pause).await, "FailedPrecondition");
+    assert_code(r.svc.do_pause(pause).await, Code::FAILED_PRECONDITION);
     r.svc.do_resume(resume).await.expect("resume");
     // The sandbox container pauses the whole VM.
     assert!(r
@@ -285,13 +318,13 @@ async fn refuses_what_the_state_machine_refuses() {
         signal: 9,
         ..Default::default()
     };
-    assert_kind(r.svc.do_kill(kill).await, "NotFound");
+    assert_code(r.svc.do_kill(kill).await, Code::NOT_FOUND);
     let exec = api::ExecProcessRequest {
         id: "c1".into(),
         exec_id: "e".into(),
         ..Default::default()
     };
-    assert_kind(r.svc.do_exec(exec).await, "FailedPrecondition");
+    assert_code(r.svc.do_exec(exec).await, Code::FAILED_PRECONDITION);
 }
 
 pub(super) fn exec_req(id: &str, exec: &str) -> api::ExecProcessRequest {
@@ -316,7 +349,10 @@ async fn exec_runs_and_reports_its_own_exit() {
     r.create("c1", serde_json::json!({})).await.expect("create");
     r.start("c1", "").await.expect("start");
     r.svc.do_exec(exec_req("c1", "e1")).await.expect("exec");
-    assert_kind(r.svc.do_exec(exec_req("c1", "e1")).await, "AlreadyExists");
+    assert_code(
+        r.svc.do_exec(exec_req("c1", "e1")).await,
+        Code::ALREADY_EXISTS,
+    );
     assert_eq!(r.status("c1", "e1").await, api::Status::CREATED);
     r.start("c1", "e1").await.expect("start exec");
     assert!(r
@@ -347,7 +383,7 @@ async fn exec_runs_and_reports_its_own_exit() {
         "init unaffected"
     );
     r.delete("c1", "e1").await.expect("delete exec");
-    assert_kind(r.delete("c1", "e1").await, "NotFound");
+    assert_code(r.delete("c1", "e1").await, Code::NOT_FOUND);
     let topics = r.events.topics();
     assert!(
         topics.contains(&"/tasks/exec-added".to_owned())
@@ -381,8 +417,7 @@ async fn vm_death_reports_every_live_process_exited() {
 
 #[tokio::test]
 async fn daemon_exits_after_vm_death_when_containerd_never_comes() {
-    let mut r = rig();
-    r.svc = r.svc.with_vm_gone_linger(Duration::from_millis(200));
+    let r = rig().map_svc(|s| s.with_vm_gone_linger(Duration::from_millis(200)));
     let exit = r.svc.exit.clone();
     let exited = exit.notified();
     tokio::pin!(exited);
@@ -443,7 +478,10 @@ async fn failed_boot_or_create_leaves_nothing() {
 async fn app_container_needs_its_pod_and_joins_it() {
     let r = rig();
     let app = serde_json::json!({"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod"});
-    assert_kind(r.create("app", app.clone()).await, "FailedPrecondition");
+    assert_code(
+        r.create("app", app.clone()).await,
+        Code::FAILED_PRECONDITION,
+    );
     r.create(
         "pod",
         serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"}),
@@ -496,7 +534,7 @@ async fn bad_inputs_get_typed_errors() {
         bundle: b.clone(),
         ..Default::default()
     };
-    assert_kind(r.svc.do_create(bad).await, "InvalidArgument");
+    assert_code(r.svc.do_create(bad).await, Code::INVALID_ARGUMENT);
     let b = r.bundle("z", serde_json::json!({}));
     let weird = api::CreateTaskRequest {
         id: "z".into(),
@@ -507,7 +545,7 @@ async fn bad_inputs_get_typed_errors() {
         }],
         ..Default::default()
     };
-    assert_kind(r.svc.do_create(weird).await, "InvalidArgument");
+    assert_code(r.svc.do_create(weird).await, Code::INVALID_ARGUMENT);
     assert!(r.run_dir_empty(), "no VM started for bad input");
     assert!(r.hv.calls().is_empty());
 }
@@ -516,7 +554,7 @@ async fn bad_inputs_get_typed_errors() {
 async fn task_trait_maps_errors_to_codes() {
     let r = rig();
     let e = Task::start(
-        &r.svc,
+        r.svc.as_ref(),
         &ctx(),
         api::StartRequest {
             id: "ghost".into(),
@@ -532,9 +570,13 @@ async fn task_trait_maps_errors_to_codes() {
         }
         other => panic!("{other:?}"),
     }
-    let e = Task::checkpoint(&r.svc, &ctx(), api::CheckpointTaskRequest::default())
-        .await
-        .expect_err("unimplemented");
+    let e = Task::checkpoint(
+        r.svc.as_ref(),
+        &ctx(),
+        api::CheckpointTaskRequest::default(),
+    )
+    .await
+    .expect_err("unimplemented");
     match e {
         protocols::containerd::ttrpc::Error::RpcStatus(s) => {
             assert_eq!(s.code(), protocols::containerd::ttrpc::Code::UNIMPLEMENTED)

@@ -269,13 +269,6 @@ pub trait Mounter: Send + Sync {
     async fn teardown(&self, paths: &SandboxPaths) -> Result<()>;
 }
 
-/// Runs blocking mount work off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io("mount task", std::io::Error::other(e)))?
-}
-
 /// Real mounts.
 #[derive(Debug, Default)]
 pub struct HostMounter;
@@ -284,22 +277,22 @@ pub struct HostMounter;
 impl Mounter for HostMounter {
     async fn prepare(&self, paths: &SandboxPaths) -> Result<()> {
         let p = paths.clone();
-        blocking(move || prepare(&p)).await
+        crate::blocking::run(move || prepare(&p)).await
     }
 
     async fn mount_container(&self, paths: &SandboxPaths, mounts: ContainerMounts) -> Result<()> {
         let p = paths.clone();
-        blocking(move || mount_container(&p, &mounts)).await
+        crate::blocking::run(move || mount_container(&p, &mounts)).await
     }
 
     async fn unmount_container(&self, paths: &SandboxPaths, cid: &str) -> Result<()> {
         let (p, cid) = (paths.clone(), cid.to_owned());
-        blocking(move || unmount_container(&p, &cid)).await
+        crate::blocking::run(move || unmount_container(&p, &cid)).await
     }
 
     async fn teardown(&self, paths: &SandboxPaths) -> Result<()> {
         let p = paths.clone();
-        blocking(move || teardown(&p)).await
+        crate::blocking::run(move || teardown(&p)).await
     }
 }
 

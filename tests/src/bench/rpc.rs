@@ -14,12 +14,11 @@ use agent_client::fake::FakeAgent;
 use agent_client::{Address, Agent};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use containerd_shim_kata_v2::events::EventSink;
+use containerd_shim_kata_v2::events::{EventSink, TaskEvent};
 use containerd_shim_kata_v2::sandbox::AgentDialer;
 use containerd_shim_kata_v2::service::TaskService;
 use hypervisor::FakeHypervisor;
 use protocols::containerd::api;
-use protocols::containerd::protobuf::MessageDyn;
 use protocols::containerd::shim_async::Task;
 use protocols::containerd::ttrpc::r#async::TtrpcContext;
 use protocols::protobuf::well_known_types::any::Any;
@@ -28,7 +27,7 @@ struct NoEvents;
 
 #[async_trait]
 impl EventSink for NoEvents {
-    async fn publish(&self, _topic: &str, _event: Box<dyn MessageDyn>) {}
+    async fn publish(&self, _event: TaskEvent) {}
 }
 
 struct Dialer(FakeAgent);

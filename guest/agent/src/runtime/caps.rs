@@ -1,7 +1,7 @@
 //! Process attributes applied just before exec: rlimits and capabilities.
 use protocols::oci::{LinuxCapabilities, POSIXRlimit};
 
-use super::Res;
+use super::error::{last_os, Res, StepError};
 
 const CAPS: [&str; 41] = [
     "CHOWN",
@@ -94,7 +94,7 @@ pub fn set_rlimits(rlimits: &[POSIXRlimit]) -> Res<()> {
             "RLIMIT_NICE" => libc::RLIMIT_NICE,
             "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
             "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-            other => return Err(format!("unknown rlimit {other:?}")),
+            other => return Err(StepError::Spec(format!("unknown rlimit {other:?}"))),
         };
         let lim = libc::rlimit {
             rlim_cur: r.Soft,
@@ -102,11 +102,7 @@ pub fn set_rlimits(rlimits: &[POSIXRlimit]) -> Res<()> {
         };
         // SAFETY: setrlimit reads a valid rlimit struct.
         if unsafe { libc::setrlimit(resource, &lim) } < 0 {
-            return Err(format!(
-                "setrlimit {}: {}",
-                r.Type,
-                std::io::Error::last_os_error()
-            ));
+            return Err(last_os(format!("setrlimit {}", r.Type)));
         }
     }
     Ok(())
@@ -121,10 +117,7 @@ pub fn prepare(caps: Option<&LinuxCapabilities>, warn: &mut dyn FnMut(String)) -
         if bounding & (1 << cap) == 0 {
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
-                return Err(format!(
-                    "dropping capability {cap}: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(last_os(format!("dropping capability {cap}")));
             }
         }
     }
@@ -173,7 +166,7 @@ pub fn apply(caps: Option<&LinuxCapabilities>, warn: &mut dyn FnMut(String)) -> 
     ];
     // SAFETY: capset reads a v3 header and two data structs, all valid for the call.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } < 0 {
-        return Err(format!("capset: {}", std::io::Error::last_os_error()));
+        return Err(last_os("capset"));
     }
     for name in &caps.Ambient {
         let Some(cap) = cap_number(name) else {

@@ -17,6 +17,7 @@
 //! (its own child) and signals the container process directly. See `sync`
 //! for the handshake.
 mod caps;
+pub mod error;
 mod rootfs;
 pub mod seccomp;
 
@@ -48,11 +49,7 @@ pub const HELPER_ARG: &str = "__kata-container-init";
 pub const SYNC_FD: RawFd = 3;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-type Res<T> = std::result::Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
+use error::{err, last_os, Res, StepError};
 
 /// Maps an OCI namespace type to its clone flag; None for unknown types.
 pub fn namespace_flag(kind: &str) -> Option<CloneFlags> {
@@ -78,7 +75,7 @@ pub fn helper_main() -> ! {
     let code = match helper(&mut sock) {
         Ok(code) => code,
         Err(e) => {
-            let _ = write_frame(&mut sock, sync::ERROR, e.as_bytes());
+            let _ = write_frame(&mut sock, sync::ERROR, e.to_string().as_bytes());
             1
         }
     };
@@ -106,7 +103,7 @@ pub fn encode_config(mode: u8, init_pid: u32, cgroup: &str, spec: &Spec) -> Vec<
 }
 
 fn read_config(sock: &mut UnixStream) -> Res<Config> {
-    let bad = || "malformed config frame".to_string();
+    let bad = || StepError::Protocol("malformed config frame".into());
     match read_frame(sock).map_err(err("reading config"))? {
         Some((sync::CONFIG, p)) if p.len() >= 7 => {
             let len = usize::from(u16::from_le_bytes([p[5], p[6]]));
@@ -115,10 +112,11 @@ fn read_config(sock: &mut UnixStream) -> Res<Config> {
                 mode: p[0],
                 init_pid: u32::from_le_bytes([p[1], p[2], p[3], p[4]]),
                 cgroup: String::from_utf8(cgroup.to_vec()).map_err(|_| bad())?,
-                spec: Spec::parse_from_bytes(&p[7 + len..]).map_err(err("decoding spec"))?,
+                spec: Spec::parse_from_bytes(&p[7 + len..])
+                    .map_err(|e| StepError::Protocol(format!("decoding spec: {e}")))?,
             })
         }
-        _ => Err("expected a config frame".into()),
+        _ => Err(StepError::Protocol("expected a config frame".into())),
     }
 }
 
@@ -177,12 +175,17 @@ fn fork_into(dir: Option<&File>) -> Res<(ForkResult, bool)> {
 fn expect(sock: &mut UnixStream, tag: u8) -> Res<()> {
     match read_frame(sock).map_err(err("sync socket"))? {
         Some((t, _)) if t == tag => Ok(()),
-        Some((t, _)) => Err(format!("unexpected frame {:?}", t as char)),
+        Some((t, _)) => Err(StepError::Protocol(format!(
+            "unexpected frame {:?}",
+            t as char
+        ))),
         // The agent gave up on this process.
         None => std::process::exit(1),
     }
 }
 
+// Over 80 lines on purpose: namespace joins, rootfs and fork in the order the kernel demands, in
+// the helper process; one piece keeps that order readable.
 fn helper(sock: &mut UnixStream) -> Res<i32> {
     let cfg = read_config(sock)?;
     umask(Mode::empty());
@@ -209,8 +212,8 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
     let mut create = CloneFlags::empty();
     let mut new_cgroup = false;
     for ns in cfg.spec.Linux.Namespaces.iter() {
-        let flag =
-            namespace_flag(&ns.Type).ok_or_else(|| format!("unknown namespace {:?}", ns.Type))?;
+        let flag = namespace_flag(&ns.Type)
+            .ok_or_else(|| StepError::Spec(format!("unknown namespace {:?}", ns.Type)))?;
         if flag == CloneFlags::CLONE_NEWNET || flag == CloneFlags::CLONE_NEWUSER {
             // Containers stay in the VM's network namespace (a host netns path means
             // nothing in the guest); user namespaces are not supported.
@@ -258,7 +261,7 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
-            let _ = write_frame(sock, sync::ERROR, e.as_bytes());
+            let _ = write_frame(sock, sync::ERROR, e.to_string().as_bytes());
             std::process::exit(1)
         }
         ForkResult::Parent { child } => {
@@ -287,7 +290,7 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),
                     Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
                     Ok(_) | Err(nix::Error::EINTR) => continue,
-                    Err(e) => return Err(format!("waitpid: {e}")),
+                    Err(e) => return Err(err("waitpid")(e)),
                 }
             }
         }
@@ -296,6 +299,8 @@ fn helper(sock: &mut UnixStream) -> Res<i32> {
 
 /// The container process: waits for the agent, sets itself up, waits for
 /// start, then execs the user's program.
+// Over 80 lines on purpose: runs in the forked process in the order the kernel demands (session,
+// signals, rlimits, capabilities, seccomp, ids, exec); one piece keeps that order readable.
 fn container_process(
     sock: &mut UnixStream,
     cfg: &Config,
@@ -320,7 +325,10 @@ fn container_process(
             }
         }
     }
-    let process = spec.Process.as_ref().ok_or("spec has no process")?;
+    let process = spec
+        .Process
+        .as_ref()
+        .ok_or_else(|| StepError::Spec("spec has no process".into()))?;
     if process.Terminal {
         open_pty(sock)?;
     }
@@ -335,7 +343,7 @@ fn container_process(
     // Compiled before start so a bad profile fails here; the agent already
     // validated it at CreateContainer (and warned about unknown syscalls).
     let filter = match spec.Linux.as_ref().and_then(|l| l.Seccomp.as_ref()) {
-        Some(s) => Some(seccomp::compile(s, &mut |_| {}).map_err(|e| e.to_string())?),
+        Some(s) => Some(seccomp::compile(s, &mut |_| {})?),
         None => None,
     };
     let path_var = process
@@ -351,7 +359,7 @@ fn container_process(
         nix::unistd::setsid().map_err(err("setsid"))?;
         // SAFETY: TIOCSCTTY takes an integer argument.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            return Err(last_os("TIOCSCTTY"));
         }
     }
     // Rust's runtime ignores SIGPIPE, and ignored signals survive exec: give
@@ -384,7 +392,7 @@ fn container_process(
     if let (Some(f), false) = (&filter, process.NoNewPrivileges) {
         // Without no_new_privs installing a filter needs CAP_SYS_ADMIN: before
         // the user and capabilities change (as runc does).
-        seccomp::install(f).map_err(|e| e.to_string())?;
+        seccomp::install(f)?;
     }
     let user = process.User.as_ref();
     let (uid, gid) = user.map(|u| (u.UID, u.GID)).unwrap_or((0, 0));
@@ -402,19 +410,22 @@ fn container_process(
     };
     chdir(cwd).map_err(err(format!("chdir {cwd}")))?;
     umask(Mode::from_bits_truncate(0o022));
-    let prog = process.Args.first().ok_or("process has no args")?;
-    let path = lookup(prog, path_var).ok_or_else(|| format!("exec {prog}: not found in PATH"))?;
+    let prog = process
+        .Args
+        .first()
+        .ok_or_else(|| StepError::Spec("process has no args".into()))?;
+    let path = lookup(prog, path_var).ok_or_else(|| StepError::NotInPath(prog.clone()))?;
     let path = CString::new(path).map_err(err("exec path"))?;
     if let (Some(f), true) = (&filter, process.NoNewPrivileges) {
         // With no_new_privs: as late as possible, so the filter constrains
         // only the program (which must be allowed execve).
-        seccomp::install(f).map_err(|e| e.to_string())?;
+        seccomp::install(f)?;
     }
     let e = match execve(&path, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    Err(format!("exec {prog}: {e}"))
+    Err(err(format!("exec {prog}"))(e))
 }
 
 /// Opens a pty in the container's own devpts (so tty names resolve inside
@@ -429,18 +440,12 @@ fn open_pty(sock: &mut UnixStream) -> Res<()> {
     // returns a new descriptor for the peer.
     let slave = unsafe {
         if libc::ioctl(master, libc::TIOCSPTLCK, &unlock) < 0 {
-            return Err(format!(
-                "unlocking pty: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(last_os("unlocking pty"));
         }
         libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY)
     };
     if slave < 0 {
-        return Err(format!(
-            "opening pty peer: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(last_os("opening pty peer"));
     }
     for fd in 0..3 {
         dup2(slave, fd).map_err(err("dup2 pty"))?;

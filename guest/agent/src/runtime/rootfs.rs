@@ -17,7 +17,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, chown, chroot, Gid, Uid};
 use protocols::oci::{Mount, Spec};
 
-use super::{err, Res};
+use super::error::{err, Res, StepError};
 use crate::mounts::parse_options;
 
 const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
@@ -86,7 +86,10 @@ pub(crate) fn under(root: &Path, path: &str) -> Option<PathBuf> {
 }
 
 pub fn setup(spec: &Spec, warn: &mut dyn FnMut(String)) -> Res<()> {
-    let root_spec = spec.Root.as_ref().ok_or("spec has no root")?;
+    let root_spec = spec
+        .Root
+        .as_ref()
+        .ok_or_else(|| StepError::Spec("spec has no root".into()))?;
     let root = Path::new(&root_spec.Path);
     mount(
         Some(root),
@@ -260,10 +263,8 @@ fn create_devices(root: &Path, spec: &Spec, warn: &mut dyn FnMut(String)) {
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )
-        .map_err(|e| e.to_string())
-        .and_then(|_| {
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).map_err(|e| e.to_string())
-        });
+        .map_err(std::io::Error::from)
+        .and_then(|_| fs::set_permissions(&path, fs::Permissions::from_mode(0o666)));
         if let Err(e) = r {
             warn(format!("/dev/{name}: {e}"));
         }

@@ -1,148 +1,12 @@
-//! Task.Pause, Resume, Stats, Update and Pids.
+//! VM sizing: what each container's CPU and memory limits ask of the VM
+//! (from its spec at Create, from Task.Update since), and growing the VM by
+//! hotplug when they exceed it. Below the Task service and the sandbox: it
+//! acts through the `Vm` and `Agent` seams it is handed.
 
-use protocols::containerd::api;
-use protocols::containerd::events::task::{TaskPaused, TaskResumed};
-use protocols::containerd::topics;
-use protocols::protobuf::MessageField;
-use std::sync::atomic::Ordering;
+use agent_client::Agent;
+use hypervisor::Vm;
 
-use super::TaskService;
-use crate::error::{Error, Result};
-use crate::process::ProcessState;
-
-impl TaskService {
-    pub(super) async fn do_pause(&self, req: api::PauseRequest) -> Result<api::Empty> {
-        let container = self.container(&req.id)?;
-        if container.init.state() != ProcessState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {:?} is not running",
-                req.id
-            )));
-        }
-        if container.is_paused() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {:?} is already paused",
-                req.id
-            )));
-        }
-        let sandbox = self.live_sandbox().await?;
-        if container.id == sandbox.id {
-            // The sandbox container stands for the whole pod: stop the VM.
-            sandbox.vm.pause().await?;
-        } else {
-            sandbox.agent.pause_container(&container.id).await?;
-        }
-        container.paused.store(true, Ordering::SeqCst);
-        self.events
-            .publish(
-                topics::TASK_PAUSED_EVENT_TOPIC,
-                Box::new(TaskPaused {
-                    container_id: container.id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        Ok(api::Empty::default())
-    }
-
-    pub(super) async fn do_resume(&self, req: api::ResumeRequest) -> Result<api::Empty> {
-        let container = self.container(&req.id)?;
-        if !container.is_paused() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {:?} is not paused",
-                req.id
-            )));
-        }
-        let sandbox = self.live_sandbox().await?;
-        if container.id == sandbox.id {
-            sandbox.vm.resume().await?;
-        } else {
-            sandbox.agent.resume_container(&container.id).await?;
-        }
-        container.paused.store(false, Ordering::SeqCst);
-        self.events
-            .publish(
-                topics::TASK_RESUMED_EVENT_TOPIC,
-                Box::new(TaskResumed {
-                    container_id: container.id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        Ok(api::Empty::default())
-    }
-
-    pub(super) async fn do_stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
-        let container = self.container(&req.id)?;
-        if container.is_paused() && container.id == self.live_sandbox().await?.id {
-            return Err(Error::FailedPrecondition("the sandbox VM is paused".into()));
-        }
-        let sandbox = self.live_sandbox().await?;
-        let stats = sandbox.agent.stats_container(&container.id).await?;
-        let any = crate::stats::to_metrics_any(&stats, crate::stats::host_cgroup_v2());
-        Ok(api::StatsResponse {
-            stats: MessageField::some(any),
-            ..Default::default()
-        })
-    }
-
-    pub(super) async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<api::Empty> {
-        let container = self.container(&req.id)?;
-        let any = req
-            .resources
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
-        let resources = crate::resources::parse_update(any)?;
-        let limited = resources.Memory.Limit > 0;
-        if container.init.state() != ProcessState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {:?} is not running",
-                req.id
-            )));
-        }
-        let sandbox = self.live_sandbox().await?;
-        // Every live container counts, with the limits its spec set at Create
-        // unless an Update replaced them.
-        let live: Vec<(String, String)> = self
-            .containers()
-            .values()
-            .map(|c| (c.id.clone(), c.bundle.clone()))
-            .collect();
-        grow_for(&sandbox, &container.id, &resources, &live).await?;
-        sandbox
-            .agent
-            .update_container(protocols::agent::UpdateContainerRequest {
-                container_id: container.id.clone(),
-                resources: MessageField::some(resources),
-                ..Default::default()
-            })
-            .await?;
-        if limited {
-            container.memory_limited.store(true, Ordering::SeqCst);
-        }
-        Ok(api::Empty::default())
-    }
-
-    pub(super) async fn do_pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
-        let container = self.container(&req.id)?;
-        let pid = match self.running_sandbox().await {
-            Some(sb) => Self::task_pid(&sb),
-            None => 0,
-        };
-        let mut processes = Vec::new();
-        if container.init.state() == ProcessState::Running {
-            // Guest processes have no host pid; the VM's stands for them.
-            processes.push(protocols::containerd::types::task::ProcessInfo {
-                pid,
-                ..Default::default()
-            });
-        }
-        Ok(api::PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-}
+use crate::error::Result;
 
 /// Granularity of memory hotplug (the guest's memory block).
 const MEMORY_BLOCK_MIB: u32 = 128;
@@ -264,17 +128,24 @@ async fn spec_needs(sandbox: &str, cid: &str, bundle: &str) -> Needs {
     }
 }
 
+/// What [`grow_for`] acts through: the sandbox's VM and agent.
+pub struct Seams<'a> {
+    pub sandbox: &'a str,
+    pub vm: &'a dyn Vm,
+    pub agent: &'a dyn Agent,
+}
+
 /// Grows the VM (vCPUs, then memory; the guest onlines them) when the
 /// `live` containers' limits (id, bundle), with `cid`'s new ones, exceed it.
 /// Above the configured maxima it grows to them and logs, as kata does.
-async fn grow_for(
-    sandbox: &crate::sandbox::Sandbox,
+pub async fn grow_for(
+    seams: Seams<'_>,
+    size: &mut VmSize,
     cid: &str,
     resources: &protocols::oci::LinuxResources,
     live: &[(String, String)],
 ) -> Result<()> {
-    let sb = sandbox.id.as_str();
-    let mut size = sandbox.size.lock().await;
+    let sb = seams.sandbox;
     // Containers deleted since the last Update no longer count.
     size.from_spec
         .retain(|id, _| live.iter().any(|(l, _)| l == id));
@@ -293,6 +164,14 @@ async fn grow_for(
         .map_or(update, |older| update.over(*older));
     size.from_update.insert(cid.to_owned(), merged);
     let (cpus, mem) = size.total(live);
+    grow_vcpus(&seams, size, cpus).await?;
+    grow_memory(&seams, size, mem).await
+}
+
+/// Hot-plugs vCPUs up to `cpus` (clamped to the maximum) and has the guest
+/// online them.
+async fn grow_vcpus(seams: &Seams<'_>, size: &mut VmSize, cpus: u32) -> Result<()> {
+    let sb = seams.sandbox;
     if cpus > size.vcpus {
         let target = cpus.min(size.max_vcpus);
         if target < cpus {
@@ -304,7 +183,7 @@ async fn grow_for(
             );
         }
         if target > size.vcpus {
-            let reached = sandbox.vm.resize_vcpus(target).await?;
+            let reached = seams.vm.resize_vcpus(target).await?;
             let added = reached.saturating_sub(size.vcpus);
             tracing::info!(
                 sandbox = sb,
@@ -314,7 +193,7 @@ async fn grow_for(
             );
             size.vcpus = reached;
             if added > 0 {
-                sandbox
+                seams
                     .agent
                     .online_cpu_mem(protocols::agent::OnlineCPUMemRequest {
                         wait: true,
@@ -326,6 +205,13 @@ async fn grow_for(
             }
         }
     }
+    Ok(())
+}
+
+/// Hot-plugs one DIMM (whole memory blocks, within the maximum and the
+/// free slots) when the limits need more than `size.memory_mib`.
+async fn grow_memory(seams: &Seams<'_>, size: &mut VmSize, mem: u32) -> Result<()> {
+    let sb = seams.sandbox;
     if mem > size.memory_mib {
         let room = size.max_memory_mib.saturating_sub(size.memory_mib);
         let wanted = (mem - size.memory_mib).div_ceil(MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
@@ -340,7 +226,7 @@ async fn grow_for(
             );
         }
         if add > 0 && size.slots_left > 0 {
-            sandbox.vm.add_memory(add).await?;
+            seams.vm.add_memory(add).await?;
             size.memory_mib += add;
             size.slots_left -= 1;
             tracing::info!(
@@ -349,7 +235,7 @@ async fn grow_for(
                 total_mib = size.memory_mib,
                 "memory hot-plugged"
             );
-            sandbox
+            seams
                 .agent
                 .online_cpu_mem(protocols::agent::OnlineCPUMemRequest {
                     wait: false,
