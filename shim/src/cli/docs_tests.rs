@@ -42,9 +42,9 @@ fn every_applied_annotation_is_documented() {
         assert!(part.contains(&row), "{name} is not documented");
     }
     for key in [
-        crate::podsize::CPU_QUOTA,
-        crate::podsize::CPU_PERIOD,
-        crate::podsize::MEMORY,
+        crate::annotations::cri::SANDBOX_CPU_QUOTA,
+        crate::annotations::cri::SANDBOX_CPU_PERIOD,
+        crate::annotations::cri::SANDBOX_MEMORY,
     ] {
         assert!(part.contains(key), "{key} is not documented");
     }
