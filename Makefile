@@ -29,7 +29,7 @@ demo: build image
 SHELL_SCRIPTS := .ci/run scripts/install-deps.sh guest/image/build.sh guest/image/build-kernel.sh \
                  $(wildcard tests/scripts/*.sh)
 
-lint: shellcheck
+lint: deps shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
