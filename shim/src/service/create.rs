@@ -252,7 +252,25 @@ impl TaskService {
         container
             .has_hooks
             .store(later_hooks, std::sync::atomic::Ordering::SeqCst);
-        self.containers().insert(cid.clone(), container);
+        // Under the map's lock: the VM watcher lists the containers under it
+        // once the VM's exit is recorded, so a container is either in that
+        // list (its exit reported) or refused here, never left CREATED.
+        let vm_gone = {
+            let mut map = self.containers();
+            let gone = sandbox.vm.exit_reason();
+            if gone.is_none() {
+                map.insert(cid.clone(), container);
+            }
+            gone
+        };
+        if let Some(reason) = vm_gone {
+            let _ = self.mounter.unmount_container(&sandbox.paths, &cid).await;
+            return Err(hypervisor::Error::ProcessExited {
+                what: reason,
+                output: sandbox.vm.console_tail(),
+            }
+            .into());
+        }
         let pid = Self::task_pid(sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
         self.events
