@@ -92,12 +92,18 @@ pub(crate) async fn unless_vm_exits<T>(
 ) -> Result<T> {
     tokio::select! {
         r = step => r,
-        () = vm.wait_exit() => Err(hypervisor::Error::ProcessExited {
-            what: vm.exit_reason().unwrap_or_else(|| "the VM exited".into()),
-            output: vm.console_tail(),
-        }
-        .into()),
+        () = vm.wait_exit() => Err(vm_exited(vm, vm.exit_reason())),
     }
+}
+
+/// The error of a pod step cut short by the VM's death (`reason`, as
+/// [`Vm::exit_reason`] tells it), with the console's last lines.
+pub(crate) fn vm_exited(vm: &dyn Vm, reason: Option<String>) -> Error {
+    hypervisor::Error::ProcessExited {
+        what: reason.unwrap_or_else(|| "the VM exited".into()),
+        output: vm.console_tail(),
+    }
+    .into()
 }
 
 impl Sandbox {

@@ -263,13 +263,9 @@ impl TaskService {
             }
             gone
         };
-        if let Some(reason) = vm_gone {
+        if vm_gone.is_some() {
             let _ = self.mounter.unmount_container(&sandbox.paths, &cid).await;
-            return Err(hypervisor::Error::ProcessExited {
-                what: reason,
-                output: sandbox.vm.console_tail(),
-            }
-            .into());
+            return Err(crate::sandbox::vm_exited(sandbox.vm.as_ref(), vm_gone));
         }
         let pid = Self::task_pid(sandbox);
         tracing::info!(sandbox = %sandbox.id, container = %cid, "container created");
