@@ -31,6 +31,12 @@ pub struct Config {
     /// [`protocols::DEBUG_CONSOLE_VSOCK_PORT`] (`containerd-shim-kata-v2 console`).
     pub debug_console: bool,
     pub debug: bool,
+    /// `[runtime] sandbox_cgroup_only`: the VM and the shim's work go in the
+    /// sandbox's own cgroup on the host (else in `kata_overhead/<id>`).
+    pub sandbox_cgroup_only: bool,
+    /// `[runtime] static_sandbox_resource_mgmt`: the VM is sized once at
+    /// boot (the pod's annotations) and never hot-plugged.
+    pub static_resources: bool,
     /// Which `io.katacontainers.config.*` annotations may override this.
     pub annotation_policy: AnnotationPolicy,
 }
@@ -44,6 +50,10 @@ pub struct QemuConfig {
     pub kernel_params: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// What `podsize::apply` added to `vcpus`/`memory_mib` for the pod's
+    /// limits; the rest is the guest's own share (Kata's default size).
+    pub pod_vcpus: u32,
+    pub pod_memory_mib: u32,
     pub accel: Accel,
     pub vsock: VsockKind,
     pub vhost_user_vsock_daemon: PathBuf,
@@ -147,10 +157,25 @@ impl Default for RawAgent {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(default)]
 struct RawRuntime {
     enable_debug: bool,
+    sandbox_cgroup_only: bool,
+    static_sandbox_resource_mgmt: bool,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        Self {
+            enable_debug: false,
+            // Unlike upstream's shipped file: the pod's limits and
+            // RuntimeClass overhead only bound the VM when it is in the
+            // pod's cgroup, which is what Kubernetes users expect.
+            sandbox_cgroup_only: true,
+            static_sandbox_resource_mgmt: false,
+        }
+    }
 }
 
 /// The runtime option `ConfigPath` that containerd 2.3's bootstrap gave
@@ -224,7 +249,14 @@ pub const KNOWN_KEYS: [(&str, &[&str]); 3] = [
         ],
     ),
     ("agent.kata", &["dial_timeout", "debug_console_enabled"]),
-    ("runtime", &["enable_debug"]),
+    (
+        "runtime",
+        &[
+            "enable_debug",
+            "sandbox_cgroup_only",
+            "static_sandbox_resource_mgmt",
+        ],
+    ),
 ];
 
 /// Keys present in `text` that this project does not implement, as `section.key`.
@@ -333,6 +365,8 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
             kernel_params: q.kernel_params,
             vcpus,
             memory_mib,
+            pod_vcpus: 0,
+            pod_memory_mib: 0,
             accel,
             vsock,
             vhost_user_vsock_daemon: q.vhost_user_vsock_daemon.into(),
@@ -342,6 +376,8 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
         agent_dial_timeout: Duration::from_secs(agent.dial_timeout.max(1)),
         debug_console: agent.debug_console_enabled,
         debug: raw.runtime.enable_debug,
+        sandbox_cgroup_only: raw.runtime.sandbox_cgroup_only,
+        static_resources: raw.runtime.static_sandbox_resource_mgmt,
         annotation_policy: {
             let policy = AnnotationPolicy {
                 enable_annotations: q.enable_annotations,

@@ -194,12 +194,12 @@ fn microvm_annotation_drops_the_hotplug_room() {
 
 #[test]
 fn unknown_keys_are_listed_for_warning() {
-    let text = "[hypervisor.qemu]\nkernel = \"/k\"\nblock_device_driver = \"x\"\n[runtime]\nsandbox_cgroup_only = true\n";
+    let text = "[hypervisor.qemu]\nkernel = \"/k\"\nblock_device_driver = \"x\"\n[runtime]\ninternetworking_model = \"tcfilter\"\n";
     assert_eq!(
         unknown_keys(text),
         vec![
             "hypervisor.qemu.block_device_driver",
-            "runtime.sandbox_cgroup_only"
+            "runtime.internetworking_model"
         ]
     );
 }
@@ -207,7 +207,7 @@ fn unknown_keys_are_listed_for_warning() {
 #[test]
 fn unknown_kata_keys_are_accepted() {
     let c = parse_str(
-        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\nblock_device_driver = \"virtio-scsi\"\n[runtime]\nsandbox_cgroup_only = true\n",
+        "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\nblock_device_driver = \"virtio-scsi\"\n[runtime]\ninternetworking_model = \"tcfilter\"\n",
     );
     assert!(c.is_ok());
 }

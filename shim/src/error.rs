@@ -30,6 +30,8 @@ pub enum Error {
     Agent(#[from] agent_client::Error),
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetworkError),
+    #[error("host cgroup: {0}")]
+    HostCgroup(#[from] crate::host_cgroup::CgroupError),
     #[error("OCI hook: {0}")]
     Hook(String),
 }
@@ -53,6 +55,9 @@ impl Error {
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Hypervisor(h) => hypervisor_code(h),
+            Error::HostCgroup(crate::host_cgroup::CgroupError::InvalidPath(_)) => {
+                Code::INVALID_ARGUMENT
+            }
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NOT_FOUND
             }

@@ -58,6 +58,10 @@ pub struct SandboxState {
     pub paths: SandboxPaths,
     /// Pid of the shim daemon that owns the sandbox.
     pub shim_pid: u32,
+    /// Host cgroup directories the daemon created for the VM (removed by
+    /// `delete` when the daemon died).
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
 }
 
 pub async fn write(state: &SandboxState) -> Result<()> {
@@ -116,6 +120,7 @@ mod tests {
             sandbox_id: long_id.clone(),
             paths: paths.clone(),
             shim_pid: 42,
+            cgroup_dirs: vec!["/sys/fs/cgroup/pods/sb".into()],
         };
         write(&st).await.expect("write");
         assert_eq!(read(&paths).await.expect("read"), Some(st));

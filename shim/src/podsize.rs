@@ -34,6 +34,16 @@ fn number(a: &HashMap<String, String>, key: &str) -> Result<i64> {
     }
 }
 
+impl PodSize {
+    /// The size one container's limits ask for.
+    pub fn of(needs: crate::vmsize::Needs) -> PodSize {
+        PodSize {
+            vcpus: needs.cpus.unwrap_or(0),
+            memory_mib: needs.memory_mib.unwrap_or(0),
+        }
+    }
+}
+
 /// The pod's size from CRI's sandbox annotations.
 pub fn from_annotations(a: &HashMap<String, String>) -> Result<PodSize> {
     let (period, quota) = (
@@ -59,7 +69,10 @@ pub fn apply(cfg: &Config, size: PodSize, host_cpus: u32) -> Config {
     }
     let q = &mut c.qemu;
     let cap = q.options.max_vcpus.unwrap_or(host_cpus).max(q.vcpus);
-    q.vcpus = q.vcpus.saturating_add(size.vcpus).min(cap);
+    let vcpus = q.vcpus.saturating_add(size.vcpus).min(cap);
+    q.pod_vcpus = vcpus - q.vcpus;
+    q.vcpus = vcpus;
+    q.pod_memory_mib = size.memory_mib;
     q.memory_mib = q.memory_mib.saturating_add(size.memory_mib);
     if let Some(h) = q.options.memory_hotplug.as_ref() {
         if h.max_mib <= q.memory_mib {

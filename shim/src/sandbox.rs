@@ -12,6 +12,7 @@ use protocols::agent::{CreateSandboxRequest, Storage};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::host_cgroup;
 use crate::network;
 use crate::persist::{self, SandboxPaths, SandboxState};
 use crate::share::Mounter;
@@ -54,6 +55,10 @@ pub struct Sandbox {
     pub size: tokio::sync::Mutex<crate::vmsize::VmSize>,
     /// Owns the share's mounts and directories.
     pub mounter: Arc<dyn Mounter>,
+    /// Where the daemon put itself (and so the VM) on the host.
+    pub cgroup: Option<host_cgroup::Placement>,
+    /// `static_sandbox_resource_mgmt`: no hotplug after boot.
+    pub static_resources: bool,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -81,6 +86,34 @@ pub struct BootParams<'a> {
     /// Sandbox API): the agent holds one, as upstream's does for
     /// `sandbox_pidns` at CreateSandbox.
     pub pod_pidns: bool,
+    /// The host cgroup the VM goes in (see [`crate::host_cgroup`]).
+    pub cgroup: Option<(&'a host_cgroup::Host, PathBuf)>,
+}
+
+/// Moves the daemon into the sandbox's host cgroup before anything of the
+/// VM starts, so QEMU and its helpers are born there.
+async fn enter_cgroup(
+    id: &str,
+    target: Option<&(&host_cgroup::Host, PathBuf)>,
+) -> Result<Option<host_cgroup::Placement>> {
+    let Some((host, rel)) = target else {
+        return Ok(None);
+    };
+    let (host, rel) = ((*host).clone(), rel.clone());
+    let placement = crate::blocking::run(move || host.enter(&rel).map_err(Error::from)).await?;
+    tracing::info!(sandbox = id, created = ?placement.created, "in the sandbox's host cgroup");
+    Ok(Some(placement))
+}
+
+/// Back where containerd started the daemon; the sandbox's cgroup removed.
+async fn leave_cgroup(placement: Option<host_cgroup::Placement>) {
+    if let Some(p) = placement {
+        let _ = crate::blocking::run(move || {
+            p.leave();
+            Ok(())
+        })
+        .await;
+    }
 }
 
 /// Runs `step` of pod start unless the VM (QEMU or one of its helpers)
@@ -119,6 +152,13 @@ impl Sandbox {
         let mounter = seams.mounter.clone();
         let paths = SandboxPaths::new(root, id);
         mounter.prepare(&paths).await?;
+        let cgroup = match enter_cgroup(id, params.cgroup.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = mounter.teardown(&paths).await;
+                return Err(e);
+            }
+        };
         let nic = match params.netns {
             Some(ns) => {
                 let t = std::time::Instant::now();
@@ -127,6 +167,7 @@ impl Sandbox {
                 match r {
                     Ok(found) => found.map(|(iface, net)| (ns.to_path_buf(), iface, net)),
                     Err(e) => {
+                        leave_cgroup(cgroup).await;
                         let _ = mounter.teardown(&paths).await;
                         return Err(e.into());
                     }
@@ -134,14 +175,33 @@ impl Sandbox {
             }
             None => None,
         };
-        let result = Self::boot_in(id, &params, nic.as_ref(), &paths, config, seams).await;
-        if result.is_err() {
-            if let Some((ns, iface, _)) = &nic {
-                let _ = network::detach_tap(ns, &iface.name).await;
+        let state = SandboxState {
+            sandbox_id: id.to_owned(),
+            paths: paths.clone(),
+            shim_pid: std::process::id(),
+            cgroup_dirs: cgroup
+                .as_ref()
+                .map(|c| c.created.clone())
+                .unwrap_or_default(),
+        };
+        let result = match persist::write(&state).await {
+            Ok(()) => Self::boot_in(id, &params, nic.as_ref(), &paths, config, seams).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(mut sb) => {
+                sb.cgroup = cgroup;
+                Ok(sb)
             }
-            let _ = mounter.teardown(&paths).await;
+            Err(e) => {
+                if let Some((ns, iface, _)) = &nic {
+                    let _ = network::detach_tap(ns, &iface.name).await;
+                }
+                leave_cgroup(cgroup).await;
+                let _ = mounter.teardown(&paths).await;
+                Err(e)
+            }
         }
-        result
     }
 
     // Over 80 lines on purpose: the pod's boot in order (share, VM, agent, CreateSandbox, network);
@@ -159,12 +219,6 @@ impl Sandbox {
             dialer,
             mounter,
         } = seams;
-        persist::write(&SandboxState {
-            sandbox_id: id.to_owned(),
-            paths: paths.clone(),
-            shim_pid: std::process::id(),
-        })
-        .await?;
         let q = &config.qemu;
         failpoint::gate(failpoint::Phase::Boot, id).await;
         let t = std::time::Instant::now();
@@ -252,6 +306,8 @@ impl Sandbox {
             }),
             size: tokio::sync::Mutex::new(crate::vmsize::VmSize::of(q)),
             mounter,
+            cgroup: None,
+            static_resources: config.static_resources,
         })
     }
 
@@ -264,6 +320,7 @@ impl Sandbox {
             tracing::warn!(sandbox = %self.id, "DestroySandbox timed out");
         }
         self.vm.stop().await?;
+        leave_cgroup(self.cgroup.clone()).await;
         if let Some(nic) = &self.network {
             // The netns may already be gone (CNI teardown), and the tap with it.
             if let Err(e) = network::detach_tap(&nic.netns, &nic.interface).await {

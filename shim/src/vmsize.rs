@@ -58,6 +58,11 @@ impl Needs {
 pub struct VmSize {
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The guest's own share (the configured default size): the limits'
+    /// sum comes on top of it, as in Kata, so a container can use its
+    /// whole limit.
+    pub base_vcpus: u32,
+    pub base_memory_mib: u32,
     pub max_vcpus: u32,
     pub max_memory_mib: u32,
     pub slots_left: u32,
@@ -74,6 +79,8 @@ impl VmSize {
         Self {
             vcpus: q.vcpus,
             memory_mib: q.memory_mib,
+            base_vcpus: q.vcpus.saturating_sub(q.pod_vcpus),
+            base_memory_mib: q.memory_mib.saturating_sub(q.pod_memory_mib),
             max_vcpus: q.options.max_vcpus.unwrap_or(q.vcpus).max(q.vcpus),
             max_memory_mib: hotplug.map_or(q.memory_mib, |h| h.max_mib.max(q.memory_mib)),
             slots_left: hotplug.map_or(0, |h| h.slots),
@@ -82,16 +89,21 @@ impl VmSize {
         }
     }
 
-    /// Total (vCPUs, MiB) the `live` containers' limits ask for.
+    /// The VM size (vCPUs, MiB) the `live` containers' limits ask for:
+    /// the guest's share plus their sum (none set: the share alone).
     fn total(&self, live: &[(String, String)]) -> (u32, u32) {
-        live.iter().fold((0, 0), |(c, m), (id, _)| {
+        let (c, m) = live.iter().fold((0u32, 0u32), |(c, m), (id, _)| {
             let spec = self.from_spec.get(id).copied().unwrap_or_default();
             let needs = self.from_update.get(id).map_or(spec, |u| u.over(spec));
             (
                 c.saturating_add(needs.cpus.unwrap_or(0)),
                 m.saturating_add(needs.memory_mib.unwrap_or(0)),
             )
-        })
+        });
+        (
+            self.base_vcpus.saturating_add(c),
+            self.base_memory_mib.saturating_add(m),
+        )
     }
 }
 
@@ -104,19 +116,24 @@ fn update_needs(r: &protocols::oci::LinuxResources) -> Needs {
     )
 }
 
+impl Needs {
+    /// What a container's spec limits ask of the VM.
+    pub fn of_spec(spec: &oci_spec::runtime::Spec) -> Needs {
+        let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let cpu = r.and_then(|r| r.cpu().as_ref());
+        let memory = r.and_then(|r| r.memory().as_ref());
+        Needs::from_limits(
+            cpu.and_then(|c| c.quota()),
+            cpu.and_then(|c| c.period()),
+            memory.and_then(|m| m.limit()),
+        )
+    }
+}
+
 /// What the spec in `bundle` set at Create; unreadable = no limits (logged).
 async fn spec_needs(sandbox: &str, cid: &str, bundle: &str) -> Needs {
     match crate::spec::load(std::path::Path::new(bundle)).await {
-        Ok(spec) => {
-            let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-            let cpu = r.and_then(|r| r.cpu().as_ref());
-            let memory = r.and_then(|r| r.memory().as_ref());
-            Needs::from_limits(
-                cpu.and_then(|c| c.quota()),
-                cpu.and_then(|c| c.period()),
-                memory.and_then(|m| m.limit()),
-            )
-        }
+        Ok(spec) => Needs::of_spec(&spec),
         Err(e) => {
             tracing::warn!(
                 sandbox,
@@ -145,8 +162,30 @@ pub async fn grow_for(
     resources: &protocols::oci::LinuxResources,
     live: &[(String, String)],
 ) -> Result<()> {
-    let sb = seams.sandbox;
-    // Containers deleted since the last Update no longer count.
+    refresh(seams.sandbox, size, live).await;
+    let update = update_needs(resources);
+    let merged = size
+        .from_update
+        .get(cid)
+        .map_or(update, |older| update.over(*older));
+    size.from_update.insert(cid.to_owned(), merged);
+    grow_to_limits(&seams, size, live).await
+}
+
+/// Grows the VM at a container's Create for the limits its spec sets (it is
+/// in `live`), so the container has room from its first instruction, as
+/// Kata does; an Update later goes through [`grow_for`].
+pub async fn grow_for_create(
+    seams: Seams<'_>,
+    size: &mut VmSize,
+    live: &[(String, String)],
+) -> Result<()> {
+    refresh(seams.sandbox, size, live).await;
+    grow_to_limits(&seams, size, live).await
+}
+
+/// Forgets containers no longer `live`; reads the specs of new ones.
+async fn refresh(sb: &str, size: &mut VmSize, live: &[(String, String)]) {
     size.from_spec
         .retain(|id, _| live.iter().any(|(l, _)| l == id));
     size.from_update
@@ -157,15 +196,16 @@ pub async fn grow_for(
             size.from_spec.insert(id.clone(), needs);
         }
     }
-    let update = update_needs(resources);
-    let merged = size
-        .from_update
-        .get(cid)
-        .map_or(update, |older| update.over(*older));
-    size.from_update.insert(cid.to_owned(), merged);
+}
+
+async fn grow_to_limits(
+    seams: &Seams<'_>,
+    size: &mut VmSize,
+    live: &[(String, String)],
+) -> Result<()> {
     let (cpus, mem) = size.total(live);
-    grow_vcpus(&seams, size, cpus).await?;
-    grow_memory(&seams, size, mem).await
+    grow_vcpus(seams, size, cpus).await?;
+    grow_memory(seams, size, mem).await
 }
 
 /// Hot-plugs vCPUs up to `cpus` (clamped to the maximum) and has the guest

@@ -104,3 +104,58 @@ async fn pod_without_pause_container(dist: Dist) -> Result<()> {
     assert!(left.is_empty(), "left behind: {left:#?}");
     Ok(())
 }
+
+on_containerd!(
+    V2_3,
+    a_dead_vm_ends_the_shim_sandbox_with_events_on_containerd_2_3,
+    a_dead_vm_ends_the_shim_sandbox_with_events
+);
+/// The VM of a `sandboxer = "shim"` pod is killed: WaitSandbox returns, so
+/// containerd publishes `sandboxes/exit` and CRI marks the pod NOTREADY;
+/// its container's exit is reported (`/tasks/exit`); the pod is removed
+/// cleanly after.
+async fn a_dead_vm_ends_the_shim_sandbox_with_events(dist: Dist) -> Result<()> {
+    integration_tests::require_vm!();
+    let d = dist.clone();
+    let ctd = tokio::task::spawn_blocking(move || Containerd::start_cri_sandbox_api(&d)).await??;
+    let mut c = Cri::connect(&ctd.socket, &ctd.dir.join("pod-logs")).await?;
+    let events = ctd.events()?;
+    let pod_cfg = c.pod_config("sbdead");
+    let pod = c.run_pod(&pod_cfg).await.with_context(|| ctd.log())?;
+    let cfg = Cri::container_config("app", IMAGE, &["sleep", "3600"]);
+    let id = c.run_container(&pod, &cfg, &pod_cfg).await?;
+    let vm = vms::vm_of(&pod).context("no VM for the pod")?;
+    // SAFETY: kill(2) on a pid we found; no memory is involved.
+    unsafe { libc::kill(i32::try_from(vm.pid)?, libc::SIGKILL) };
+    events.wait_for("sandboxes/exit", &pod, Duration::from_secs(30))?;
+    events.wait_for("/tasks/exit", &id, Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.pod_status(&pod).await?.state != SANDBOX_NOTREADY {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pod is not NOTREADY 30 s after its VM died"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cs = c.wait_exited(&id, Duration::from_secs(30)).await?;
+    assert_eq!(cs.state, CONTAINER_EXITED);
+    c.rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .with_context(|| ctd.log())?;
+    c.rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    drop(events);
+    let scope = ctd.dir.clone();
+    let pods = c.pods.clone();
+    let left = tokio::task::spawn_blocking(move || {
+        drop(ctd);
+        pods.settle_and_check(&scope)
+    })
+    .await?;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}

@@ -154,6 +154,24 @@ fn the_share_is_private_and_children_hold_no_shim_sockets() -> Result<()> {
             let mode = std::fs::metadata(d)?.permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.display());
         }
+        // Every socket and file the shim put in the sandbox's directory
+        // (state, metrics socket, QMP, vsock, virtiofsd sockets) is root's alone.
+        for dir in [&paths.base, &paths.vm] {
+            for e in std::fs::read_dir(dir)?.flatten() {
+                let meta = e.metadata()?;
+                if meta.is_dir() {
+                    continue;
+                }
+                let mode = meta.permissions().mode() & 0o077;
+                assert_eq!(
+                    mode,
+                    0,
+                    "{} is open to others: {:o}",
+                    e.path().display(),
+                    meta.permissions().mode()
+                );
+            }
+        }
         // Another host user can neither list nor read the export.
         for target in [&paths.shared, &paths.base] {
             let st = Command::new("ls")

@@ -77,14 +77,22 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
 async fn serve(flags: Flags) -> anyhow::Result<()> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS not set")?;
     let events = Arc::new(Containerd::connect(&ttrpc_address, &flags.namespace));
-    let service = Arc::new(TaskService::new(
+    let service = TaskService::new(
         &flags.namespace,
         PathBuf::from(RUN_ROOT),
         Arc::new(hypervisor::Qemu::default()),
         Arc::new(VsockDialer),
         events,
         Arc::new(crate::share::HostMounter),
-    ));
+    );
+    // Without readable cgroup mounts the VM stays in containerd's cgroup.
+    let service = Arc::new(match crate::host_cgroup::Host::discover() {
+        Ok(host) => service.with_host_cgroups(host),
+        Err(e) => {
+            tracing::warn!("host cgroups unknown, VMs stay in the shim's cgroup: {e}");
+            service
+        }
+    });
     let exit = service.exit.clone();
 
     crate::service::idle::exit_when_idle(service.clone(), crate::service::idle::IDLE_EXIT);

@@ -44,14 +44,21 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
 /// `id` is the sandbox itself.
 pub async fn cleanup(root: &Path, sandbox_id: &str, id: &str) -> anyhow::Result<()> {
     let mut paths = SandboxPaths::new(root, sandbox_id);
+    let mut cgroup_dirs = Vec::new();
     // The state file, when there is one, is authoritative about where things are.
     if let Some(state) = crate::persist::read(&paths).await? {
         tracing::info!(sandbox = %state.sandbox_id, dead_shim = state.shim_pid, "cleaning up");
         paths = state.paths;
+        cgroup_dirs = state.cgroup_dirs;
     }
     if id == sandbox_id {
         hypervisor::cleanup_run_dir(&paths.vm).await?;
-        tokio::task::spawn_blocking(move || share::teardown(&paths)).await??;
+        tokio::task::spawn_blocking(move || {
+            // The VM and its helpers are gone: their cgroups are empty.
+            crate::host_cgroup::remove_dirs(&cgroup_dirs);
+            share::teardown(&paths)
+        })
+        .await??;
     } else {
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || share::unmount_container(&paths, &id)).await??;

@@ -90,6 +90,8 @@ pub struct Agent {
 #[derive(Debug, Serialize)]
 pub struct Runtime {
     pub enable_debug: bool,
+    pub sandbox_cgroup_only: bool,
+    pub static_sandbox_resource_mgmt: bool,
 }
 
 /// What `auto` settings resolve to on this host.
@@ -204,6 +206,8 @@ pub fn resolve(config: &Config, path: &Path, drop_ins: Vec<PathBuf>, probe: &Hos
         },
         runtime: Runtime {
             enable_debug: config.debug,
+            sandbox_cgroup_only: config.sandbox_cgroup_only,
+            static_sandbox_resource_mgmt: config.static_resources,
         },
         host: Host {
             accel,

@@ -24,6 +24,15 @@ pub fn spawn(sandbox: &str, base: &Path, vm_dir: &Path) {
             return;
         }
     };
+    // Root only, like every socket of the sandbox (the directory is 0700
+    // too, but a socket's own mode must not depend on where it lives).
+    if let Err(e) = std::fs::set_permissions(
+        &socket,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    ) {
+        tracing::warn!(sandbox, socket = %socket.display(), error = %e, "metrics socket mode");
+        return;
+    }
     tracing::debug!(sandbox, socket = %socket.display(), "serving metrics");
     let (sandbox, vm_dir) = (sandbox.to_owned(), vm_dir.to_path_buf());
     tokio::spawn(async move {

@@ -101,7 +101,7 @@ impl TaskService {
             .values()
             .map(|c| (c.id.clone(), c.bundle.clone()))
             .collect();
-        {
+        if !sandbox.static_resources {
             let mut size = sandbox.size.lock().await;
             let seams = crate::vmsize::Seams {
                 sandbox: &sandbox.id,

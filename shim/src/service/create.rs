@@ -202,10 +202,22 @@ impl TaskService {
         let host_cpus = std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1);
-        let cfg = podsize::apply(&cfg, podsize::from_annotations(annotations)?, host_cpus);
+        // Without CRI's pod annotations (containerd 1.6, `ctr run`), the
+        // first container's own limits size the VM: no hotplug right after.
+        let mut pod = podsize::from_annotations(annotations)?;
+        if pod == podsize::PodSize::default() {
+            pod = podsize::PodSize::of(crate::vmsize::Needs::of_spec(spec));
+        }
+        let cfg = podsize::apply(&cfg, pod, host_cpus);
         crate::sandbox::phase(cid, "config", t);
         let span = tracing::info_span!("sandbox_boot", sandbox = %cid);
         let netns = crate::network::netns_path(spec);
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| p.to_str());
+        let cgroup = self.cgroup_target(&cfg, cgroups_path, cid)?;
         let sb = Arc::new(
             Sandbox::boot(
                 cid,
@@ -213,6 +225,7 @@ impl TaskService {
                     hostname: spec.hostname().as_deref().unwrap_or_default(),
                     netns: netns.as_deref(),
                     pod_pidns: false,
+                    cgroup,
                 },
                 &self.run_root,
                 &cfg,
@@ -291,6 +304,27 @@ impl TaskService {
         })
     }
 
+    /// Grows the VM for the new container's limits on top of the others'
+    /// (unless `static_sandbox_resource_mgmt`).
+    async fn grow_at_create(&self, sandbox: &Sandbox, cid: &str, bundle: &Path) -> Result<()> {
+        if sandbox.static_resources {
+            return Ok(());
+        }
+        let mut live: Vec<(String, String)> = self
+            .containers()
+            .values()
+            .map(|c| (c.id.clone(), c.bundle.clone()))
+            .collect();
+        live.push((cid.to_owned(), bundle.to_string_lossy().into_owned()));
+        let mut size = sandbox.size.lock().await;
+        let seams = crate::vmsize::Seams {
+            sandbox: &sandbox.id,
+            vm: sandbox.vm.as_ref(),
+            agent: sandbox.agent.as_ref(),
+        };
+        crate::vmsize::grow_for_create(seams, &mut size, &live).await
+    }
+
     async fn create_in_sandbox(
         &self,
         sandbox: &Sandbox,
@@ -301,6 +335,9 @@ impl TaskService {
         // bench lists them without adding them to the total again.
         let phase = |name: &str, t| crate::sandbox::phase(&sandbox.id, name, t);
         let cid = mounts.cid.clone();
+        let t = std::time::Instant::now();
+        self.grow_at_create(sandbox, &cid, &mounts.bundle).await?;
+        phase("create_container.grow", t);
         let t = std::time::Instant::now();
         self.mounter.mount_container(&sandbox.paths, mounts).await?;
         phase("create_container.rootfs", t);

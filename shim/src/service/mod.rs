@@ -16,6 +16,8 @@ pub mod sandbox_api;
 #[cfg(test)]
 mod sandbox_api_tests;
 #[cfg(test)]
+mod sizing_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ pub struct TaskService {
     kill_timeouts: KillTimeouts,
     /// The pod created through the Sandbox API, if any.
     pod: sandbox_api::PodSlot,
+    /// The host's cgroup hierarchies, when the VM is placed in the pod's
+    /// cgroup (the daemon; tests on fakes leave their process where it is).
+    host_cgroups: Option<Arc<crate::host_cgroup::Host>>,
 }
 
 /// See [`TaskService::with_kill_timeouts`].
@@ -109,7 +114,31 @@ impl TaskService {
             vm_gone_linger: VM_GONE_LINGER,
             kill_timeouts: KillTimeouts::default(),
             pod: Default::default(),
+            host_cgroups: None,
         }
+    }
+
+    /// Places each sandbox's VM in its host cgroup (the daemon does).
+    pub fn with_host_cgroups(mut self, host: crate::host_cgroup::Host) -> Self {
+        self.host_cgroups = Some(Arc::new(host));
+        self
+    }
+
+    /// Where sandbox `id`'s VM goes on the host for `cgroups_path` (the
+    /// sandbox container's), if the daemon places VMs at all.
+    fn cgroup_target(
+        &self,
+        cfg: &crate::config::Config,
+        cgroups_path: Option<&str>,
+        id: &str,
+    ) -> Result<Option<(&crate::host_cgroup::Host, PathBuf)>> {
+        let Some(host) = self.host_cgroups.as_deref() else {
+            return Ok(None);
+        };
+        Ok(
+            crate::host_cgroup::target(cfg.sandbox_cgroup_only, cgroups_path, id)?
+                .map(|rel| (host, rel)),
+        )
     }
 
     /// Sets how long Kill waits on the guest (tests).

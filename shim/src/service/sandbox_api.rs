@@ -63,6 +63,8 @@ struct PodParams {
     annotations: HashMap<String, String>,
     config_path: Option<String>,
     hostname: String,
+    /// The sandbox's cgroupsPath, from the pod's cgroup parent.
+    cgroups_path: Option<String>,
 }
 
 /// A pod created through the Sandbox API.
@@ -120,17 +122,50 @@ pub(super) fn hostname_option(options: Option<&Any>) -> Option<String> {
     if !any.type_url.ends_with("runtime.v1.PodSandboxConfig") {
         return None;
     }
-    let mut input = protocols::protobuf::CodedInputStream::from_bytes(&any.value);
+    let bytes = length_delimited(&any.value, 2)?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `linux.cgroup_parent` (fields 8, 1) of the `PodSandboxConfig` options.
+pub(super) fn cgroup_parent_option(options: Option<&Any>) -> Option<String> {
+    let any = options?;
+    if !any.type_url.ends_with("runtime.v1.PodSandboxConfig") {
+        return None;
+    }
+    let linux = length_delimited(&any.value, 8)?;
+    String::from_utf8(length_delimited(&linux, 1)?).ok()
+}
+
+/// The last length-delimited `field` of protobuf message `bytes`.
+fn length_delimited(bytes: &[u8], field: u32) -> Option<Vec<u8>> {
+    let mut input = protocols::protobuf::CodedInputStream::from_bytes(bytes);
+    let mut found = None;
     while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
-        let (field, wire) = (tag >> 3, tag & 7);
-        if field == 2 && wire == 2 {
-            return input.read_string().ok();
+        let (f, wire) = (tag >> 3, tag & 7);
+        if f == field && wire == 2 {
+            found = Some(input.read_bytes().ok()?);
+            continue;
         }
         input
             .skip_field(protocols::protobuf::rt::WireType::new(wire)?)
             .ok()?;
     }
-    None
+    found
+}
+
+/// The sandbox's cgroupsPath as containerd's CRI derives it from the pod's
+/// cgroup parent: systemd's form under a `.slice`, else a path.
+pub(super) fn sandbox_cgroups_path(parent: &str, id: &str) -> String {
+    let base = parent
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    if base.ends_with(".slice") {
+        format!("{base}:cri-containerd:{id}")
+    } else {
+        format!("{}/{id}", parent.trim_end_matches('/'))
+    }
 }
 
 impl TaskService {
@@ -173,6 +208,9 @@ impl TaskService {
             annotations: req.annotations.clone(),
             config_path: super::create::config_path_option(req.options.as_ref()),
             hostname: hostname_option(req.options.as_ref()).unwrap_or_default(),
+            cgroups_path: cgroup_parent_option(req.options.as_ref())
+                .filter(|p| !p.is_empty())
+                .map(|p| sandbox_cgroups_path(&p, &id)),
         };
         tracing::info!(sandbox = %id, netns = ?params.netns, "sandbox created");
         *slot = Some(Arc::new(Pod {
@@ -217,6 +255,7 @@ impl TaskService {
             .await?
             .with_annotations(&pod.params.annotations)?;
         crate::sandbox::phase(&pod.id, "config", t);
+        let cgroup = self.cgroup_target(&cfg, pod.params.cgroups_path.as_deref(), &pod.id)?;
         let span = tracing::info_span!("sandbox_boot", sandbox = %pod.id);
         let sb = Arc::new(
             Sandbox::boot(
@@ -225,6 +264,7 @@ impl TaskService {
                     hostname: &pod.params.hostname,
                     netns: pod.params.netns.as_deref(),
                     pod_pidns: true,
+                    cgroup,
                 },
                 &self.run_root,
                 &cfg,
@@ -397,19 +437,24 @@ impl TaskService {
         Ok(sapi::ShutdownSandboxResponse::default())
     }
 
-    /// The pod's metrics: the first container's cgroup statistics in the
-    /// guest (typed for the host's cgroup version), or empty ones.
+    /// The pod's metrics: its containers' cgroup statistics in the guest,
+    /// summed (typed for the host's cgroup version); a container whose
+    /// statistics cannot be read (it is just being deleted) is skipped.
     pub(super) async fn do_sandbox_metrics(
         &self,
         req: sapi::SandboxMetricsRequest,
     ) -> Result<sapi::SandboxMetricsResponse> {
         let pod = self.pod(&req.sandbox_id)?;
         let sb = self.live_sandbox().await?;
-        let first = self.containers().keys().next().cloned();
-        let stats = match first {
-            Some(cid) => sb.agent.stats_container(&cid).await.unwrap_or_default(),
-            None => Default::default(),
-        };
+        let ids: Vec<String> = self.containers().keys().cloned().collect();
+        let mut each = Vec::with_capacity(ids.len());
+        for cid in ids {
+            match sb.agent.stats_container(&cid).await {
+                Ok(s) => each.push(s),
+                Err(e) => tracing::debug!(sandbox = %pod.id, container = %cid, "stats: {e}"),
+            }
+        }
+        let stats = crate::pod_stats::sum(&each);
         let mut resp = sapi::SandboxMetricsResponse::default();
         let m = resp.metrics.mut_or_insert_default();
         m.timestamp = MessageField::some(now());

@@ -614,7 +614,8 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
         .into(),
         ..Default::default()
     };
-    // 1.5 CPUs → 2 vCPUs; 300 MiB → one 128 MiB DIMM (256 + 128 ≥ 300).
+    // 1.5 CPUs → 2 vCPUs on top of the guest's 1, clamped to the maximum 2;
+    // 300 MiB on top of the guest's 256 → one DIMM of the 256 MiB of room.
     r.svc
         .do_update(update(
             r#"{"cpu":{"quota":150000,"period":100000},"memory":{"limit":314572800}}"#,
@@ -635,7 +636,7 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
             },
             VmCall::AddMemory {
                 id: "c1".into(),
-                size_mib: 128
+                size_mib: 256
             }
         ]
     );
@@ -660,7 +661,7 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
         ]
     );
 
-    // 8 CPUs and 4 GiB: clamped to 2 vCPUs (no call) and 512 MiB (one more DIMM).
+    // 8 CPUs and 4 GiB: the VM is at both maxima already: no call.
     r.svc
         .do_update(update(
             r#"{"cpu":{"quota":800000,"period":100000},"memory":{"limit":4294967296}}"#,
@@ -672,14 +673,7 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
             .into_iter()
             .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
             .collect();
-    assert_eq!(grows.len(), 3, "{grows:?}");
-    assert_eq!(
-        grows[2],
-        VmCall::AddMemory {
-            id: "c1".into(),
-            size_mib: 128
-        }
-    );
+    assert_eq!(grows.len(), 2, "{grows:?}");
     // Without limits nothing grows.
     r.svc.do_update(update("{}")).await.expect("no limits");
     assert_eq!(
@@ -687,13 +681,14 @@ async fn update_hotplugs_up_to_the_configured_maxima() {
             .iter()
             .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
             .count(),
-        3
+        2
     );
 }
 
-/// The VM's size counts the limits containers got at Create, not only those
-/// set by Update: app's spec has a 1-CPU quota, the pod is updated to 1 CPU,
-/// the VM has 1 vCPU → it grows to 2.
+/// The VM grows at a container's Create for the limits of its spec (as
+/// Kata's runtime does), and Update counts them: the VM has 1 vCPU (the
+/// guest's share), app's spec has a 1-CPU quota → 2 vCPUs at its Create; the
+/// pod updated to 1 CPU asks for 3, clamped to the maximum 2 → no call.
 #[tokio::test]
 async fn update_counts_the_limits_containers_were_created_with() {
     let r = rig();
@@ -720,6 +715,17 @@ async fn update_counts_the_limits_containers_were_created_with() {
         ..Default::default()
     };
     r.svc.do_create(req).await.expect("app");
+    let grows = |r: &Rig| -> Vec<VmCall> {
+        r.hv.calls()
+            .into_iter()
+            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
+            .collect()
+    };
+    let at_create = [VmCall::ResizeVcpus {
+        id: "pod".into(),
+        count: 2,
+    }];
+    assert_eq!(grows(&r), at_create, "grown at the app's Create");
     let update = api::UpdateTaskRequest {
         id: "pod".into(),
         resources: Some(Any {
@@ -731,16 +737,5 @@ async fn update_counts_the_limits_containers_were_created_with() {
         ..Default::default()
     };
     r.svc.do_update(update).await.expect("update");
-    let grows: Vec<VmCall> =
-        r.hv.calls()
-            .into_iter()
-            .filter(|c| matches!(c, VmCall::ResizeVcpus { .. } | VmCall::AddMemory { .. }))
-            .collect();
-    assert_eq!(
-        grows,
-        [VmCall::ResizeVcpus {
-            id: "pod".into(),
-            count: 2
-        }]
-    );
+    assert_eq!(grows(&r), at_create, "nothing more at the Update");
 }
