@@ -249,8 +249,24 @@ pub fn enter(
     Ok(placement)
 }
 
-/// Creates `rel` under `h`'s mount, recording each directory made.
+/// Creates `rel` under `h`'s mount, recording each directory made. Another
+/// sandbox's teardown may remove a shared parent (`/default` of `ctr run`)
+/// between two of our mkdirs: then the walk starts again.
 fn create_dirs(h: &Hierarchy, rel: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    for _ in 0..5 {
+        if create_dirs_once(h, rel, created)? {
+            return Ok(());
+        }
+    }
+    Err(CgroupError::Io {
+        what: "creating cgroup (its parent keeps vanishing)",
+        path: h.mount.join(rel),
+        source: ErrorKind::NotFound.into(),
+    })
+}
+
+/// `false`: a parent vanished under us.
+fn create_dirs_once(h: &Hierarchy, rel: &Path, created: &mut Vec<PathBuf>) -> Result<bool> {
     let mut dir = h.mount.clone();
     for comp in rel.components() {
         if h.is_v2() {
@@ -266,10 +282,11 @@ fn create_dirs(h: &Hierarchy, rel: &Path, created: &mut Vec<PathBuf>) -> Result<
                 }
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io("creating cgroup", &dir)(e)),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// cgroup v2: the parent's controllers available to its children (best
@@ -318,16 +335,25 @@ impl Placement {
 }
 
 /// Removes cgroup directories, deepest first; what is already gone is fine.
+/// Only a sandbox's own cgroup (a leaf: no other cgroup under it) is
+/// retried while its last tasks leave; a parent we created is removed only
+/// if no other sandbox uses it by then.
 pub fn remove_dirs(created: &[PathBuf]) {
+    let leaves: Vec<&PathBuf> = created
+        .iter()
+        .filter(|d| !created.iter().any(|o| o != *d && o.starts_with(d)))
+        .collect();
     for dir in created.iter().rev() {
-        for attempt in 0.. {
+        let tries = if leaves.contains(&dir) { 20 } else { 1 };
+        for attempt in 1.. {
             match fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == ErrorKind::NotFound => break,
-                // Tasks that just exited may still be leaving it.
-                Err(_) if attempt < 20 => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if attempt < tries => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) => {
-                    tracing::warn!("removing cgroup {}: {e}", dir.display());
+                    if tries > 1 {
+                        tracing::warn!("removing cgroup {}: {e}", dir.display());
+                    }
                     break;
                 }
             }
