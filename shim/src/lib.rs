@@ -17,6 +17,7 @@ pub mod network;
 pub mod oci_resources;
 pub mod persist;
 pub mod podsize;
+pub mod portforward;
 pub mod process;
 pub mod sandbox;
 pub mod seccomp;

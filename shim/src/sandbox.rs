@@ -54,6 +54,8 @@ pub struct Sandbox {
     pub size: tokio::sync::Mutex<crate::vmsize::VmSize>,
     /// Owns the share's mounts and directories.
     pub mounter: Arc<dyn Mounter>,
+    /// CRI PortForward's way into the guest (pods with a netns only).
+    pub port_forward: Option<crate::portforward::PortForward>,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -239,6 +241,10 @@ impl Sandbox {
             phase(id, "guest_network", t);
             tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
         }
+        let port_forward = match params.netns {
+            Some(ns) => start_port_forward(id, ns, vm.vsock()).await,
+            None => None,
+        };
         tracing::info!(sandbox = id, "sandbox ready");
         crate::metrics::server::spawn(id, &paths.base, &paths.vm);
         Ok(Sandbox {
@@ -252,11 +258,13 @@ impl Sandbox {
             }),
             size: tokio::sync::Mutex::new(crate::vmsize::VmSize::of(q)),
             mounter,
+            port_forward,
         })
     }
 
     /// Destroys the guest side, stops the VM and removes the sandbox's directory.
     pub async fn shutdown(&self) -> Result<()> {
+        self.stop_port_forward().await;
         if tokio::time::timeout(Duration::from_secs(5), self.agent.destroy_sandbox())
             .await
             .is_err()
@@ -272,6 +280,30 @@ impl Sandbox {
         }
         self.mounter.teardown(&self.paths).await
     }
+}
+
+impl Sandbox {
+    /// Ends port-forward (listener, connections, NAT rules); idempotent,
+    /// for every way a sandbox goes away.
+    pub async fn stop_port_forward(&self) {
+        if let Some(pf) = &self.port_forward {
+            pf.stop().await;
+        }
+    }
+}
+
+/// Starts port-forward into the VM; a failure is logged and leaves the pod
+/// without it, never failing the pod.
+async fn start_port_forward(
+    id: &str,
+    netns: &Path,
+    vsock: VsockEndpoint,
+) -> Option<crate::portforward::PortForward> {
+    let t = std::time::Instant::now();
+    let r = crate::portforward::PortForward::start(id, netns, vsock).await;
+    phase(id, "port_forward", t);
+    r.map_err(|e| tracing::warn!(sandbox = id, error = %e, "port-forward unavailable"))
+        .ok()
 }
 
 /// Gives the guest NIC the pod's addresses and routes.
