@@ -9,8 +9,7 @@
 //! Per connection: one request line `TCP <port>\n` (bounded, within
 //! [`HEADER_TIMEOUT`]), a connect to `127.0.0.1:<port>` then `[::1]:<port>`
 //! (containerd's own order), the answer `OK\n` or `ERR <reason>\n`, then
-//! bytes both ways until both directions are closed; a half-close from one
-//! side is passed on as a half-close (`shutdown(SHUT_WR)`) to the other.
+//! bytes both ways (see [`relay`] for how each side's end is passed on).
 //! Always on: it gives the host nothing the pod's containers do not already
 //! offer on their loopback.
 
@@ -31,6 +30,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections relayed at once; more are answered with an error.
 const MAX_CONNECTIONS: usize = 256;
+/// How long the app's side may go on after the host's side ended.
+const GRACE: Duration = Duration::from_secs(5);
 /// How long bind is retried (the vsock transport may still be probing).
 const BIND_ATTEMPTS: u32 = 500;
 
@@ -130,18 +131,50 @@ where
         Ok(Err(e)) => return refuse(&mut host, &e.to_string()).await,
         Err(_) => return refuse(&mut host, &RequestError::Timeout.to_string()).await,
     };
-    let mut local = match connect_loopback(port).await {
+    let local = match connect_loopback(port).await {
         Ok(s) => s,
         Err(e) => return refuse(&mut host, &format!("connect to port {port}: {e}")).await,
     };
     host.write_all(format!("{OK}\n").as_bytes())
         .await
         .map_err(|e| format!("answering the host: {e}"))?;
-    // copy_bidirectional passes an EOF on as shutdown(SHUT_WR) and returns
-    // when both directions are done.
-    tokio::io::copy_bidirectional(&mut host, &mut local)
-        .await
-        .map_err(|e| format!("relaying port {port}: {e}"))
+    relay(host, local, port).await
+}
+
+/// Relays until the connection is over: the host's EOF is passed on to the
+/// app as a half-close, and the app's answer may follow for [`GRACE`] (as
+/// containerd itself waits 1 s after one direction ended); the app's EOF
+/// ends the whole connection at once, since a half-close towards the host
+/// is lost on hybrid vsock (vhost-device-vsock passes on only a full
+/// shutdown) and a host waiting for EOF would wait forever.
+async fn relay<S>(host: S, local: TcpStream, port: u16) -> Result<(u64, u64), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut host_r, mut host_w) = tokio::io::split(host);
+    let (mut local_r, mut local_w) = local.into_split();
+    let up = async {
+        let r = tokio::io::copy(&mut host_r, &mut local_w).await;
+        let _ = local_w.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = tokio::io::copy(&mut local_r, &mut host_w).await;
+        let _ = host_w.shutdown().await;
+        r
+    };
+    tokio::pin!(up, down);
+    let err = |e: std::io::Error| format!("relaying port {port}: {e}");
+    tokio::select! {
+        sent = &mut up => {
+            let sent = sent.map_err(err)?;
+            match tokio::time::timeout(GRACE, &mut down).await {
+                Ok(back) => Ok((sent, back.map_err(err)?)),
+                Err(_) => Err(format!("port {port}: no end {GRACE:?} after the host's")),
+            }
+        }
+        back = &mut down => Ok((0, back.map_err(err)?)),
+    }
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(host: &mut S, reason: &str) -> Result<(u64, u64), String> {
@@ -288,6 +321,32 @@ mod tests {
         app.await.expect("app");
         let (up, down) = relay.await.expect("join").expect("relay");
         assert_eq!((up, down), (data.len() as u64, data.len() as u64));
+    }
+
+    /// The app closing ends the connection towards the host at once, even
+    /// while the host keeps its side open.
+    #[tokio::test]
+    async fn the_apps_close_ends_the_connection() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = server.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.expect("accept");
+            s.write_all(b"bye").await.expect("write");
+        });
+        let (mut host, guest) = tokio::net::UnixStream::pair().expect("pair");
+        let relay = tokio::spawn(handle(guest));
+        host.write_all(format!("TCP {port}\n").as_bytes())
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), host.read_to_end(&mut got))
+            .await
+            .expect("EOF without the host closing")
+            .expect("read");
+        assert_eq!(got, b"OK\nbye");
+        assert_eq!(relay.await.expect("join"), Ok((0, 3)));
     }
 
     #[tokio::test]
