@@ -335,6 +335,7 @@ pub struct PortForward {
 impl PortForward {
     /// Starts port-forward into the VM for the pod whose netns is `netns`.
     pub async fn start(sandbox: &str, netns: &Path, endpoint: VsockEndpoint) -> Result<Self> {
+        let t = std::time::Instant::now();
         let ns = netns.to_path_buf();
         let (v4, v6) = tokio::task::spawn_blocking(move || bind_in_netns(&ns))
             .await
@@ -353,7 +354,8 @@ impl PortForward {
             listeners.push(TcpListener::from_std(l).map_err(PortForwardError::Listen)?);
         }
         let accept = tokio::spawn(accept_loop(sandbox.to_owned(), listeners, port, endpoint));
-        tracing::info!(sandbox, port, ipv6 = has_v6, netns = %netns.display(), "port-forward ready");
+        tracing::info!(sandbox, port, ipv6 = has_v6, netns = %netns.display(),
+            ms = t.elapsed().as_secs_f64() * 1000.0, "port-forward ready");
         Ok(PortForward {
             sandbox: sandbox.to_owned(),
             netns: netns.to_path_buf(),
@@ -389,6 +391,50 @@ impl Drop for PortForward {
     fn drop(&mut self) {
         // The relays end with the accept task (it owns them).
         self.accept.abort();
+    }
+}
+
+/// A pod's port-forward, started in the background so pod start does not
+/// wait for the NAT rules; [`Slot::stop`] also ends one still starting.
+#[derive(Default)]
+pub struct Slot {
+    state: Arc<tokio::sync::Mutex<SlotState>>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    running: Option<PortForward>,
+    stopped: bool,
+}
+
+impl Slot {
+    /// Starts port-forward for `sandbox` in `netns` in a task of its own; a
+    /// failure is logged, never the pod's.
+    pub fn start(sandbox: &str, netns: &Path, endpoint: VsockEndpoint) -> Slot {
+        let slot = Slot::default();
+        let state = slot.state.clone();
+        let (sandbox, netns) = (sandbox.to_owned(), netns.to_path_buf());
+        tokio::spawn(async move {
+            let r = PortForward::start(&sandbox, &netns, endpoint).await;
+            let mut st = state.lock().await;
+            match r {
+                Ok(pf) if st.stopped => pf.stop().await,
+                Ok(pf) => st.running = Some(pf),
+                Err(e) => {
+                    tracing::warn!(sandbox, error = %e, "port-forward unavailable");
+                }
+            }
+        });
+        slot
+    }
+
+    /// Ends port-forward, whether running or still starting. Idempotent.
+    pub async fn stop(&self) {
+        let mut st = self.state.lock().await;
+        st.stopped = true;
+        if let Some(pf) = st.running.take() {
+            pf.stop().await;
+        }
     }
 }
 

@@ -235,3 +235,20 @@ async fn redirects_loopback_dials_in_the_pod_netns() {
     let after = String::from_utf8_lossy(&after.stdout);
     assert!(!after.contains("REDIRECT"), "rule left after stop: {after}");
 }
+
+/// A slot whose start fails (no such netns) or is stopped while starting
+/// leaves nothing and never panics.
+#[tokio::test]
+async fn slot_stops_in_any_state() {
+    let slot = Slot::start(
+        "sb-none",
+        Path::new("/nonexistent/netns"),
+        VsockEndpoint::Hybrid {
+            uds_path: "/nonexistent/sock".into(),
+        },
+    );
+    slot.stop().await;
+    slot.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(slot.state.lock().await.running.is_none());
+}

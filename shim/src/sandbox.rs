@@ -55,7 +55,7 @@ pub struct Sandbox {
     /// Owns the share's mounts and directories.
     pub mounter: Arc<dyn Mounter>,
     /// CRI PortForward's way into the guest (pods with a netns only).
-    pub port_forward: Option<crate::portforward::PortForward>,
+    pub port_forward: Option<crate::portforward::Slot>,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -241,10 +241,9 @@ impl Sandbox {
             phase(id, "guest_network", t);
             tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
         }
-        let port_forward = match params.netns {
-            Some(ns) => start_port_forward(id, ns, vm.vsock()).await,
-            None => None,
-        };
+        let port_forward = params
+            .netns
+            .map(|ns| crate::portforward::Slot::start(id, ns, vm.vsock()));
         tracing::info!(sandbox = id, "sandbox ready");
         crate::metrics::server::spawn(id, &paths.base, &paths.vm);
         Ok(Sandbox {
@@ -290,20 +289,6 @@ impl Sandbox {
             pf.stop().await;
         }
     }
-}
-
-/// Starts port-forward into the VM; a failure is logged and leaves the pod
-/// without it, never failing the pod.
-async fn start_port_forward(
-    id: &str,
-    netns: &Path,
-    vsock: VsockEndpoint,
-) -> Option<crate::portforward::PortForward> {
-    let t = std::time::Instant::now();
-    let r = crate::portforward::PortForward::start(id, netns, vsock).await;
-    phase(id, "port_forward", t);
-    r.map_err(|e| tracing::warn!(sandbox = id, error = %e, "port-forward unavailable"))
-        .ok()
 }
 
 /// Gives the guest NIC the pod's addresses and routes.
