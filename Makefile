@@ -51,7 +51,7 @@ integration-test: build image
 
 # Only the CRI suite (containerd's CRI plugin, runtime handler kata); part of integration-test.
 cri-test: build image
-	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests --test cri --test cri_stream -- --test-threads=1
+	BUILD=$(BUILD) $(CARGO) test --release -p integration-tests --test cri --test cri_stream --test cri_portforward -- --test-threads=1
 
 test: unit-test integration-test fuzz-smoke
 

@@ -9,7 +9,7 @@ VIRTIOFSD_VERSION=1.14.0
 CARGO_FUZZ_VERSION=0.13.2
 PKGS=(qemu-system-x86 containerd runc busybox-static cpio kmod xz-utils zstd
       libseccomp-dev libcap-ng-dev pkg-config iproute2 python3
-      containernetworking-plugins docker-registry skopeo protobuf-compiler gcc libc6-dev
+      containernetworking-plugins iptables docker-registry skopeo protobuf-compiler gcc libc6-dev
       # `make lint` checks the shell scripts.
       shellcheck
       # The guest kernel (guest/image/build-kernel.sh): Debian's source and its build tools.

@@ -32,6 +32,29 @@ pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
 /// Upstream's debug console port (`agent.debug_console_vport`): a shell in
 /// the guest, served only when the kernel command line asks for it.
 pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+/// The project's port-forward port (no upstream counterpart): the agent
+/// relays each connection to a TCP port on the guest's loopback, which is
+/// how containerd's CRI PortForward (a dial of `localhost:PORT` in the pod's
+/// network namespace on the host) reaches the pod's containers. Always
+/// served: it reaches only what the pod's own containers listen on.
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1027;
+
+/// The port-forward handshake, both sides' limits. The host sends one line
+/// `TCP <port>\n` (decimal, 1..=65535); the guest answers one line, `OK\n`
+/// once it is connected to the port, else `ERR <reason>\n`, then both relay
+/// bytes until both directions are closed.
+pub mod port_forward {
+    /// Longest request line accepted, newline included.
+    pub const MAX_REQUEST: usize = 16;
+    /// Longest answer line accepted, newline included.
+    pub const MAX_ANSWER: usize = 128;
+    /// The request's keyword.
+    pub const REQUEST_PREFIX: &str = "TCP ";
+    /// The answer when connected.
+    pub const OK: &str = "OK";
+    /// The start of a refusal.
+    pub const ERR_PREFIX: &str = "ERR ";
+}
 /// What the project's guest agent prints on the console (its log at info
 /// level) once it listens on vsock; the shim opens the vsock to clients on it.
 pub const AGENT_READY_LINE: &str = "kata_agent: agent ready";

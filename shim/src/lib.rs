@@ -19,6 +19,7 @@ pub mod oci_resources;
 pub mod persist;
 pub mod pod_stats;
 pub mod podsize;
+pub mod portforward;
 pub mod process;
 pub mod sandbox;
 pub mod seccomp;

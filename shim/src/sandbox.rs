@@ -59,6 +59,8 @@ pub struct Sandbox {
     pub cgroup: Option<host_cgroup::Placement>,
     /// `static_sandbox_resource_mgmt`: no hotplug after boot.
     pub static_resources: bool,
+    /// CRI PortForward's way into the guest (pods with a netns only).
+    pub port_forward: Option<crate::portforward::Slot>,
 }
 
 /// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
@@ -293,6 +295,9 @@ impl Sandbox {
             phase(id, "guest_network", t);
             tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
         }
+        let port_forward = params
+            .netns
+            .map(|ns| crate::portforward::Slot::start(id, ns, vm.vsock()));
         tracing::info!(sandbox = id, "sandbox ready");
         crate::metrics::server::spawn(id, &paths.base, &paths.vm);
         Ok(Sandbox {
@@ -308,11 +313,13 @@ impl Sandbox {
             mounter,
             cgroup: None,
             static_resources: config.static_resources,
+            port_forward,
         })
     }
 
     /// Destroys the guest side, stops the VM and removes the sandbox's directory.
     pub async fn shutdown(&self) -> Result<()> {
+        self.stop_port_forward().await;
         if tokio::time::timeout(Duration::from_secs(5), self.agent.destroy_sandbox())
             .await
             .is_err()
@@ -328,6 +335,16 @@ impl Sandbox {
             }
         }
         self.mounter.teardown(&self.paths).await
+    }
+}
+
+impl Sandbox {
+    /// Ends port-forward (listener, connections, NAT rules); idempotent,
+    /// for every way a sandbox goes away.
+    pub async fn stop_port_forward(&self) {
+        if let Some(pf) = &self.port_forward {
+            pf.stop().await;
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod logsink;
 mod mounts;
 mod network;
 mod pidns;
+mod port_forward;
 mod process;
 mod reaper;
 mod runtime;
@@ -170,6 +171,11 @@ async fn serve(pid1: bool) -> Result<(), Box<dyn std::error::Error>> {
             server::HealthService,
         )));
     server.start().await?;
+    if pid1 {
+        // CRI PortForward's way into the guest (its host side is the shim's
+        // `portforward`); in a VM only, where vsock exists.
+        tokio::spawn(port_forward::serve(protocols::PORT_FORWARD_VSOCK_PORT));
+    }
     // The shim waits for this line on the console (protocols::AGENT_READY_LINE).
     tracing::info!(%addr, "agent ready");
     // While the host dials: start the blocking thread the first

@@ -273,6 +273,7 @@ impl TaskService {
             // Clean up first (bounded), so that when containerd hears of
             // the exits nothing of the VM is left.
             let cleanup = async {
+                sandbox.stop_port_forward().await;
                 if let Err(e) = sandbox.vm.stop().await {
                     tracing::warn!(sandbox = %sandbox.id, error = %e, "stopping dead VM's helpers");
                 }

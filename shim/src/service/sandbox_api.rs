@@ -328,6 +328,7 @@ impl TaskService {
                 Ok(Err(e)) => tracing::warn!(sandbox = %pod.id, error = %e, "stopping the VM"),
                 Err(_) => {
                     tracing::warn!(sandbox = %pod.id, "graceful stop timed out: killing the VM");
+                    sb.stop_port_forward().await;
                     if let Err(e) = sb.vm.stop().await {
                         tracing::warn!(sandbox = %pod.id, error = %e, "killing the VM");
                     }

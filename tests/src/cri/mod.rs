@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod logs;
+pub mod portforward;
 pub mod registry;
 pub mod stream;
 pub mod vms;
