@@ -189,6 +189,9 @@ impl PodNet {
             if self.sent_interfaces.contains(iface) {
                 continue;
             }
+            // Whatever the agent does to the link (a rename takes it down,
+            // and the kernel then flushes its routes), the table is sent again.
+            self.sent_routes = None;
             agent.update_interface(guest::interface(iface)).await?;
             self.sent_interfaces.retain(|s| s.mac != iface.mac);
             self.sent_interfaces.push(iface.clone());

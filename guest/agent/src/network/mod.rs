@@ -266,12 +266,15 @@ pub async fn update_interface(iface: &Interface) -> Result<Interface> {
         .await?
         .ok_or_else(|| Error::NotFound(format!("no interface with hwAddr {}", iface.hwAddr)))?;
     let index = link.header.index;
-    // A rename needs the link down.
-    let mut msg = LinkUnspec::new_with_index(index).down();
-    if !iface.name.is_empty() && iface.name != link_name(&link) {
+    // Only a rename takes the link down: a configured link that went down
+    // would lose its routes (the kernel flushes them), and an update of a
+    // running pod's NIC (an address added later) must not cut it off.
+    let rename = !iface.name.is_empty() && iface.name != link_name(&link);
+    let mut msg = LinkUnspec::new_with_index(index);
+    if rename {
         validate_name(&iface.name)?;
         free_name(&h, &iface.name, index).await?;
-        msg = msg.name(iface.name.clone());
+        msg = msg.down().name(iface.name.clone());
     }
     if iface.mtu > 0 {
         let mtu = u32::try_from(iface.mtu)
@@ -283,8 +286,13 @@ pub async fn update_interface(iface: &Interface) -> Result<Interface> {
         .execute()
         .await
         .map_err(nl_err(format!("configuring link {index}")))?;
+    // Exactly the wanted addresses, without removing one that stays (its
+    // routes would go with it).
     for old in addresses_of(&h, index).await? {
-        if old.header.scope != rtnetlink::packet_route::address::AddressScope::Link {
+        let keep = to_ip_address(&old)
+            .and_then(|a| parse_address(&a).ok())
+            .is_some_and(|a| wanted.contains(&a));
+        if old.header.scope != rtnetlink::packet_route::address::AddressScope::Link && !keep {
             h.address()
                 .del(old)
                 .execute()
