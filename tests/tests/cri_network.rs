@@ -45,9 +45,9 @@ async fn interfaces_and_ipv6_added_after_boot_reach_the_guest() -> Result<()> {
         .with_context(|| ctd.log())?;
     let qemu = vms::vm_of(&pod).context("no VM for the pod")?.pid;
     // QEMU runs in the pod's netns.
-    let pod_ns = format!("/proc/{qemu}/ns/net");
+    let pod_ns = format!("--net=/proc/{qemu}/ns/net");
     let in_pod = |args: &[&str]| -> Result<String> {
-        let mut cmd = vec!["nsenter", "--net", &pod_ns];
+        let mut cmd = vec!["nsenter", &pod_ns];
         cmd.extend_from_slice(args);
         run(&cmd)
     };
@@ -145,8 +145,14 @@ async fn interfaces_and_ipv6_added_after_boot_reach_the_guest() -> Result<()> {
     let eth0_mtu = c
         .exec_ok(&first, &["cat", "/sys/class/net/eth0/mtu"])
         .await?;
-    let host_mtu = in_pod(&["cat", "/sys/class/net/eth0/mtu"])?;
-    assert_eq!(eth0_mtu.trim(), host_mtu.trim(), "eth0's MTU as CNI set it");
+    // (The host's /sys is its own netns's: ask ip in the pod's.)
+    let link = in_pod(&["ip", "-o", "link", "show", "dev", "eth0"])?;
+    let host_mtu = link
+        .split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .with_context(|| format!("no mtu in {link}"))?;
+    assert_eq!(eth0_mtu.trim(), host_mtu, "eth0's MTU as CNI set it");
     let neigh = c.exec_ok(&second, &["ip", "neigh"]).await?;
     assert!(
         neigh.contains("192.168.211.9") && neigh.contains("02:00:00:00:00:09"),
