@@ -57,6 +57,7 @@ pub enum Call {
     },
     UpdateInterface(protocols::types::Interface),
     UpdateRoutes(Vec<protocols::types::Route>),
+    AddArpNeighbors(Vec<protocols::types::ARPNeighbor>),
     TtyWinResize {
         container_id: String,
         exec_id: String,
@@ -98,6 +99,7 @@ impl Call {
             Call::CloseStdin { .. } => "CloseStdin",
             Call::UpdateInterface(_) => "UpdateInterface",
             Call::UpdateRoutes(_) => "UpdateRoutes",
+            Call::AddArpNeighbors(_) => "AddARPNeighbors",
             Call::TtyWinResize { .. } => "TtyWinResize",
             Call::PauseContainer { .. } => "PauseContainer",
             Call::ResumeContainer { .. } => "ResumeContainer",
@@ -471,6 +473,10 @@ impl Agent for FakeAgent {
     ) -> Result<Vec<protocols::types::Route>> {
         self.record(Call::UpdateRoutes(routes.clone()))?;
         Ok(routes)
+    }
+
+    async fn add_arp_neighbors(&self, neighbors: Vec<protocols::types::ARPNeighbor>) -> Result<()> {
+        self.record(Call::AddArpNeighbors(neighbors))
     }
 
     async fn online_cpu_mem(&self, req: agent::OnlineCPUMemRequest) -> Result<()> {

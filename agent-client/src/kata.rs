@@ -281,6 +281,19 @@ impl Agent for KataAgent {
         Ok(self.agent.update_routes(self.ctx(), &req).await?.Routes)
     }
 
+    async fn add_arp_neighbors(&self, neighbors: Vec<protocols::types::ARPNeighbor>) -> Result<()> {
+        let req = agent::AddARPNeighborsRequest {
+            neighbors: Some(agent::ARPNeighbors {
+                ARPNeighbors: neighbors,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.agent.add_arp_neighbors(self.ctx(), &req).await?;
+        Ok(())
+    }
+
     async fn list_interfaces(&self) -> Result<Vec<protocols::types::Interface>> {
         let req = agent::ListInterfacesRequest::default();
         Ok(self

@@ -235,6 +235,13 @@ pub trait Agent: Send + Sync {
     ) -> Result<Vec<protocols::types::Route>> {
         unimplemented("UpdateRoutes")
     }
+    /// Adds (or replaces) static neighbour entries in the guest.
+    async fn add_arp_neighbors(
+        &self,
+        _neighbors: Vec<protocols::types::ARPNeighbor>,
+    ) -> Result<()> {
+        unimplemented("AddARPNeighbors")
+    }
     async fn list_interfaces(&self) -> Result<Vec<protocols::types::Interface>> {
         unimplemented("ListInterfaces")
     }

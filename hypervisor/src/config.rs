@@ -115,14 +115,35 @@ fn validate_network(net: &crate::NetworkConfig) -> Result<()> {
             net.netns.display()
         )));
     }
+    for nic in &net.nics {
+        validate_nic(nic)?;
+    }
+    let mut taps: Vec<&str> = net.nics.iter().map(|n| n.tap.as_str()).collect();
+    taps.sort_unstable();
+    taps.dedup();
+    if taps.len() != net.nics.len() {
+        return Err(invalid("network.nics: a tap is used twice".into()));
+    }
+    Ok(())
+}
+
+/// A NIC's tap name and MAC, checked before they reach QEMU (at boot and
+/// at hotplug).
+pub fn validate_nic(nic: &crate::NicConfig) -> Result<()> {
     // IFNAMSIZ is 16 with the NUL.
-    if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains([',', '/', ' ']) {
+    if nic.tap.is_empty()
+        || nic.tap.len() > 15
+        || !nic
+            .tap
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         return Err(invalid(format!(
             "network.tap: {:?} is not an interface name",
-            net.tap
+            nic.tap
         )));
     }
-    let octets: Vec<&str> = net.mac.split(':').collect();
+    let octets: Vec<&str> = nic.mac.split(':').collect();
     if octets.len() != 6
         || !octets
             .iter()
@@ -130,7 +151,7 @@ fn validate_network(net: &crate::NetworkConfig) -> Result<()> {
     {
         return Err(invalid(format!(
             "network.mac: {:?} is not a MAC address",
-            net.mac
+            nic.mac
         )));
     }
     Ok(())

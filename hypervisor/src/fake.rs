@@ -12,13 +12,34 @@ use crate::{Error, Hypervisor, Result, Vm, VmConfig, VsockEndpoint};
 /// A call made on the fake, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Launch { id: String },
-    Pause { id: String },
-    Resume { id: String },
-    Check { id: String },
-    Stop { id: String },
-    ResizeVcpus { id: String, count: u32 },
-    AddMemory { id: String, size_mib: u32 },
+    Launch {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Check {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    ResizeVcpus {
+        id: String,
+        count: u32,
+    },
+    AddMemory {
+        id: String,
+        size_mib: u32,
+    },
+    HotplugNic {
+        id: String,
+        tap: String,
+        mac: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +132,7 @@ impl Hypervisor for FakeHypervisor {
             .unwrap_or_else(|p| p.into_inner())
             .push(handle.clone());
         Ok(Box::new(FakeVm {
+            machine: config.machine,
             id: config.id,
             endpoint: self.endpoint.clone(),
             shared: self.shared.clone(),
@@ -129,6 +151,8 @@ pub struct FakeVmState {
     pub vcpus: u32,
     /// Memory hot-plugged so far.
     pub added_memory_mib: u32,
+    /// NICs hot-plugged so far.
+    pub hotplugged_nics: Vec<crate::NicConfig>,
 }
 
 /// The test's side of a fake VM.
@@ -163,6 +187,8 @@ impl FakeVmHandle {
 #[derive(Debug)]
 pub struct FakeVm {
     id: String,
+    /// microvm VMs refuse NIC hotplug, as QEMU's do.
+    machine: crate::MachineType,
     endpoint: VsockEndpoint,
     shared: Arc<Mutex<Shared>>,
     handle: FakeVmHandle,
@@ -271,6 +297,25 @@ impl Vm for FakeVm {
         Ok(())
     }
 
+    async fn hotplug_nic(&self, nic: &crate::NicConfig) -> Result<()> {
+        self.record(Call::HotplugNic {
+            id: self.id.clone(),
+            tap: nic.tap.clone(),
+            mac: nic.mac.clone(),
+        });
+        if self.exited() {
+            return Err(Error::Exited);
+        }
+        if self.machine == crate::MachineType::Microvm {
+            return Err(Error::Unsupported(
+                "NIC hotplug on microvm (no PCI hotplug)",
+            ));
+        }
+        crate::config::validate_nic(nic)?;
+        self.state().hotplugged_nics.push(nic.clone());
+        Ok(())
+    }
+
     async fn stop(&self) -> Result<()> {
         self.record(Call::Stop {
             id: self.id.clone(),
@@ -309,6 +354,12 @@ mod tests {
         assert_eq!(vm.resize_vcpus(2).await.expect("resize"), 2);
         vm.add_memory(128).await.expect("memory");
         assert_eq!(hv.vms()[0].state().added_memory_mib, 128);
+        let nic = crate::NicConfig {
+            tap: "tap1_kata".into(),
+            mac: "ca:fe:00:00:00:02".into(),
+        };
+        vm.hotplug_nic(&nic).await.expect("NIC hotplug");
+        assert_eq!(hv.vms()[0].state().hotplugged_nics, vec![nic.clone()]);
         let mut events = vm.subscribe_events().expect("events");
         hv.vms()[0].emit(crate::VmEvent::Stop);
         assert_eq!(events.try_recv().expect("event"), crate::VmEvent::Stop);
@@ -333,8 +384,49 @@ mod tests {
                     id: "sb1".into(),
                     size_mib: 128
                 },
+                Call::HotplugNic {
+                    id: "sb1".into(),
+                    tap: "tap1_kata".into(),
+                    mac: "ca:fe:00:00:00:02".into()
+                },
                 Call::Stop { id: "sb1".into() },
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn microvm_refuses_nic_hotplug_and_bad_names_are_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let hv = FakeHypervisor::default();
+        let mut cfg = crate::config::tests::valid_config(d.path());
+        cfg.machine = crate::MachineType::Microvm;
+        let vm = hv
+            .launch(cfg.clone(), &Default::default())
+            .await
+            .expect("launch");
+        let nic = crate::NicConfig {
+            tap: "tap1_kata".into(),
+            mac: "ca:fe:00:00:00:02".into(),
+        };
+        assert!(matches!(
+            vm.hotplug_nic(&nic).await,
+            Err(Error::Unsupported(_))
+        ));
+        cfg.machine = crate::MachineType::Q35;
+        let vm = hv.launch(cfg, &Default::default()).await.expect("launch");
+        let bad = crate::NicConfig {
+            tap: "tap,x".into(),
+            mac: nic.mac.clone(),
+        };
+        assert!(matches!(
+            vm.hotplug_nic(&bad).await,
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(hv.vms()[1].state().hotplugged_nics.is_empty());
     }
 }

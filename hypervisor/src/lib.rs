@@ -204,13 +204,23 @@ pub struct VmConfig {
     pub console_ready: Option<String>,
 }
 
-/// A virtio-net NIC backed by a tap device in the pod's network namespace.
-/// QEMU is started inside that namespace so it can open the tap by name.
+/// The pod's network namespace and the virtio-net NICs the VM boots with,
+/// each backed by a tap device there. QEMU is started inside that namespace
+/// so it can open taps by name, at boot and when a NIC is hot-plugged
+/// ([`Vm::hotplug_nic`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
     /// e.g. `/var/run/netns/cni-…`.
     pub netns: PathBuf,
-    /// The tap device in `netns` (created by the caller).
+    /// NICs present at boot, in order (may be empty: a namespace that is
+    /// filled later gets its NICs hot-plugged, on q35).
+    pub nics: Vec<NicConfig>,
+}
+
+/// One virtio-net NIC backed by a tap device in the pod's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicConfig {
+    /// The tap device in the netns (created by the caller).
     pub tap: String,
     /// The guest NIC's MAC.
     pub mac: String,
@@ -349,6 +359,13 @@ pub trait Vm: Send + Sync {
     async fn add_memory(&self, size_mib: u32) -> Result<()> {
         let _ = size_mib;
         Err(Error::Unsupported("memory hotplug"))
+    }
+    /// Hot-plugs a virtio-net NIC backed by `nic.tap` (which must exist in
+    /// the VM's network namespace) into a free PCIe root port (q35 only;
+    /// microvm has no hotplug). The guest finds it by its MAC.
+    async fn hotplug_nic(&self, nic: &NicConfig) -> Result<()> {
+        let _ = nic;
+        Err(Error::Unsupported("NIC hotplug"))
     }
 }
 

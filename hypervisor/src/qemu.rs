@@ -213,6 +213,8 @@ pub struct QemuVm {
     options: VmOptions,
     /// Hot-plugged DIMMs so far (names `dimm<N>`).
     dimms: Mutex<u32>,
+    /// NICs so far and the root ports left for hot-plugged ones.
+    nics: Mutex<hotplug::NicSlots>,
     /// Hybrid vsock only: holds host traffic while the VM is paused.
     gate: Option<Gate>,
     /// Kernel vhost-vsock only: the guest CID's host-wide lease.
@@ -369,12 +371,23 @@ impl QemuVm {
                     panicked_tx,
                     sandbox.clone(),
                 ));
+                let boot_nics = config.network.as_ref().map_or(0, |n| n.nics.len() as u32);
                 Ok(QemuVm {
                     _cid: cid,
                     events,
                     event_watcher,
                     options: options.clone(),
                     dimms: Mutex::new(0),
+                    nics: Mutex::new(hotplug::NicSlots {
+                        machine: config.machine,
+                        next_index: boot_nics,
+                        ports_used: 0,
+                        ports: if config.machine == MachineType::Q35 && config.network.is_some() {
+                            crate::cmdline::net::NIC_HOTPLUG_PORTS
+                        } else {
+                            0
+                        },
+                    }),
                     gate,
                     id: sandbox,
                     run_dir: config.run_dir,
@@ -668,6 +681,10 @@ impl Vm for QemuVm {
 
     async fn add_memory(&self, size_mib: u32) -> Result<()> {
         self.hotplug_memory(size_mib).await
+    }
+
+    async fn hotplug_nic(&self, nic: &crate::NicConfig) -> Result<()> {
+        self.hotplug_tap_nic(nic).await
     }
 
     async fn stop(&self) -> Result<()> {

@@ -273,6 +273,27 @@ impl Qmp {
         self.execute("device_add", Some(args)).await.map(drop)
     }
 
+    /// `netdev_add` of a tap backend opened by name (QEMU runs in the tap's
+    /// network namespace).
+    pub async fn netdev_add_tap(&mut self, id: &str, ifname: &str) -> Result<()> {
+        let args = json!({
+            "type": "tap",
+            "id": id,
+            "ifname": ifname,
+            "script": "no",
+            "downscript": "no",
+            "vhost": false,
+        });
+        self.execute("netdev_add", Some(args)).await.map(drop)
+    }
+
+    /// `netdev_del`.
+    pub async fn netdev_del(&mut self, id: &str) -> Result<()> {
+        self.execute("netdev_del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
     /// `device_del`: starts removing a device; completion is the
     /// `DEVICE_DELETED` event (for vCPUs and DIMMs only once the guest let go).
     pub async fn device_del(&mut self, id: &str) -> Result<()> {

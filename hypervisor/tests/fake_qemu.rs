@@ -35,6 +35,8 @@ while True:
     for line in f:
         req = json.loads(line)
         cmd = req["execute"]
+        with open(sys.argv[0] + ".qmp", "a") as log:
+            log.write(line.strip() + "\n")
         if cmd == "quit" and HANG_QUIT:
             continue
         ret = {"status": "running", "running": True} if cmd == "query-status" else {}
@@ -237,4 +239,84 @@ async fn stop_kills_qemu_that_ignores_quit() {
     );
     assert!(pids.iter().all(|p| !alive(*p)), "left: {pids:?}");
     assert!(!f.config.run_dir.exists());
+}
+
+/// NIC hotplug: netdev_add of the tap by name, then a virtio-net-pci into
+/// the next free root port of the command line; refused once all are used.
+#[tokio::test]
+async fn nic_hotplug_fills_the_root_ports_in_order() {
+    let Some(py) = python3() else { return };
+    // QEMU is started in the pod's netns: our own here (setns needs root).
+    if !nix_is_root() {
+        agent_client::testing::skip_unless_required("not root");
+        return;
+    }
+    let mut f = fixture(&py, 0, false, false);
+    f.config.network = Some(hypervisor::NetworkConfig {
+        netns: PathBuf::from("/proc/self/ns/net"),
+        nics: vec![hypervisor::NicConfig {
+            tap: "tap0_kata".into(),
+            mac: "ca:fe:00:00:00:01".into(),
+        }],
+    });
+    let vm = Qemu::with_probe(f.probe.clone())
+        .launch(f.config.clone(), &VmOptions::default())
+        .await
+        .expect("launch");
+    let args = std::fs::read_to_string(f.qemu.with_extension("args")).expect("args");
+    assert!(
+        args.contains("virtio-net-pci,id=nic0,netdev=net0,mac=ca:fe:00:00:00:01"),
+        "{args}"
+    );
+    let ports = hypervisor::cmdline::net::NIC_HOTPLUG_PORTS;
+    assert_eq!(
+        args.matches("pcie-root-port,").count() as u32,
+        ports,
+        "{args}"
+    );
+    for n in 1..=ports {
+        vm.hotplug_nic(&hypervisor::NicConfig {
+            tap: format!("tap{n}_kata"),
+            mac: format!("ca:fe:00:00:00:{:02x}", n + 1),
+        })
+        .await
+        .expect("hotplug");
+    }
+    let full = vm
+        .hotplug_nic(&hypervisor::NicConfig {
+            tap: "tap9_kata".into(),
+            mac: "ca:fe:00:00:00:09".into(),
+        })
+        .await;
+    assert!(
+        matches!(full, Err(hypervisor::Error::InvalidConfig(_))),
+        "{full:?}"
+    );
+    let qmp = std::fs::read_to_string(f.qemu.with_extension("qmp")).expect("qmp log");
+    let cmds: Vec<serde_json::Value> = qmp
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|v: &serde_json::Value| {
+            matches!(v["execute"].as_str(), Some("netdev_add" | "device_add"))
+        })
+        .collect();
+    assert_eq!(cmds.len() as u32, 2 * ports, "{qmp}");
+    assert_eq!(cmds[0]["arguments"]["ifname"], "tap1_kata");
+    assert_eq!(cmds[0]["arguments"]["id"], "net1", "boot NIC is net0");
+    assert_eq!(cmds[1]["arguments"]["driver"], "virtio-net-pci");
+    assert_eq!(cmds[1]["arguments"]["bus"], "nic-port0");
+    assert_eq!(cmds[1]["arguments"]["mac"], "ca:fe:00:00:00:02");
+    assert_eq!(cmds[3]["arguments"]["bus"], "nic-port1");
+    vm.stop().await.expect("stop");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
 }

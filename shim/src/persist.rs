@@ -62,6 +62,23 @@ pub struct SandboxState {
     /// `delete` when the daemon died).
     #[serde(default)]
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The pod's netns and the taps made there (absent in older files).
+    #[serde(default)]
+    pub network: Option<NetRecord>,
+}
+
+/// The taps the shim made in a pod's netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub netns: PathBuf,
+    pub taps: Vec<TapRecord>,
+}
+
+/// One tap and the interface it is redirected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRecord {
+    pub tap: String,
+    pub iface: String,
 }
 
 pub async fn write(state: &SandboxState) -> Result<()> {
@@ -121,9 +138,26 @@ mod tests {
             paths: paths.clone(),
             shim_pid: 42,
             cgroup_dirs: vec!["/sys/fs/cgroup/pods/sb".into()],
+            network: Some(NetRecord {
+                netns: "/run/netns/cni-1".into(),
+                taps: vec![TapRecord {
+                    tap: "tap0_kata".into(),
+                    iface: "eth0".into(),
+                }],
+            }),
         };
         write(&st).await.expect("write");
         assert_eq!(read(&paths).await.expect("read"), Some(st));
+        // A file of a shim before taps were recorded still reads.
+        let old = format!(
+            r#"{{"sandbox_id":"x","paths":{},"shim_pid":7}}"#,
+            serde_json::to_string(&paths).expect("paths")
+        );
+        tokio::fs::write(paths.state_file(), old)
+            .await
+            .expect("old file");
+        let got = read(&paths).await.expect("read").expect("some");
+        assert_eq!((got.shim_pid, got.network), (7, None));
         let other = SandboxPaths::new(dir.path(), "other");
         assert_eq!(read(&other).await.expect("read missing"), None);
     }

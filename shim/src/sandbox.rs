@@ -8,6 +8,7 @@ use agent_client::{Address, Agent};
 use async_trait::async_trait;
 use hypervisor::{Hypervisor, NetworkConfig, Vm, VmConfig, VsockEndpoint};
 use protocols::agent::{CreateSandboxRequest, Storage};
+use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -49,8 +50,9 @@ pub struct Sandbox {
     pub paths: SandboxPaths,
     pub vm: Box<dyn Vm>,
     pub agent: Arc<dyn Agent>,
-    /// The pod NIC's tap, removed at shutdown.
-    pub network: Option<PodNic>,
+    /// The pod's netns, its taps (removed at shutdown) and what the guest
+    /// knows of it; synced again at each container Start.
+    pub network: Option<Mutex<network::PodNet>>,
     /// The VM's size and hotplug room (Update grows it).
     pub size: tokio::sync::Mutex<crate::vmsize::VmSize>,
     /// Owns the share's mounts and directories.
@@ -61,14 +63,6 @@ pub struct Sandbox {
     pub static_resources: bool,
     /// CRI PortForward's way into the guest (pods with a netns only).
     pub port_forward: Option<crate::portforward::Slot>,
-}
-
-/// Where the pod's traffic enters the VM: CNI's interface in the pod netns,
-/// redirected to our tap.
-#[derive(Debug, Clone)]
-pub struct PodNic {
-    pub netns: PathBuf,
-    pub interface: String,
 }
 
 /// The seams a sandbox boots through.
@@ -161,43 +155,37 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        let nic = match params.netns {
+        let mut pod = match params.netns {
             Some(ns) => {
                 let t = std::time::Instant::now();
-                let r = network::prepare(ns).await;
+                let r = network::PodNet::prepare(ns).await;
                 phase(id, "network", t);
                 match r {
-                    Ok(found) => found.map(|(iface, net)| (ns.to_path_buf(), iface, net)),
+                    Ok(found) => Some(found),
                     Err(e) => {
                         leave_cgroup(cgroup).await;
                         let _ = mounter.teardown(&paths).await;
-                        return Err(e.into());
+                        return Err(e);
                     }
                 }
             }
             None => None,
         };
-        let state = SandboxState {
-            sandbox_id: id.to_owned(),
-            paths: paths.clone(),
-            shim_pid: std::process::id(),
-            cgroup_dirs: cgroup
-                .as_ref()
-                .map(|c| c.created.clone())
-                .unwrap_or_default(),
-        };
-        let result = match persist::write(&state).await {
-            Ok(()) => Self::boot_in(id, &params, nic.as_ref(), &paths, config, seams).await,
-            Err(e) => Err(e),
-        };
+        let cgroup_dirs = cgroup
+            .as_ref()
+            .map(|c| c.created.clone())
+            .unwrap_or_default();
+        let result =
+            Self::boot_in(id, &params, &mut pod, &cgroup_dirs, &paths, config, seams).await;
         match result {
             Ok(mut sb) => {
                 sb.cgroup = cgroup;
                 Ok(sb)
             }
             Err(e) => {
-                if let Some((ns, iface, _)) = &nic {
-                    let _ = network::detach_tap(ns, &iface.name).await;
+                // Still ours: every tap made for the pod goes.
+                if let Some((pod, _)) = &mut pod {
+                    pod.teardown().await;
                 }
                 leave_cgroup(cgroup).await;
                 let _ = mounter.teardown(&paths).await;
@@ -211,7 +199,8 @@ impl Sandbox {
     async fn boot_in(
         id: &str,
         params: &BootParams<'_>,
-        nic: Option<&(PathBuf, network::Interface, network::PodNetwork)>,
+        pod: &mut Option<(network::PodNet, network::PodNetwork)>,
+        cgroup_dirs: &[PathBuf],
         paths: &SandboxPaths,
         config: &Config,
         seams: Seams<'_>,
@@ -221,16 +210,23 @@ impl Sandbox {
             dialer,
             mounter,
         } = seams;
+        persist::write(&SandboxState {
+            sandbox_id: id.to_owned(),
+            paths: paths.clone(),
+            shim_pid: std::process::id(),
+            cgroup_dirs: cgroup_dirs.to_vec(),
+            network: pod.as_ref().map(|(p, _)| net_record(p)),
+        })
+        .await?;
         let q = &config.qemu;
         failpoint::gate(failpoint::Phase::Boot, id).await;
         let t = std::time::Instant::now();
         let vm = hypervisor
             .launch(
                 VmConfig {
-                    network: nic.map(|(ns, iface, _)| NetworkConfig {
-                        netns: ns.clone(),
-                        tap: network::TAP_NAME.into(),
-                        mac: iface.mac.clone(),
+                    network: pod.as_ref().map(|(p, _)| NetworkConfig {
+                        netns: p.netns.clone(),
+                        nics: p.nics(),
                     }),
                     ..vm_config(id, paths, config)
                 },
@@ -285,15 +281,15 @@ impl Sandbox {
             return Err(e);
         }
         phase(id, "create_sandbox", t);
-        if let Some((ns, iface, net)) = nic {
+        if let Some((p, net)) = pod.as_mut() {
             let t = std::time::Instant::now();
-            let configure = configure_guest_network(agent.as_ref(), iface, net);
+            let configure = p.configure_guest(agent.as_ref(), net);
             if let Err(e) = unless_vm_exits(vm.as_ref(), configure).await {
                 let _ = vm.stop().await;
                 return Err(e);
             }
             phase(id, "guest_network", t);
-            tracing::info!(sandbox = id, netns = %ns.display(), mac = %iface.mac, "pod network in the guest");
+            tracing::info!(sandbox = id, netns = %p.netns.display(), nics = p.attached().len(), "pod network in the guest");
         }
         let port_forward = params
             .netns
@@ -305,10 +301,7 @@ impl Sandbox {
             paths: paths.clone(),
             vm,
             agent,
-            network: nic.map(|(ns, iface, _)| PodNic {
-                netns: ns.clone(),
-                interface: iface.name.clone(),
-            }),
+            network: pod.take().map(|(p, _)| Mutex::new(p)),
             size: tokio::sync::Mutex::new(crate::vmsize::VmSize::of(q)),
             mounter,
             cgroup: None,
@@ -328,13 +321,39 @@ impl Sandbox {
         }
         self.vm.stop().await?;
         leave_cgroup(self.cgroup.clone()).await;
-        if let Some(nic) = &self.network {
-            // The netns may already be gone (CNI teardown), and the tap with it.
-            if let Err(e) = network::detach_tap(&nic.netns, &nic.interface).await {
-                tracing::debug!(sandbox = %self.id, "removing the tap: {e}");
-            }
+        if let Some(pod) = &self.network {
+            pod.lock().await.teardown().await;
         }
         self.mounter.teardown(&self.paths).await
+    }
+
+    /// Brings the VM and the guest up to date with the pod's netns (at a
+    /// container's Start): interfaces found since are hot-plugged, changed
+    /// addresses, routes and neighbours pushed. New taps are recorded in
+    /// the state file before anything else can fail.
+    pub async fn sync_network(&self) -> Result<()> {
+        let Some(pod) = &self.network else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let mut pod = pod.lock().await;
+        let r = pod.sync(self.vm.as_ref(), self.agent.as_ref()).await;
+        if r.as_ref().is_ok_and(|added| *added) {
+            persist::write(&SandboxState {
+                sandbox_id: self.id.clone(),
+                paths: self.paths.clone(),
+                shim_pid: std::process::id(),
+                cgroup_dirs: self
+                    .cgroup
+                    .as_ref()
+                    .map(|c| c.created.clone())
+                    .unwrap_or_default(),
+                network: Some(net_record(&pod)),
+            })
+            .await?;
+        }
+        phase(&self.id, "network_sync", t);
+        r.map(drop)
     }
 }
 
@@ -348,19 +367,19 @@ impl Sandbox {
     }
 }
 
-/// Gives the guest NIC the pod's addresses and routes.
-async fn configure_guest_network(
-    agent: &dyn Agent,
-    iface: &network::Interface,
-    net: &network::PodNetwork,
-) -> Result<()> {
-    agent
-        .update_interface(network::guest_interface(iface))
-        .await?;
-    agent
-        .update_routes(network::guest_routes(net, &iface.name))
-        .await?;
-    Ok(())
+/// The taps of `pod` as the state file keeps them (for `delete` after a crash).
+fn net_record(pod: &network::PodNet) -> persist::NetRecord {
+    persist::NetRecord {
+        netns: pod.netns.clone(),
+        taps: pod
+            .attached()
+            .iter()
+            .map(|a| persist::TapRecord {
+                tap: a.tap.clone(),
+                iface: a.name.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The VM description of sandbox `id` (no pod network) for `config`.

@@ -354,6 +354,12 @@ impl AgentService for Agent {
         log_err("UpdateRoutes", r.map(routes_message))
     }
 
+    async fn add_arp_neighbors(&self, _: &TtrpcContext, req: AddARPNeighborsRequest) -> R<Empty> {
+        let wanted = req.neighbors.into_option().unwrap_or_default().ARPNeighbors;
+        let r = crate::network::add_arp_neighbors(&wanted).await;
+        log_err("AddARPNeighbors", r.map(|()| Empty::new()))
+    }
+
     async fn list_interfaces(&self, _: &TtrpcContext, _: ListInterfacesRequest) -> R<Interfaces> {
         let r = crate::network::list_interfaces().await;
         log_err(

@@ -69,7 +69,10 @@ pub struct CommandLine {
     pub rng: Option<rng::Rng>,
     pub vsock: vsock::VsockDevice,
     pub fs: fs::SharedFs,
-    pub net: Option<net::TapNic>,
+    /// The pod's NICs at boot.
+    pub net: Vec<net::TapNic>,
+    /// Root ports for NICs hot-plugged later (q35 with a pod netns).
+    pub nic_ports: Option<net::HotplugPorts>,
     pub balloon: Option<balloon::FreePageReporting>,
     /// Guest panics reach the host as GUEST_PANICKED and end the VM.
     pub panic: Option<panic::PanicDevice>,
@@ -125,11 +128,22 @@ impl CommandLine {
             vsock: vsock_dev.with_transport(transport),
             balloon: Some(balloon::FreePageReporting { transport }),
             panic: Some(panic::PanicDevice),
-            net: config.network.as_ref().map(|n| net::TapNic {
-                ifname: n.tap.clone(),
-                mac: n.mac.clone(),
-                transport,
-            }),
+            net: config
+                .network
+                .iter()
+                .flat_map(|n| n.nics.iter())
+                .zip(0..)
+                .map(|(n, index)| net::TapNic {
+                    index,
+                    ifname: n.tap.clone(),
+                    mac: n.mac.clone(),
+                    transport,
+                })
+                .collect(),
+            nic_ports: (config.network.is_some() && config.machine == crate::MachineType::Q35)
+                .then_some(net::HotplugPorts {
+                    count: net::NIC_HOTPLUG_PORTS,
+                }),
             fs: match options.shared_fs {
                 SharedFsKind::VirtioFs => fs::SharedFs::VirtioFs {
                     socket: config.run_dir.join(crate::helpers::VIRTIOFSD_SOCKET),
@@ -161,11 +175,20 @@ impl CommandLine {
             self.rng.as_ref().map(|r| r as &dyn QemuArgs),
             Some(&self.vsock),
             Some(&self.fs),
-            self.net.as_ref().map(|n| n as &dyn QemuArgs),
+            self.nic_ports.as_ref().map(|p| p as &dyn QemuArgs),
             self.balloon.as_ref().map(|b| b as &dyn QemuArgs),
             self.panic.as_ref().map(|p| p as &dyn QemuArgs),
         ];
-        for part in parts.into_iter().flatten() {
+        let nics = self.net.iter().map(|n| n as &dyn QemuArgs);
+        // NICs where the single NIC always was: after the shared fs.
+        let (head, tail) = parts.split_at(13);
+        for part in head
+            .iter()
+            .flatten()
+            .copied()
+            .chain(nics)
+            .chain(tail.iter().flatten().copied())
+        {
             part.append_to(&mut args);
         }
         args
@@ -226,7 +249,8 @@ mod tests {
                 tag: SHARED_FS_TAG.into(),
                 transport,
             },
-            net: None,
+            net: Vec::new(),
+            nic_ports: None,
             balloon: None,
             panic: Some(panic::PanicDevice),
         }
@@ -247,11 +271,12 @@ mod tests {
                 },
             );
             assert!(!c.args().iter().any(|a| a == "-netdev"));
-            c.net = Some(net::TapNic {
+            c.net = vec![net::TapNic {
+                index: 0,
                 ifname: "tap0_kata".into(),
                 mac: "ca:fe:00:00:00:01".into(),
                 transport: machine::Machine::transport_of(kind),
-            });
+            }];
             let args = c.args();
             let at = args.iter().position(|a| a == "-netdev").expect("a -netdev");
             assert_eq!(
@@ -260,7 +285,7 @@ mod tests {
             );
             assert_eq!(
                 args[at + 3],
-                format!("{device},netdev=net0,mac=ca:fe:00:00:00:01")
+                format!("{device},id=nic0,netdev=net0,mac=ca:fe:00:00:00:01")
             );
         }
     }

@@ -7,6 +7,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::{QemuVm, MEMORY_HOTPLUG_ALIGN_MIB};
+use crate::cmdline::net::TapNic;
 use crate::qmp::CpuSlot;
 use crate::{Error, Result, Vm, VmEvent};
 
@@ -203,4 +204,64 @@ fn vcpu_device_id(slot: &CpuSlot) -> String {
         prop("core-id"),
         prop("thread-id")
     )
+}
+
+/// The NICs of a VM: how many exist (ids `net<N>`/`nic<N>`) and which
+/// hotplug root ports are taken.
+#[derive(Debug)]
+pub(super) struct NicSlots {
+    pub machine: crate::MachineType,
+    /// Index of the next NIC (boot NICs count too).
+    pub next_index: u32,
+    /// Root ports taken by hot-plugged NICs (`nic-port0`, ... in order).
+    pub ports_used: u32,
+    /// Root ports the VM was started with.
+    pub ports: u32,
+}
+
+impl QemuVm {
+    /// `netdev_add` (QEMU opens the tap by name: it runs in the pod's
+    /// netns) + `device_add` of a virtio-net-pci into the next free root
+    /// port. A failed `device_add` takes its netdev back out.
+    pub(super) async fn hotplug_tap_nic(&self, nic: &crate::NicConfig) -> Result<()> {
+        crate::config::validate_nic(nic)?;
+        let mut slots = self.nics.lock().await;
+        if slots.machine == crate::MachineType::Microvm {
+            return Err(Error::Unsupported(
+                "NIC hotplug on microvm (no PCI hotplug)",
+            ));
+        }
+        if slots.ports_used >= slots.ports {
+            return Err(Error::InvalidConfig(format!(
+                "NIC hotplug: all {} hotplug ports are used (or the VM has no network namespace)",
+                slots.ports
+            )));
+        }
+        let index = slots.next_index;
+        let port = crate::cmdline::net::hotplug_port_id(slots.ports_used);
+        let netdev = TapNic::netdev_id(index);
+        let device = TapNic::device_id(index);
+        tracing::info!(sandbox = %self.id, %device, tap = %nic.tap, mac = %nic.mac, %port, "hot-plugging a NIC");
+        let (id, tap) = (netdev.clone(), nic.tap.clone());
+        self.with_qmp(move |q| Box::pin(async move { q.netdev_add_tap(&id, &tap).await }))
+            .await?;
+        // Either way the index is spent: QEMU may keep a half-made device.
+        slots.next_index += 1;
+        let props = json!({ "netdev": netdev, "mac": nic.mac, "bus": port });
+        let d = device.clone();
+        let added = self
+            .with_qmp(move |q| {
+                Box::pin(async move { q.device_add("virtio-net-pci", &d, props).await })
+            })
+            .await;
+        if let Err(e) = added {
+            let id = netdev.clone();
+            let _ = self
+                .with_qmp(move |q| Box::pin(async move { q.netdev_del(&id).await }))
+                .await;
+            return Err(e);
+        }
+        slots.ports_used += 1;
+        Ok(())
+    }
 }

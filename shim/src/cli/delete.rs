@@ -45,14 +45,22 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
 pub async fn cleanup(root: &Path, sandbox_id: &str, id: &str) -> anyhow::Result<()> {
     let mut paths = SandboxPaths::new(root, sandbox_id);
     let mut cgroup_dirs = Vec::new();
+    let mut net = None;
     // The state file, when there is one, is authoritative about where things are.
     if let Some(state) = crate::persist::read(&paths).await? {
         tracing::info!(sandbox = %state.sandbox_id, dead_shim = state.shim_pid, "cleaning up");
         paths = state.paths;
         cgroup_dirs = state.cgroup_dirs;
+        net = state.network;
     }
     if id == sandbox_id {
         hypervisor::cleanup_run_dir(&paths.vm).await?;
+        // QEMU is gone: its taps can go (the netns may be gone too).
+        for t in net.iter().flat_map(|n| n.taps.iter().map(move |t| (n, t))) {
+            if let Err(e) = crate::network::tap::detach(&t.0.netns, &t.1.tap, &t.1.iface).await {
+                tracing::debug!(tap = %t.1.tap, "removing a tap: {e}");
+            }
+        }
         tokio::task::spawn_blocking(move || {
             // The VM and its helpers are gone: their cgroups are empty.
             crate::host_cgroup::remove_dirs(&cgroup_dirs);

@@ -95,6 +95,10 @@ impl TaskService {
         }
         let sandbox = self.live_sandbox().await?;
         if req.exec_id.is_empty() {
+            // nerdctl and Docker fill the netns from hooks, CNI may add an
+            // address later: what appeared since boot reaches the guest
+            // before the container runs.
+            sandbox.sync_network().await?;
             let t = std::time::Instant::now();
             sandbox.agent.start_container(&container.id).await?;
             crate::sandbox::phase(&sandbox.id, "start_container", t);

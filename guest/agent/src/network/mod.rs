@@ -1,5 +1,5 @@
 //! Pod networking in the guest: UpdateInterface, UpdateRoutes,
-//! ListInterfaces and ListRoutes over rtnetlink.
+//! ListInterfaces, ListRoutes and AddARPNeighbors ([`neigh`]) over rtnetlink.
 //!
 //! The shim gives the VM's virtio-net NIC the MAC of the pod's veth, so the
 //! interface to configure is found by MAC (as upstream kata does), then
@@ -12,26 +12,49 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use protocols::types::{IPAddress, IPFamily, Interface, Route};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{Error, Result};
 
-fn nl_err(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+mod neigh;
+pub use neigh::add_arp_neighbors;
+
+pub(super) fn nl_err(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     let context = context.into();
     move |e| Error::Internal(format!("{context}: {e}"))
 }
 
-async fn handle() -> Result<Handle> {
+pub(super) async fn handle() -> Result<Handle> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+/// `RTNH_F_ONLINK` in `Route.flags`.
+pub const RTNH_F_ONLINK: u32 = 4;
+
+/// An interface name the kernel takes (IFNAMSIZ, no `/`, `:` or space).
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{name:?} is not an interface name"
+        )));
+    }
+    Ok(())
 }
 
 /// `aa:bb:cc:dd:ee:ff` → bytes.
@@ -88,7 +111,7 @@ pub fn parse_dest(dest: &str, family: IPFamily) -> Result<(IpAddr, u8)> {
     })
 }
 
-async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
+pub(super) async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
     h.link()
         .get()
         .execute()
@@ -97,7 +120,7 @@ async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
         .map_err(nl_err("listing links"))
 }
 
-fn link_name(l: &LinkMessage) -> String {
+pub(super) fn link_name(l: &LinkMessage) -> String {
     l.attributes
         .iter()
         .find_map(|a| match a {
@@ -162,21 +185,69 @@ async fn to_interface(h: &Handle, l: &LinkMessage) -> Result<Interface> {
 }
 
 const MODULES_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a NIC may take to appear after its driver loaded.
-const LINK_APPEAR_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a NIC may take to appear: after its driver loaded (boot), or
+/// after the host hot-plugged it (the guest finds it by a PCI rescan; under
+/// TCG on a busy host that takes seconds).
+const LINK_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a NIC before rescanning the PCI bus for it.
+const RESCAN_AFTER: Duration = Duration::from_millis(300);
+/// Between two rescans while the NIC is still missing.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// Enumerates PCI devices the kernel has not seen: a NIC hot-plugged into
+/// a root port. The guest kernel has no PCIe hotplug driver (pciehp) and the
+/// host's root ports have no power controller, so the device is there to be
+/// found but nobody is told; a rescan is what upstream's agent does too.
+async fn rescan_pci() {
+    let r = crate::blocking::run(|| {
+        std::fs::write("/sys/bus/pci/rescan", "1")
+            .map_err(|e| Error::io("writing /sys/bus/pci/rescan", e))
+    })
+    .await;
+    if let Err(e) = r {
+        tracing::debug!("PCI rescan: {e}");
+    }
+}
 
 async fn find_by_mac(h: &Handle, mac: &[u8]) -> Result<Option<LinkMessage>> {
-    let deadline = tokio::time::Instant::now() + LINK_APPEAR_TIMEOUT;
+    let start = tokio::time::Instant::now();
+    let mut next_rescan = start + RESCAN_AFTER;
     loop {
         let found = links(h)
             .await?
             .into_iter()
             .find(|l| link_mac(l).as_deref() == Some(mac));
-        if found.is_some() || tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if found.is_some() || now >= start + LINK_APPEAR_TIMEOUT {
             return Ok(found);
+        }
+        if now >= next_rescan {
+            rescan_pci().await;
+            next_rescan = now + RESCAN_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Frees `name` for the link `index`: another link holding it (a NIC the
+/// kernel named `eth1` that the host calls something else, not configured
+/// yet) is renamed `kata<its index>`; its own UpdateInterface names it later.
+async fn free_name(h: &Handle, name: &str, index: u32) -> Result<()> {
+    let holder = links(h)
+        .await?
+        .into_iter()
+        .find(|l| l.header.index != index && link_name(l) == name);
+    if let Some(other) = holder {
+        let i = other.header.index;
+        let temp = format!("kata{i}");
+        tracing::info!(name, from = i, to = %temp, "renaming a link out of the way");
+        h.link()
+            .set(LinkUnspec::new_with_index(i).down().name(temp).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("renaming link {i} out of the way")))?;
+    }
+    Ok(())
 }
 
 /// Configures the NIC whose MAC is `iface.hwAddr`: name, MTU, exactly the
@@ -195,10 +266,15 @@ pub async fn update_interface(iface: &Interface) -> Result<Interface> {
         .await?
         .ok_or_else(|| Error::NotFound(format!("no interface with hwAddr {}", iface.hwAddr)))?;
     let index = link.header.index;
-    // A rename needs the link down.
-    let mut msg = LinkUnspec::new_with_index(index).down();
-    if !iface.name.is_empty() && iface.name != link_name(&link) {
-        msg = msg.name(iface.name.clone());
+    // Only a rename takes the link down: a configured link that went down
+    // would lose its routes (the kernel flushes them), and an update of a
+    // running pod's NIC (an address added later) must not cut it off.
+    let rename = !iface.name.is_empty() && iface.name != link_name(&link);
+    let mut msg = LinkUnspec::new_with_index(index);
+    if rename {
+        validate_name(&iface.name)?;
+        free_name(&h, &iface.name, index).await?;
+        msg = msg.down().name(iface.name.clone());
     }
     if iface.mtu > 0 {
         let mtu = u32::try_from(iface.mtu)
@@ -210,8 +286,13 @@ pub async fn update_interface(iface: &Interface) -> Result<Interface> {
         .execute()
         .await
         .map_err(nl_err(format!("configuring link {index}")))?;
+    // Exactly the wanted addresses, without removing one that stays (its
+    // routes would go with it).
     for old in addresses_of(&h, index).await? {
-        if old.header.scope != rtnetlink::packet_route::address::AddressScope::Link {
+        let keep = to_ip_address(&old)
+            .and_then(|a| parse_address(&a).ok())
+            .is_some_and(|a| wanted.contains(&a));
+        if old.header.scope != rtnetlink::packet_route::address::AddressScope::Link && !keep {
             h.address()
                 .del(old)
                 .execute()
@@ -220,10 +301,14 @@ pub async fn update_interface(iface: &Interface) -> Result<Interface> {
         }
     }
     for (ip, prefix) in wanted {
-        h.address()
-            .add(index, ip, prefix)
-            .replace()
-            .execute()
+        let mut add = h.address().add(index, ip, prefix).replace();
+        if ip.is_ipv6() {
+            // The pod's IPv6 address was the host veth's already (its DAD
+            // is done); left tentative here, routes naming it as source
+            // would be refused for a second or more.
+            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        add.execute()
             .await
             .map_err(nl_err(format!("adding {ip}/{prefix}")))?;
     }
@@ -274,7 +359,13 @@ fn route_message(r: &Route, index: u32) -> Result<RouteMessage> {
         })?;
         b = b.pref_source(src).map_err(|e| bad(&e))?;
     }
-    Ok(b.build())
+    let mut m = b.build();
+    // RTNH_F_ONLINK: a gateway outside every connected prefix (Calico's
+    // 169.254.1.1); the only flag the host sends.
+    if r.flags & RTNH_F_ONLINK != 0 {
+        m.header.flags |= RouteFlags::Onlink;
+    }
+    Ok(m)
 }
 
 async fn routes(h: &Handle) -> Result<Vec<RouteMessage>> {
