@@ -316,7 +316,7 @@ mod tests {
             "-cpu", "max,erms=off",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
-            "-append", "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet agent.log=debug",
+            "-append", "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet no_timer_check agent.log=debug",
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-qmp", "unix:/run/x/qmp.sock,server=on,wait=off",
