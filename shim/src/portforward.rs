@@ -58,14 +58,8 @@ pub enum PortForwardError {
     },
     #[error("listening on the pod's loopback: {0}")]
     Listen(#[source] std::io::Error),
-    #[error("running {cmd}: {source}")]
-    Spawn {
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{cmd} failed: {stderr}")]
-    Nat { cmd: String, stderr: String },
+    #[error("NAT redirect: {0}")]
+    Nat(#[source] crate::network::NetworkError),
     #[error("original destination of a redirected connection: {0}")]
     OriginalDst(#[source] nix::Error),
     #[error("connection to our own port {0} (not redirected)")]
@@ -293,8 +287,7 @@ pub fn nat_rule(v6: bool, port: u16) -> Vec<String> {
 /// Adds (`-A`) or deletes (`-D`) the NAT rule in `netns`.
 async fn nat(netns: &Path, op: &str, v6: bool, port: u16) -> Result<()> {
     let tool = if v6 { "ip6tables" } else { "iptables" };
-    let mut args = vec![
-        format!("--net={}", netns.display()),
+    let mut args: Vec<String> = vec![
         tool.to_owned(),
         "-w".into(),
         XTABLES_WAIT_SECS.into(),
@@ -304,22 +297,11 @@ async fn nat(netns: &Path, op: &str, v6: bool, port: u16) -> Result<()> {
         "OUTPUT".into(),
     ];
     args.extend(nat_rule(v6, port));
-    let cmd = format!("nsenter {}", args.join(" "));
-    let out = tokio::process::Command::new("nsenter")
-        .args(&args)
-        .output()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::network::in_netns(netns, &args)
         .await
-        .map_err(|source| PortForwardError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(PortForwardError::Nat {
-            cmd,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+        .map(drop)
+        .map_err(PortForwardError::Nat)
 }
 
 /// The running port-forward of one pod.

@@ -174,7 +174,7 @@ async fn redirects_loopback_dials_in_the_pod_netns() {
     .await
     {
         Ok(pf) => pf,
-        Err(e @ PortForwardError::Spawn { .. }) => {
+        Err(e @ PortForwardError::Nat(crate::network::NetworkError::Spawn { .. })) => {
             eprintln!("skipping: {e}");
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
             return;

@@ -64,7 +64,9 @@ pub fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         .and_then(|n| n.path().clone())
 }
 
-async fn in_netns(netns: &Path, args: &[&str]) -> Result<String> {
+/// Runs `args` in `netns` (nsenter); its stdout, or the command's stderr
+/// as the error. The one way the shim runs a tool in a pod's netns.
+pub(crate) async fn in_netns(netns: &Path, args: &[&str]) -> Result<String> {
     let cmd = format!("nsenter --net={} {}", netns.display(), args.join(" "));
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
